@@ -1,0 +1,209 @@
+"""Typed configuration: model presets and the run config, built in one place.
+
+The run config is Flower's flat `[tool.flwr.app.config]` table (kebab-case keys,
+bool/int/float/str values). `RunConfig.from_flat` is the only place that reads it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+Z_DIM = 120  # BigBiGAN's latent size; the paper's features are this z_mean
+
+
+class ConfigError(ValueError):
+    """A run config value is missing, of the wrong type, or out of range."""
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """Sizes of E, G and D. E sees `image_size`; G makes and D judges `gd_size`."""
+
+    name: str
+    image_size: int
+    gd_size: int
+    z_dim: int = Z_DIM
+    enc_widths: tuple[int, ...] = (16, 32, 64)
+    enc_mlp: int = 128
+    gen_width: int = 32
+    disc_widths: tuple[int, ...] = (16, 32, 64)
+    disc_mlp: int = 128
+
+
+PRESETS: dict[str, ModelPreset] = {
+    # tests: seconds on a CPU
+    "tiny": ModelPreset("tiny", image_size=64, gd_size=32),
+    # CPU demo: minutes per site
+    "small": ModelPreset(
+        "small",
+        image_size=128,
+        gd_size=64,
+        enc_widths=(32, 64, 128, 256),
+        enc_mlp=256,
+        gen_width=64,
+        disc_widths=(32, 64, 128, 256),
+        disc_mlp=256,
+    ),
+}
+
+
+def get_preset(name: str) -> ModelPreset:
+    """Return the preset called `name`, or say which ones exist."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(
+            f"preset {name!r} is unknown; choose one of {sorted(PRESETS)}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local BigBiGAN training at a site, per round."""
+
+    local_epochs: int = 1
+    batch_size: int = 16
+    lr_d: float = 2e-4
+    lr_eg: float = 2e-4
+    lr_e_multiplier: float = 1.0  # E's rate = lr_eg * this (BigBiGAN raised E's)
+    d_steps: int = 1
+    max_slices_per_patient: int = 0  # 0 = all slices
+
+
+@dataclass(frozen=True)
+class SecAggConfig:
+    """Flower SecAgg+ settings for every securely aggregated round."""
+
+    num_shares: float = 1.0
+    reconstruction_threshold: float = 0.67
+    delta_clip: float = 4.0  # clipping range for weight deltas (not raw weights)
+    quantization_bits: int = 28  # 2**28 levels; sums of up to 16 sites fit 2**32
+    timeout: float = 600.0
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Patient-level train/val/test fractions (the paper: 80/10/10)."""
+
+    val: float = 0.1
+    test: float = 0.1
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one federated run needs; mirrors pyproject's run config."""
+
+    preset: str = "tiny"
+    seed: int = 0
+    gan_rounds: int = 3
+    head_ridge: float = 1e-3
+    train: TrainConfig = field(default_factory=TrainConfig)
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    sim_data_root: str = "runs/demo/data"
+    sim_sites: str = "hospital_a_ge:train,hospital_a_neuviz:train,hospital_b:external"
+    out_dir: str = "runs/flwr"
+
+    @property
+    def model(self) -> ModelPreset:
+        return get_preset(self.preset)
+
+    def site_roster(self) -> list[tuple[str, str]]:
+        """The simulated sites as (name, role) pairs, in partition order."""
+        roster = []
+        for item in self.sim_sites.split(","):
+            name, _, role = item.strip().partition(":")
+            if role not in ("train", "external") or not name:
+                raise ConfigError(
+                    f"sim-sites entry {item!r} must look like 'name:train' or "
+                    "'name:external'"
+                )
+            roster.append((name, role))
+        return roster
+
+    @classmethod
+    def from_flat(cls, flat: dict[str, Any]) -> RunConfig:
+        """Build from Flower's flat run config; unknown keys are an error."""
+        sections = {"train": TrainConfig, "secagg": SecAggConfig, "split": SplitConfig}
+        prefixes = {"secagg": "secagg-", "split": "split-"}
+        values: dict[str, Any] = {}
+        nested: dict[str, dict[str, Any]] = {k: {} for k in sections}
+        top = {f.name for f in dataclasses.fields(cls)} - set(sections)
+        train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+        for key, value in flat.items():
+            name = key.replace("-", "_")
+            if name in top:
+                values[name] = value
+            elif name in train_keys:
+                nested["train"][name] = value
+            else:
+                for section, prefix in prefixes.items():
+                    if key.startswith(prefix):
+                        nested[section][key[len(prefix) :].replace("-", "_")] = value
+                        break
+                else:
+                    raise ConfigError(f"run config key {key!r} is unknown")
+        for section, kind in sections.items():
+            values[section] = _typed(kind, nested[section], section)
+        config = _typed(cls, values, "run config")
+        config.validate()
+        return config
+
+    def to_flat(self) -> dict[str, bool | int | float | str]:
+        """The inverse of `from_flat` (what goes into config.json and messages)."""
+        flat: dict[str, bool | int | float | str] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                prefix = "" if f.name == "train" else f"{f.name}-"
+                for sub in dataclasses.fields(value):
+                    key = prefix + sub.name.replace("_", "-")
+                    flat[key] = getattr(value, sub.name)
+            else:
+                flat[f.name.replace("_", "-")] = value
+        return flat
+
+    def validate(self) -> None:
+        get_preset(self.preset)
+        self.site_roster()
+        checks = [
+            (self.gan_rounds >= 0, "gan-rounds must be >= 0"),
+            (self.train.local_epochs >= 1, "local-epochs must be >= 1"),
+            (self.train.batch_size >= 2, "batch-size must be >= 2"),
+            (self.train.d_steps >= 1, "d-steps must be >= 1"),
+            (self.head_ridge >= 0, "head-ridge must be >= 0"),
+            (self.secagg.delta_clip > 0, "secagg-delta-clip must be > 0"),
+            (
+                8 <= self.secagg.quantization_bits <= 30,
+                "secagg-quantization-bits must be in 8..30",
+            ),
+            (
+                0 < self.split.val < 1 and 0 < self.split.test < 1,
+                "split-val and split-test must be fractions in (0, 1)",
+            ),
+            (self.split.val + self.split.test < 0.9, "split-val + split-test < 0.9"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+
+def _typed(kind: type, values: dict[str, Any], where: str) -> Any:
+    """Instantiate a dataclass, coercing ints to floats and checking types."""
+    kwargs = {}
+    fields = {f.name: f for f in dataclasses.fields(kind)}
+    for name, value in values.items():
+        if name not in fields:
+            raise ConfigError(f"{where}: key {name.replace('_', '-')!r} is unknown")
+        default = getattr(kind(), name)
+        if isinstance(default, float) and isinstance(value, int):
+            value = float(value)
+        if not isinstance(value, type(default)):
+            raise ConfigError(
+                f"{where}: {name.replace('_', '-')} must be "
+                f"{type(default).__name__}, got {value!r}"
+            )
+        kwargs[name] = value
+    return kind(**kwargs)

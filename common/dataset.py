@@ -1,0 +1,59 @@
+"""Preprocessed arrays for a site's splits, and the tf.data pipeline over them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from common.dicom_io import load_slice
+from common.site_index import Patient
+
+
+@dataclass(frozen=True)
+class SliceSet:
+    """Slices of a group of patients: images, slice labels, and patient of each slice."""
+
+    images: np.ndarray  # [n, size, size, 3] float32 in [-1, 1]
+    labels: np.ndarray  # [n] int, per slice (the patient's label)
+    patient: np.ndarray  # [n] int, index into the group's patient list
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def load_slices(
+    patients: list[Patient], size: int, max_per_patient: int = 0
+) -> SliceSet:
+    """Read and preprocess the slices of `patients` (central ones if capped)."""
+    images, labels, owner = [], [], []
+    for index, patient in enumerate(patients):
+        files = _central(patient.files, max_per_patient)
+        for path in files:
+            images.append(load_slice(path, size))
+            labels.append(patient.label)
+            owner.append(index)
+    if not images:
+        return SliceSet(
+            np.zeros((0, size, size, 3), np.float32), np.zeros(0, int), np.zeros(0, int)
+        )
+    return SliceSet(np.stack(images), np.asarray(labels), np.asarray(owner))
+
+
+def _central(files: tuple, limit: int) -> tuple:
+    if limit <= 0 or len(files) <= limit:
+        return files
+    start = (len(files) - limit) // 2
+    return files[start : start + limit]
+
+
+def training_batches(images: np.ndarray, batch_size: int, seed: int):
+    """A shuffled, batched tf.data pipeline of full batches (the GAN step needs them)."""
+    import tensorflow as tf
+
+    return (
+        tf.data.Dataset.from_tensor_slices(images)
+        .shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        .batch(batch_size, drop_remainder=True)
+        .prefetch(tf.data.AUTOTUNE)
+    )
