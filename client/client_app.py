@@ -1,0 +1,98 @@
+"""Flower ClientApp: a hospital node. Trains locally, sends only masked weights
+deltas, pooled statistics and score histograms (never pixels, tags or per-patient
+scores). SecAgg+ wraps every train message."""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.client import NumPyClient
+from flwr.client.mod import secaggplus_mod
+from flwr.clientapp import ClientApp
+from flwr.common import Context
+
+from client.site import resolve_site, site_data
+from common.config import RunConfig
+from common.linear_head import predict, sufficient_statistics
+from common.metrics import histogram
+
+_MODELS: dict[tuple, object] = {}
+
+
+def _model(config: RunConfig):
+    """One BigBiGAN per process: its traced step is reused across rounds."""
+    from common.gan_training import BigBiGAN
+
+    key = (config.preset, config.seed)
+    if key not in _MODELS:
+        _MODELS[key] = BigBiGAN(config.model, seed=config.seed)
+    return _MODELS[key]
+
+
+def clip_for_secagg(arrays: list[np.ndarray], limit: float) -> tuple[list, int]:
+    """SecAgg+ clips silently; clip here instead and count what was clipped."""
+    clipped = sum(int((np.abs(a) > limit).sum()) for a in arrays)
+    return [np.clip(a, -limit, limit) for a in arrays], clipped
+
+
+class HospitalClient(NumPyClient):
+    def __init__(self, context: Context):
+        self.node_config = dict(context.node_config)
+
+    def _setup(self, config: dict):
+        run = RunConfig.from_flat(
+            {k: v for k, v in config.items() if k not in ("phase", "head-clip")}
+        )
+        site = resolve_site(self.node_config, run)
+        return run, site, site_data(site, run)
+
+    def get_properties(self, config):
+        run, site, data = self._setup(config)
+        n = len(data["train"]) if site.role == "train" else 0
+        return {"role": site.role, "n_train": n}
+
+    def fit(self, parameters, config):
+        run, site, data = self._setup(config)
+        if site.role != "train":
+            raise RuntimeError(f"{site.name} is an external site and never trains")
+        model = _model(run)
+        train = data["train"]
+        if config["phase"] == "gan":
+            model.set_weights(parameters)
+            losses = model.train_epochs(train.images, run.train, seed=run.seed)
+            delta = [w - p for w, p in zip(model.get_weights(), parameters, strict=True)]
+            delta, clipped = clip_for_secagg(delta, run.secagg.delta_clip)
+            metrics = {"d_loss": losses.d, "e_loss": losses.e, "g_loss": losses.g,
+                       "clipped": clipped}
+            return delta, len(train), metrics
+        if config["phase"] == "head":
+            model.set_weights(parameters)
+            stats = sufficient_statistics(model.encode(train.images), train.labels)
+            stats, clipped = clip_for_secagg(stats, float(config["head-clip"]))
+            return stats, len(train), {"clipped": clipped}
+        raise ValueError(f"unknown phase {config['phase']!r}")
+
+    def evaluate(self, parameters, config):
+        run, site, data = self._setup(config)
+        model = _model(run)
+        model.set_weights(parameters[:-1])
+        coef = parameters[-1]
+        metrics: dict = {}
+        for split, slices in data.items():
+            scores = predict(coef, model.encode(slices.images))
+            n_patients = int(slices.patient.max()) + 1 if len(slices) else 0
+            patient = np.array([scores[slices.patient == i].mean()
+                                for i in range(n_patients)])
+            patient_label = np.array([slices.labels[slices.patient == i][0]
+                                      for i in range(n_patients)])
+            for level, s, y in (("slice", scores, slices.labels),
+                                ("patient", patient, patient_label)):
+                metrics[f"{split}/{level}/pos"] = histogram(s[y == 1]).tolist()
+                metrics[f"{split}/{level}/neg"] = histogram(s[y == 0]).tolist()
+        return 0.0, sum(len(s) for s in data.values()), metrics
+
+
+def client_fn(context: Context):
+    return HospitalClient(context).to_client()
+
+
+app = ClientApp(client_fn=client_fn, mods=[secaggplus_mod])

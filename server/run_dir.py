@@ -1,0 +1,55 @@
+"""Write a run directory a person can read: config, metrics, weights, ROC plot."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from common.config import RunConfig
+from common.metrics import roc_from_histograms
+from server.evaluation import SPLITS, pooled
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_run(out: Path, config: RunConfig, metrics: dict, weights: list,
+              coef: np.ndarray, site_hist: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out / "config.json",
+                  lambda p: p.write_text(json.dumps(config.to_flat(), indent=2)))
+    _atomic_write(out / "metrics.json",
+                  lambda p: p.write_text(json.dumps(metrics, indent=2)))
+
+    def save_weights(p: Path) -> None:
+        with p.open("wb") as handle:
+            np.savez(handle, *weights, head=coef)
+
+    _atomic_write(out / "global_weights.npz", save_weights)
+    _atomic_write(out / "roc.png", lambda p: _plot_roc(p, metrics, site_hist))
+
+
+def _plot_roc(path: Path, metrics: dict, site_hist: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for split in SPLITS:
+        pos, neg = pooled(site_hist, split, metrics["level"])
+        fpr, tpr, _ = roc_from_histograms(pos, neg)
+        auc = metrics["splits"][split]["auc"]
+        ax.plot(fpr, tpr, label=f"{split} (AUC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity",
+           title=f"ROC, {metrics['level']} level")
+    ax.legend(loc="lower right")
+    fig.savefig(path, format="png", dpi=100)
+    plt.close(fig)

@@ -1,0 +1,141 @@
+"""Flower ServerApp: (1) BigBiGAN rounds with SecAgg+, (2) the linear head from
+SecAgg+-pooled statistics, (3) evaluation of every site from score histograms."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from flwr.app import ConfigRecord, Context, Message
+from flwr.app.message_type import MessageType
+from flwr.common import EvaluateIns, GetPropertiesIns, ndarrays_to_parameters
+from flwr.common.constant import MessageTypeLegacy
+from flwr.compat.common import recorddict_compat as compat
+from flwr.server import LegacyContext, ServerConfig
+from flwr.server.compat.app_utils import start_update_client_manager_thread
+from flwr.server.workflow import SecAggPlusWorkflow
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+from flwr.serverapp import Grid, ServerApp
+
+from common.config import RunConfig
+from server.evaluation import summarise
+from server.phase_strategy import PhaseStrategy
+from server.run_dir import write_run
+
+log = logging.getLogger("flwr")
+
+
+def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -> dict:
+    """All three phases; returns the metrics written to the run directory."""
+    flat = config.to_flat()
+    strategy = PhaseStrategy(set())
+    legacy = LegacyContext(context, ServerConfig(num_rounds=config.gan_rounds),
+                           strategy=strategy)
+    thread, stop, ready = start_update_client_manager_thread(grid, legacy.client_manager)
+    ready.wait()
+    try:
+        roles = _query_roles(grid, flat)
+        strategy.train_node_ids = {n for n, (r, _) in roles.items() if r == "train"}
+        sizes = [n for r, n in roles.values() if r == "train"]
+        if len(strategy.train_node_ids) < 2:
+            raise RuntimeError("SecAgg+ needs at least 2 training sites, "
+                               f"got roles {sorted(r for r, _ in roles.values())}")
+        from common.gan_training import BigBiGAN
+
+        weights = BigBiGAN(config.model, seed=config.seed).get_weights()
+        initial = [w.copy() for w in weights]
+        legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord()
+        history = []
+        for rnd in range(1, config.gan_rounds + 1):
+            strategy.config = {**flat, "phase": "gan"}
+            delta = _secure_round(grid, legacy, rnd, weights, config,
+                                  clip=config.secagg.delta_clip, max_weight=max(sizes))
+            weights = [w + d.astype(np.float32) for w, d in zip(weights, delta, strict=True)]
+            losses = {k: float(np.mean([m[k] for m in strategy.site_metrics]))
+                      for k in ("d_loss", "e_loss", "g_loss")}
+            clipped = sum(int(m["clipped"]) for m in strategy.site_metrics)
+            if clipped:
+                log.warning("round %d: %d delta values clipped to +-%s", rnd,
+                            clipped, config.secagg.delta_clip)
+            history.append({"round": rnd, **losses, "clipped": clipped})
+            log.info("round %d losses %s", rnd, losses)
+        # head: pooled normalised statistics; bound: |stat * n_k / max_n| <= max|x|^2
+        head_clip = 1e4
+        strategy.config = {**flat, "phase": "head", "head-clip": head_clip}
+        stats = _secure_round(grid, legacy, config.gan_rounds + 1, weights, config,
+                              clip=head_clip, max_weight=max(sizes))
+        from common.linear_head import solve
+
+        coef = solve(stats[0], stats[1], config.head_ridge)
+        site_hist = _evaluate_all(grid, weights + [coef], flat)
+        metrics = summarise(site_hist)
+        metrics["rounds"] = history
+        metrics["weights_changed"] = float(
+            max(np.abs(a - b).max() for a, b in zip(weights, initial, strict=True)))
+        write_run(out, config, metrics, weights, coef, site_hist)
+        return metrics
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _query_roles(grid: Grid, flat: dict) -> dict[int, tuple[str, int]]:
+    """Ask each node its role (train/external) and training-set size."""
+    content = compat.getpropertiesins_to_recorddict(GetPropertiesIns(dict(flat)))
+    messages = [Message(content=content.copy() if hasattr(content, "copy") else content,
+                        dst_node_id=n, message_type=MessageTypeLegacy.GET_PROPERTIES)
+                for n in grid.get_node_ids()]
+    roles = {}
+    for reply in grid.send_and_receive(messages):
+        if reply.has_error():
+            raise RuntimeError(f"node {reply.metadata.src_node_id}: {reply.error}")
+        props = compat.recorddict_to_getpropertiesres(reply.content).properties
+        roles[reply.metadata.src_node_id] = (str(props["role"]), int(props["n_train"]))
+    log.info("sites: %s", {n: r for n, (r, _) in roles.items()})
+    return roles
+
+
+def _secure_round(grid, legacy, rnd, weights, config, clip, max_weight):
+    """One SecAgg+ round over the training sites; returns the weighted mean."""
+    legacy.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND] = rnd
+    legacy.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
+        ndarrays_to_parameters(weights), keep_input=True)
+    legacy.strategy.aggregate = None
+    workflow = SecAggPlusWorkflow(
+        num_shares=config.secagg.num_shares,
+        reconstruction_threshold=config.secagg.reconstruction_threshold,
+        max_weight=float(max_weight),
+        clipping_range=float(clip),
+        quantization_range=2**config.secagg.quantization_bits,
+        timeout=config.secagg.timeout,
+    )
+    workflow(grid, legacy)
+    if legacy.strategy.aggregate is None:
+        raise RuntimeError(f"round {rnd}: secure aggregation did not complete")
+    return legacy.strategy.aggregate
+
+
+def _evaluate_all(grid: Grid, arrays: list[np.ndarray], flat: dict) -> dict:
+    """Evaluate messages to every node (external too); replies are histograms."""
+    ins = EvaluateIns(ndarrays_to_parameters(arrays), dict(flat))
+    messages = [Message(content=compat.evaluateins_to_recorddict(ins, True),
+                        dst_node_id=n, message_type=MessageType.EVALUATE)
+                for n in grid.get_node_ids()]
+    out = {}
+    for reply in grid.send_and_receive(messages):
+        if reply.has_error():
+            raise RuntimeError(f"node {reply.metadata.src_node_id}: {reply.error}")
+        # histograms are lists, which the legacy EvaluateRes cannot hold: read the record
+        metrics = reply.content.config_records["evaluateres.metrics"]
+        out[reply.metadata.src_node_id] = {k: np.asarray(v) for k, v in metrics.items()}
+    return out
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    config = RunConfig.from_flat(dict(context.run_config))
+    run_federation(grid, context, config, Path(config.out_dir))
