@@ -17,6 +17,7 @@ class PhaseStrategy(Strategy):
         self.config: dict = {}
         self.aggregate = None
         self.site_metrics: list[dict] = []
+        self.train_messages_to: set[int] = set()  # audit: who ever got a train message
 
     def initialize_parameters(self, client_manager):
         return None
@@ -27,6 +28,7 @@ class PhaseStrategy(Strategy):
             for node_id, proxy in client_manager.all().items()
             if int(node_id) in self.train_node_ids
         ]
+        self.train_messages_to |= {int(proxy.node_id) for proxy in clients}
         return [(proxy, FitIns(parameters, dict(self.config))) for proxy in clients]
 
     def aggregate_fit(self, server_round, results, failures):

@@ -47,10 +47,12 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
         initial = [w.copy() for w in weights]
         legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord()
         history = []
+        secure_rounds = 0
         for rnd in range(1, config.gan_rounds + 1):
             strategy.config = {**flat, "phase": "gan"}
             delta = _secure_round(grid, legacy, rnd, weights, config,
                                   clip=config.secagg.delta_clip, max_weight=max(sizes))
+            secure_rounds += 1
             weights = [w + d.astype(np.float32) for w, d in zip(weights, delta, strict=True)]
             losses = {k: float(np.mean([m[k] for m in strategy.site_metrics]))
                       for k in ("d_loss", "e_loss", "g_loss")}
@@ -65,12 +67,16 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
         strategy.config = {**flat, "phase": "head", "head-clip": head_clip}
         stats = _secure_round(grid, legacy, config.gan_rounds + 1, weights, config,
                               clip=head_clip, max_weight=max(sizes))
+        secure_rounds += 1
         from common.linear_head import solve
 
         coef = solve(stats[0], stats[1], config.head_ridge)
         site_hist = _evaluate_all(grid, weights + [coef], flat)
         metrics = summarise(site_hist)
         metrics["rounds"] = history
+        metrics["secagg_rounds"] = secure_rounds
+        metrics["train_message_roles"] = sorted(
+            {roles[n][0] for n in strategy.train_messages_to})
         metrics["weights_changed"] = float(
             max(np.abs(a - b).max() for a, b in zip(weights, initial, strict=True)))
         write_run(out, config, metrics, weights, coef, site_hist)
