@@ -4,6 +4,7 @@ SecAgg+-pooled statistics, (3) evaluation of every site from score histograms.""
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
     thread, stop, ready = start_update_client_manager_thread(grid, legacy.client_manager)
     ready.wait()
     try:
+        _wait_for_nodes(grid, len(config.site_roster()), config.secagg.timeout)
         roles = _query_roles(grid, flat)
         strategy.train_node_ids = {n for n, (r, _) in roles.items() if r == "train"}
         sizes = [n for r, n in roles.values() if r == "train"]
@@ -84,6 +86,18 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
     finally:
         stop.set()
         thread.join()
+
+
+def _wait_for_nodes(grid: Grid, expected: int, timeout: float) -> None:
+    """Wait until the roster's nodes are connected, or stop with a clear error."""
+    deadline = time.monotonic() + timeout
+    while len(list(grid.get_node_ids())) < expected:
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"only {len(list(grid.get_node_ids()))} of {expected} sites connected "
+                f"within {timeout:.0f}s"
+            )
+        time.sleep(1.0)
 
 
 def _query_roles(grid: Grid, flat: dict) -> dict[int, tuple[str, int]]:
