@@ -59,10 +59,16 @@ class HospitalClient(NumPyClient):
         if config["phase"] == "gan":
             model.set_weights(parameters)
             losses = model.train_epochs(train.images, run.train, seed=run.seed)
-            delta = [w - p for w, p in zip(model.get_weights(), parameters, strict=True)]
+            delta = [
+                w - p for w, p in zip(model.get_weights(), parameters, strict=True)
+            ]
             delta, clipped = clip_for_secagg(delta, run.secagg.delta_clip)
-            metrics = {"d_loss": losses.d, "e_loss": losses.e, "g_loss": losses.g,
-                       "clipped": clipped}
+            metrics = {
+                "d_loss": losses.d,
+                "e_loss": losses.e,
+                "g_loss": losses.g,
+                "clipped": clipped,
+            }
             return delta, len(train), metrics
         if config["phase"] == "head":
             model.set_weights(parameters)
@@ -80,12 +86,16 @@ class HospitalClient(NumPyClient):
         for split, slices in data.items():
             scores = predict(coef, model.encode(slices.images))
             n_patients = int(slices.patient.max()) + 1 if len(slices) else 0
-            patient = np.array([scores[slices.patient == i].mean()
-                                for i in range(n_patients)])
-            patient_label = np.array([slices.labels[slices.patient == i][0]
-                                      for i in range(n_patients)])
-            for level, s, y in (("slice", scores, slices.labels),
-                                ("patient", patient, patient_label)):
+            patient = np.array(
+                [scores[slices.patient == i].mean() for i in range(n_patients)]
+            )
+            patient_label = np.array(
+                [slices.labels[slices.patient == i][0] for i in range(n_patients)]
+            )
+            for level, s, y in (
+                ("slice", scores, slices.labels),
+                ("patient", patient, patient_label),
+            ):
                 metrics[f"{split}/{level}/pos"] = histogram(s[y == 1]).tolist()
                 metrics[f"{split}/{level}/neg"] = histogram(s[y == 0]).tolist()
         return 0.0, sum(len(s) for s in data.values()), metrics

@@ -42,8 +42,14 @@ _CACHE: dict[tuple, dict[str, SliceSet]] = {}
 
 def site_data(site: Site, config: RunConfig) -> dict[str, SliceSet]:
     """The site's slices per split: train/val/test, or 'external' for that role."""
-    key = (str(site.path), site.role, config.model.image_size, config.seed,
-           config.split, config.train.max_slices_per_patient)
+    key = (
+        str(site.path),
+        site.role,
+        config.model.image_size,
+        config.seed,
+        config.split,
+        config.train.max_slices_per_patient,
+    )
     if key not in _CACHE:
         index = index_site(site.path)
         size, cap = config.model.image_size, config.train.max_slices_per_patient

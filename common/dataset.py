@@ -12,7 +12,7 @@ from common.site_index import Patient
 
 @dataclass(frozen=True)
 class SliceSet:
-    """Slices of a group of patients: images, slice labels, and patient of each slice."""
+    """Slices of some patients: images, slice labels, and the patient of each."""
 
     images: np.ndarray  # [n, size, size, 3] float32 in [-1, 1]
     labels: np.ndarray  # [n] int, per slice (the patient's label)
@@ -48,7 +48,7 @@ def _central(files: tuple, limit: int) -> tuple:
 
 
 def training_batches(images: np.ndarray, batch_size: int, seed: int):
-    """A shuffled, batched tf.data pipeline of full batches (the GAN step needs them)."""
+    """A shuffled tf.data pipeline of full batches (the GAN step needs them)."""
     import tensorflow as tf
 
     return (

@@ -109,15 +109,19 @@ class BigBiGAN:
                     real, fake = scores(x_real)
                     d_loss = discriminator_loss(real, fake)
                 grads = tape.gradient(d_loss, disc.trainable_variables)
-                opt_d.apply_gradients(zip(grads, disc.trainable_variables))
+                opt_d.apply_gradients(zip(grads, disc.trainable_variables, strict=True))
             with tf.GradientTape(persistent=True) as tape:
                 real, fake = scores(x_real)
                 e_loss, g_loss = encoder_generator_loss(real, fake)
             e_grads = tape.gradient(e_loss, encoder.trainable_variables)
             g_grads = tape.gradient(g_loss, generator.trainable_variables)
             del tape
-            opt_e.apply_gradients(zip(e_grads, encoder.trainable_variables))
-            opt_g.apply_gradients(zip(g_grads, generator.trainable_variables))
+            opt_e.apply_gradients(
+                zip(e_grads, encoder.trainable_variables, strict=True)
+            )
+            opt_g.apply_gradients(
+                zip(g_grads, generator.trainable_variables, strict=True)
+            )
             return d_loss, e_loss, g_loss
 
         self._step = step
@@ -129,7 +133,9 @@ class BigBiGAN:
             for var in opt.variables:
                 var.assign(tf.zeros_like(var))
 
-    def train_epochs(self, images: np.ndarray, config: TrainConfig, seed: int) -> EpochLosses:
+    def train_epochs(
+        self, images: np.ndarray, config: TrainConfig, seed: int
+    ) -> EpochLosses:
         """Run `config.local_epochs` passes over `images`; return mean losses."""
         if self._step is None or self._train_config != config:
             self._build_step(config)

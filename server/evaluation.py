@@ -11,10 +11,22 @@ SPLITS = ("train", "val", "test", "external")
 
 
 def pooled(site_hist: dict, split: str, level: str) -> tuple[np.ndarray, np.ndarray]:
-    pos = sum((h[f"{split}/{level}/pos"] for h in site_hist.values()
-               if f"{split}/{level}/pos" in h), np.zeros(1, np.int64))
-    neg = sum((h[f"{split}/{level}/neg"] for h in site_hist.values()
-               if f"{split}/{level}/neg" in h), np.zeros(1, np.int64))
+    pos = sum(
+        (
+            h[f"{split}/{level}/pos"]
+            for h in site_hist.values()
+            if f"{split}/{level}/pos" in h
+        ),
+        np.zeros(1, np.int64),
+    )
+    neg = sum(
+        (
+            h[f"{split}/{level}/neg"]
+            for h in site_hist.values()
+            if f"{split}/{level}/neg" in h
+        ),
+        np.zeros(1, np.int64),
+    )
     return np.asarray(pos), np.asarray(neg)
 
 

@@ -19,13 +19,22 @@ def _atomic_write(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def write_run(out: Path, config: RunConfig, metrics: dict, weights: list,
-              coef: np.ndarray, site_hist: dict) -> None:
+def write_run(
+    out: Path,
+    config: RunConfig,
+    metrics: dict,
+    weights: list,
+    coef: np.ndarray,
+    site_hist: dict,
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "config.json",
-                  lambda p: p.write_text(json.dumps(config.to_flat(), indent=2)))
-    _atomic_write(out / "metrics.json",
-                  lambda p: p.write_text(json.dumps(metrics, indent=2)))
+    _atomic_write(
+        out / "config.json",
+        lambda p: p.write_text(json.dumps(config.to_flat(), indent=2)),
+    )
+    _atomic_write(
+        out / "metrics.json", lambda p: p.write_text(json.dumps(metrics, indent=2))
+    )
 
     def save_weights(p: Path) -> None:
         with p.open("wb") as handle:
@@ -48,8 +57,11 @@ def _plot_roc(path: Path, metrics: dict, site_hist: dict) -> None:
         auc = metrics["splits"][split]["auc"]
         ax.plot(fpr, tpr, label=f"{split} (AUC {auc:.3f})")
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax.set(xlabel="1 - specificity", ylabel="sensitivity",
-           title=f"ROC, {metrics['level']} level")
+    ax.set(
+        xlabel="1 - specificity",
+        ylabel="sensitivity",
+        title=f"ROC, {metrics['level']} level",
+    )
     ax.legend(loc="lower right")
     fig.savefig(path, format="png", dpi=100)
     plt.close(fig)

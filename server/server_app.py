@@ -31,9 +31,12 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
     """All three phases; returns the metrics written to the run directory."""
     flat = config.to_flat()
     strategy = PhaseStrategy(set())
-    legacy = LegacyContext(context, ServerConfig(num_rounds=config.gan_rounds),
-                           strategy=strategy)
-    thread, stop, ready = start_update_client_manager_thread(grid, legacy.client_manager)
+    legacy = LegacyContext(
+        context, ServerConfig(num_rounds=config.gan_rounds), strategy=strategy
+    )
+    thread, stop, ready = start_update_client_manager_thread(
+        grid, legacy.client_manager
+    )
     ready.wait()
     try:
         _wait_for_nodes(grid, len(config.site_roster()), config.secagg.timeout)
@@ -41,8 +44,10 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
         strategy.train_node_ids = {n for n, (r, _) in roles.items() if r == "train"}
         sizes = [n for r, n in roles.values() if r == "train"]
         if len(strategy.train_node_ids) < 2:
-            raise RuntimeError("SecAgg+ needs at least 2 training sites, "
-                               f"got roles {sorted(r for r, _ in roles.values())}")
+            raise RuntimeError(
+                "SecAgg+ needs at least 2 training sites, "
+                f"got roles {sorted(r for r, _ in roles.values())}"
+            )
         from common.gan_training import BigBiGAN
 
         weights = BigBiGAN(config.model, seed=config.seed).get_weights()
@@ -52,23 +57,45 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
         secure_rounds = 0
         for rnd in range(1, config.gan_rounds + 1):
             strategy.config = {**flat, "phase": "gan"}
-            delta = _secure_round(grid, legacy, rnd, weights, config,
-                                  clip=config.secagg.delta_clip, max_weight=max(sizes))
+            delta = _secure_round(
+                grid,
+                legacy,
+                rnd,
+                weights,
+                config,
+                clip=config.secagg.delta_clip,
+                max_weight=max(sizes),
+            )
             secure_rounds += 1
-            weights = [w + d.astype(np.float32) for w, d in zip(weights, delta, strict=True)]
-            losses = {k: float(np.mean([m[k] for m in strategy.site_metrics]))
-                      for k in ("d_loss", "e_loss", "g_loss")}
+            weights = [
+                w + d.astype(np.float32) for w, d in zip(weights, delta, strict=True)
+            ]
+            losses = {
+                k: float(np.mean([m[k] for m in strategy.site_metrics]))
+                for k in ("d_loss", "e_loss", "g_loss")
+            }
             clipped = sum(int(m["clipped"]) for m in strategy.site_metrics)
             if clipped:
-                log.warning("round %d: %d delta values clipped to +-%s", rnd,
-                            clipped, config.secagg.delta_clip)
+                log.warning(
+                    "round %d: %d delta values clipped to +-%s",
+                    rnd,
+                    clipped,
+                    config.secagg.delta_clip,
+                )
             history.append({"round": rnd, **losses, "clipped": clipped})
             log.info("round %d losses %s", rnd, losses)
         # head: pooled normalised statistics; bound: |stat * n_k / max_n| <= max|x|^2
         head_clip = 1e4
         strategy.config = {**flat, "phase": "head", "head-clip": head_clip}
-        stats = _secure_round(grid, legacy, config.gan_rounds + 1, weights, config,
-                              clip=head_clip, max_weight=max(sizes))
+        stats = _secure_round(
+            grid,
+            legacy,
+            config.gan_rounds + 1,
+            weights,
+            config,
+            clip=head_clip,
+            max_weight=max(sizes),
+        )
         secure_rounds += 1
         from common.linear_head import solve
 
@@ -78,9 +105,11 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
         metrics["rounds"] = history
         metrics["secagg_rounds"] = secure_rounds
         metrics["train_message_roles"] = sorted(
-            {roles[n][0] for n in strategy.train_messages_to})
+            {roles[n][0] for n in strategy.train_messages_to}
+        )
         metrics["weights_changed"] = float(
-            max(np.abs(a - b).max() for a, b in zip(weights, initial, strict=True)))
+            max(np.abs(a - b).max() for a, b in zip(weights, initial, strict=True))
+        )
         write_run(out, config, metrics, weights, coef, site_hist)
         return metrics
     finally:
@@ -103,9 +132,14 @@ def _wait_for_nodes(grid: Grid, expected: int, timeout: float) -> None:
 def _query_roles(grid: Grid, flat: dict) -> dict[int, tuple[str, int]]:
     """Ask each node its role (train/external) and training-set size."""
     content = compat.getpropertiesins_to_recorddict(GetPropertiesIns(dict(flat)))
-    messages = [Message(content=content.copy() if hasattr(content, "copy") else content,
-                        dst_node_id=n, message_type=MessageTypeLegacy.GET_PROPERTIES)
-                for n in grid.get_node_ids()]
+    messages = [
+        Message(
+            content=content.copy() if hasattr(content, "copy") else content,
+            dst_node_id=n,
+            message_type=MessageTypeLegacy.GET_PROPERTIES,
+        )
+        for n in grid.get_node_ids()
+    ]
     roles = {}
     for reply in grid.send_and_receive(messages):
         if reply.has_error():
@@ -120,7 +154,8 @@ def _secure_round(grid, legacy, rnd, weights, config, clip, max_weight):
     """One SecAgg+ round over the training sites; returns the weighted mean."""
     legacy.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND] = rnd
     legacy.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
-        ndarrays_to_parameters(weights), keep_input=True)
+        ndarrays_to_parameters(weights), keep_input=True
+    )
     legacy.strategy.aggregate = None
     workflow = SecAggPlusWorkflow(
         num_shares=config.secagg.num_shares,
@@ -139,14 +174,19 @@ def _secure_round(grid, legacy, rnd, weights, config, clip, max_weight):
 def _evaluate_all(grid: Grid, arrays: list[np.ndarray], flat: dict) -> dict:
     """Evaluate messages to every node (external too); replies are histograms."""
     ins = EvaluateIns(ndarrays_to_parameters(arrays), dict(flat))
-    messages = [Message(content=compat.evaluateins_to_recorddict(ins, True),
-                        dst_node_id=n, message_type=MessageType.EVALUATE)
-                for n in grid.get_node_ids()]
+    messages = [
+        Message(
+            content=compat.evaluateins_to_recorddict(ins, True),
+            dst_node_id=n,
+            message_type=MessageType.EVALUATE,
+        )
+        for n in grid.get_node_ids()
+    ]
     out = {}
     for reply in grid.send_and_receive(messages):
         if reply.has_error():
             raise RuntimeError(f"node {reply.metadata.src_node_id}: {reply.error}")
-        # histograms are lists, which the legacy EvaluateRes cannot hold: read the record
+        # histograms are lists, which legacy EvaluateRes cannot hold: read the record
         metrics = reply.content.config_records["evaluateres.metrics"]
         out[reply.metadata.src_node_id] = {k: np.asarray(v) for k, v in metrics.items()}
     return out

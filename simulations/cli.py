@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 from common.config import RunConfig
 
@@ -42,15 +43,20 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--out", type=Path, required=True)
     sim.add_argument("--scale", type=float, default=1.0)
     sim.add_argument("--slices", type=int, default=6)
-    sim.add_argument("--run-config", nargs="*", default=[],
-                     help="overrides like gan-rounds=2 preset='tiny'")
+    sim.add_argument(
+        "--run-config",
+        nargs="*",
+        default=[],
+        help="overrides like gan-rounds=2 preset='tiny'",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if args.command == "phantoms":
         from simulations.phantoms import write_study
 
-        for name, path in write_study(args.out, args.scale, args.seed,
-                                      args.slices).items():
+        for name, path in write_study(
+            args.out, args.scale, args.seed, args.slices
+        ).items():
             print(f"{name}: {path}")
         return 0
     flat = {**_default_config().to_flat(), **_parse_overrides(args.run_config)}
@@ -58,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
 
     metrics = simulate(args.out, RunConfig.from_flat(flat), args.scale, args.slices)
     for split, m in metrics["splits"].items():
-        print(f"{split:9s} AUC {m['auc']:.3f}  sens {m['sensitivity']:.2f}  "
-              f"spec {m['specificity']:.2f}  patients {m['n_patients']}")
+        print(
+            f"{split:9s} AUC {m['auc']:.3f}  sens {m['sensitivity']:.2f}  "
+            f"spec {m['specificity']:.2f}  patients {m['n_patients']}"
+        )
     print(f"run directory: {args.out}")
     return 0

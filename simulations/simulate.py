@@ -10,17 +10,20 @@ from common.config import RunConfig
 from simulations.phantoms import write_study
 
 
-def simulate(out: Path, config: RunConfig, scale: float = 1.0,
-             slices_per_patient: int = 6) -> dict:
+def simulate(
+    out: Path, config: RunConfig, scale: float = 1.0, slices_per_patient: int = 6
+) -> dict:
     """Write phantom sites (unless present), run the federation, return metrics."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     data = out / "data"
     if not (data / "hospital_b" / "labels.csv").exists():
-        write_study(data, scale=scale, seed=config.seed,
-                    slices_per_patient=slices_per_patient)
-    config = dataclasses.replace(config, sim_data_root=str(data.resolve()),
-                                 out_dir=str(out.resolve()))
+        write_study(
+            data, scale=scale, seed=config.seed, slices_per_patient=slices_per_patient
+        )
+    config = dataclasses.replace(
+        config, sim_data_root=str(data.resolve()), out_dir=str(out.resolve())
+    )
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
 
@@ -34,10 +37,16 @@ def simulate(out: Path, config: RunConfig, scale: float = 1.0,
     def _main(grid, context):
         result.update(run_federation(grid, context, config, out))
 
-    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-               "init_args": {"num_cpus": 2}}
-    run_simulation(server_app=server_app, client_app=client_app,
-                   num_supernodes=len(config.site_roster()), backend_config=backend)
+    backend = {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "init_args": {"num_cpus": 2},
+    }
+    run_simulation(
+        server_app=server_app,
+        client_app=client_app,
+        num_supernodes=len(config.site_roster()),
+        backend_config=backend,
+    )
     if not result:
         raise RuntimeError("the federated run did not complete; see the log above")
     return result

@@ -11,7 +11,9 @@ from simulations.phantoms import plan_site, render_patient, write_study
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> dict[str, Path]:
-    return write_study(tmp_path_factory.mktemp("study"), scale=0.05, slices_per_patient=2)
+    return write_study(
+        tmp_path_factory.mktemp("study"), scale=0.05, slices_per_patient=2
+    )
 
 
 @pytest.mark.parametrize("site", ["hospital_a_ge", "hospital_a_neuviz", "hospital_b"])
