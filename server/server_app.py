@@ -129,21 +129,28 @@ def _wait_for_nodes(grid: Grid, expected: int, timeout: float) -> None:
         time.sleep(1.0)
 
 
-def _query_roles(grid: Grid, flat: dict) -> dict[int, tuple[str, int]]:
-    """Ask each node its role (train/external) and training-set size."""
-    content = compat.getpropertiesins_to_recorddict(GetPropertiesIns(dict(flat)))
+def _ask_every_node(grid: Grid, make_content, message_type: str) -> list[Message]:
+    """Send one message to every node; any node's error stops the run, named."""
     messages = [
-        Message(
-            content=content.copy() if hasattr(content, "copy") else content,
-            dst_node_id=n,
-            message_type=MessageTypeLegacy.GET_PROPERTIES,
-        )
+        Message(content=make_content(), dst_node_id=n, message_type=message_type)
         for n in grid.get_node_ids()
     ]
-    roles = {}
-    for reply in grid.send_and_receive(messages):
+    replies = list(grid.send_and_receive(messages))
+    for reply in replies:
         if reply.has_error():
             raise RuntimeError(f"node {reply.metadata.src_node_id}: {reply.error}")
+    return replies
+
+
+def _query_roles(grid: Grid, flat: dict) -> dict[int, tuple[str, int]]:
+    """Ask each node its role (train/external) and training-set size."""
+    ins = GetPropertiesIns(dict(flat))
+    roles = {}
+    for reply in _ask_every_node(
+        grid,
+        lambda: compat.getpropertiesins_to_recorddict(ins),
+        MessageTypeLegacy.GET_PROPERTIES,
+    ):
         props = compat.recorddict_to_getpropertiesres(reply.content).properties
         roles[reply.metadata.src_node_id] = (str(props["role"]), int(props["n_train"]))
     log.info("sites: %s", {n: r for n, (r, _) in roles.items()})
@@ -174,18 +181,12 @@ def _secure_round(grid, legacy, rnd, weights, config, clip, max_weight):
 def _evaluate_all(grid: Grid, arrays: list[np.ndarray], flat: dict) -> dict:
     """Evaluate messages to every node (external too); replies are histograms."""
     ins = EvaluateIns(ndarrays_to_parameters(arrays), dict(flat))
-    messages = [
-        Message(
-            content=compat.evaluateins_to_recorddict(ins, True),
-            dst_node_id=n,
-            message_type=MessageType.EVALUATE,
-        )
-        for n in grid.get_node_ids()
-    ]
     out = {}
-    for reply in grid.send_and_receive(messages):
-        if reply.has_error():
-            raise RuntimeError(f"node {reply.metadata.src_node_id}: {reply.error}")
+    for reply in _ask_every_node(
+        grid,
+        lambda: compat.evaluateins_to_recorddict(ins, True),
+        MessageType.EVALUATE,
+    ):
         # histograms are lists, which legacy EvaluateRes cannot hold: read the record
         metrics = reply.content.config_records["evaluateres.metrics"]
         out[reply.metadata.src_node_id] = {k: np.asarray(v) for k, v in metrics.items()}
