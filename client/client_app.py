@@ -16,15 +16,16 @@ from common.linear_head import predict, sufficient_statistics
 from common.metrics import histogram
 
 _MODELS: dict[tuple, object] = {}
+SERVER_KEYS = ("phase", "head-clip", "server-round")  # not part of the run config
 
 
 def _model(config: RunConfig):
     """One BigBiGAN per process: its traced step is reused across rounds."""
     from common.gan_training import BigBiGAN
 
-    key = (config.preset, config.seed)
+    key = (config.preset, config.seed, config.devices)
     if key not in _MODELS:
-        _MODELS[key] = BigBiGAN(config.model, seed=config.seed)
+        _MODELS[key] = BigBiGAN(config.model, seed=config.seed, devices=config.devices)
     return _MODELS[key]
 
 
@@ -40,7 +41,7 @@ class HospitalClient(NumPyClient):
 
     def _setup(self, config: dict):
         run = RunConfig.from_flat(
-            {k: v for k, v in config.items() if k not in ("phase", "head-clip")}
+            {k: v for k, v in config.items() if k not in SERVER_KEYS}
         )
         site = resolve_site(self.node_config, run)
         return run, site, site_data(site, run)
@@ -58,7 +59,13 @@ class HospitalClient(NumPyClient):
         train = data["train"]
         if config["phase"] == "gan":
             model.set_weights(parameters)
-            losses = model.train_epochs(train.images, run.train, seed=run.seed)
+            rnd = int(config["server-round"])
+            losses = model.train_epochs(
+                train.images,
+                run.train,
+                seed=run.seed * 1000 + rnd,  # a new slice order every round
+                first_epoch=(rnd - 1) * run.train.local_epochs,
+            )
             delta = [
                 w - p for w, p in zip(model.get_weights(), parameters, strict=True)
             ]

@@ -1,8 +1,11 @@
 """The BigBiGAN players as Keras functional models: encoder E, generator G, D.
 
 Shapes follow the hub module `deepmind/bigbigan-resnet50`: E maps an image in
-[-1, 1] to the mean and (softplus) standard deviation of a 120-d Gaussian; G maps z
-to an image at `gd_size` with tanh; D scores pairs (x, z) with s_x, s_z and s_xz.
+[-1, 1] to the mean and (softplus) standard deviation of a 120-d Gaussian plus the
+pooled trunk features; G maps z to an image at `gd_size` with tanh; D scores pairs
+(x, z) with s_x, s_z and s_xz. Layer names are stable: `common/hub.py` maps the
+hub module's checkpoint onto them. Outputs that feed a loss are float32 so mixed
+precision changes only the compute dtype inside the players.
 """
 
 from __future__ import annotations
@@ -11,60 +14,122 @@ import keras
 from keras import layers, ops
 
 from common.config import ModelPreset
-from common.layers import ConditionalBatchNorm, SNConv2D, SNDense
+from common.layers import ConditionalBatchNorm, SelfAttention, SNConv2D, SNDense
+
+ENCODER_OUTPUTS = ("z_mean", "z_stdev", "avepool_feat", "bn_crelu_feat")
+BN_EPSILON = 1e-5  # tf-slim resnet_v2's value, so hub weights mean the same here
+BN_MOMENTUM = 0.997
 
 
+def _bn(name: str) -> layers.BatchNormalization:
+    return layers.BatchNormalization(
+        epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name
+    )
+
+
+# -- E --------------------------------------------------------------------------
 def build_encoder(p: ModelPreset) -> keras.Model:
-    """Residual pre-activation encoder -> pooled feature -> MLP -> mean, stdev."""
+    """ResNet-v2 trunk -> average pool -> BN + CReLU -> MLP -> mean, stdev."""
     x_in = keras.Input((p.image_size, p.image_size, 3), name="x")
-    h = layers.Conv2D(p.enc_widths[0], 3, padding="same", name="stem")(x_in)
-    for i, width in enumerate(p.enc_widths):
-        h = _encoder_block(h, width, name=f"enc_block{i}")
-    h = layers.ReLU()(layers.BatchNormalization(name="enc_bn_out")(h))
+    h = layers.Conv2D(p.enc_stem, 7, strides=2, padding="same", name="stem_conv")(x_in)
+    h = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(h)
+    last_stage = len(p.enc_depths)
+    for s, (depth, units) in enumerate(
+        zip(p.enc_depths, p.enc_units, strict=True), start=1
+    ):
+        for u in range(1, units + 1):
+            # tf-slim v2 puts each stage's stride on its last unit
+            stride = 2 if (u == units and s < last_stage) else 1
+            h = _bottleneck(h, depth, stride, name=f"block{s}_unit{u}")
+    h = layers.ReLU()(_bn("postnorm")(h))
     pooled = layers.GlobalAveragePooling2D(name="avepool_feat")(h)
-    m = layers.Dense(p.enc_mlp, activation="relu", name="mlp0")(pooled)
-    m = layers.Dense(p.enc_mlp, activation="relu", name="mlp1")(m)
-    z_mean = layers.Dense(p.z_dim, name="z_mean")(m)
-    z_stdev = layers.Dense(p.z_dim, name="z_stdev_pre")(m)
-    z_stdev = layers.Lambda(lambda s: ops.softplus(s) + 1e-4, name="z_stdev")(z_stdev)
-    return keras.Model(x_in, [z_mean, z_stdev, pooled], name="encoder")
+    b = _bn("bn_crelu_bn")(pooled)
+    crelu = layers.Lambda(_crelu, name="bn_crelu_feat")(b)
+    m = crelu
+    for i in range(p.enc_mlp_layers):
+        out = layers.Dense(p.enc_mlp, activation="relu", name=f"mlp{i}")(m)
+        m = layers.Add()([m, out]) if m.shape[-1] == p.enc_mlp else out
+    z_mean = layers.Dense(p.z_dim, dtype="float32", name="z_mean")(m)
+    z_stdev = layers.Dense(p.z_dim, dtype="float32", name="z_stdev_pre")(m)
+    z_stdev = layers.Activation(_softplus_floor, dtype="float32", name="z_stdev")(
+        z_stdev
+    )
+    pooled32 = layers.Activation("linear", dtype="float32", name="avepool_out")(pooled)
+    crelu32 = layers.Activation("linear", dtype="float32", name="crelu_out")(crelu)
+    outputs = dict(
+        zip(ENCODER_OUTPUTS, (z_mean, z_stdev, pooled32, crelu32), strict=True)
+    )
+    return keras.Model(x_in, outputs, name="encoder")
 
 
-def _encoder_block(x, width: int, name: str):
-    """Pre-activation residual block that halves the resolution."""
-    h = layers.ReLU()(layers.BatchNormalization(name=f"{name}_bn0")(x))
-    h = layers.Conv2D(width, 3, padding="same", name=f"{name}_conv0")(h)
-    h = layers.ReLU()(layers.BatchNormalization(name=f"{name}_bn1")(h))
-    h = layers.Conv2D(width, 3, padding="same", name=f"{name}_conv1")(h)
-    h = layers.AveragePooling2D(2, name=f"{name}_pool")(h)
-    skip = layers.AveragePooling2D(2)(x)
-    skip = layers.Conv2D(width, 1, name=f"{name}_skip")(skip)
-    return layers.Add()([h, skip])
+def _crelu(t):
+    """Concatenated ReLU: keeps the sign information a plain ReLU drops."""
+    return ops.concatenate([ops.relu(t), ops.relu(-t)], axis=-1)
 
 
+def _softplus_floor(s):
+    """Softplus with a floor, so the encoder never becomes deterministic."""
+    return ops.softplus(s) + 1e-4
+
+
+def _bottleneck(x, depth: int, stride: int, name: str):
+    """Pre-activation bottleneck unit (1x1 -> 3x3 -> 1x1, 4x depth out)."""
+    out_channels = 4 * depth
+    pre = layers.ReLU()(_bn(f"{name}_preact")(x))
+    if x.shape[-1] == out_channels:
+        shortcut = layers.MaxPooling2D(1, strides=stride)(x) if stride > 1 else x
+    else:
+        shortcut = layers.Conv2D(
+            out_channels, 1, strides=stride, name=f"{name}_shortcut"
+        )(pre)
+    h = layers.Conv2D(depth, 1, use_bias=False, name=f"{name}_conv1")(pre)
+    h = layers.ReLU()(_bn(f"{name}_conv1_bn")(h))
+    h = layers.Conv2D(
+        depth, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv2"
+    )(h)
+    h = layers.ReLU()(_bn(f"{name}_conv2_bn")(h))
+    h = layers.Conv2D(out_channels, 1, name=f"{name}_conv3")(h)
+    return layers.Add()([shortcut, h])
+
+
+# -- G --------------------------------------------------------------------------
 def generator_blocks(p: ModelPreset) -> int:
     """Number of 2x up-blocks from 4x4 to gd_size."""
     blocks, size = 0, 4
     while size < p.gd_size:
         size, blocks = size * 2, blocks + 1
+    if size != p.gd_size or len(p.gen_mults) != blocks + 1:
+        raise ValueError(
+            f"preset {p.name}: gd_size {p.gd_size} needs {blocks} up-blocks from 4x4 "
+            f"and {blocks + 1} gen_mults, got {len(p.gen_mults)}"
+        )
     return blocks
 
 
 def build_generator(p: ModelPreset) -> keras.Model:
-    """BigGAN-style G: z split into chunks, one for the input, one per up-block."""
+    """BigGAN G: z split into chunks, one for the input, one per up-block's CBN."""
     n_blocks = generator_blocks(p)
     z_in = keras.Input((p.z_dim,), name="z")
     chunk = p.z_dim // (n_blocks + 1)
-    chunks = [z_in[:, i * chunk : (i + 1) * chunk] for i in range(n_blocks)]
-    chunks.insert(0, z_in[:, n_blocks * chunk :])  # the remainder feeds the stem
-    widths = [p.gen_width * 2 ** (n_blocks - i) for i in range(n_blocks + 1)]
-    h = SNDense(4 * 4 * widths[0], name="g_linear")(chunks[0])
+    # the first chunk (plus any remainder) feeds the linear stem
+    stem_len = p.z_dim - n_blocks * chunk
+    z_stem = layers.Lambda(lambda z: z[:, :stem_len], name="z_stem")(z_in)
+    widths = [p.gen_ch * m for m in p.gen_mults]
+    h = SNDense(4 * 4 * widths[0], name="g_linear")(z_stem)
     h = layers.Reshape((4, 4, widths[0]))(h)
+    size = 4
     for i in range(n_blocks):
-        h = _generator_block(h, chunks[i + 1], widths[i + 1], name=f"g_block{i}")
+        start = stem_len + i * chunk
+        z_i = layers.Lambda(lambda z, a=start: z[:, a : a + chunk], name=f"z_chunk{i}")(
+            z_in
+        )
+        h = _generator_block(h, z_i, widths[i + 1], name=f"g_block{i}")
+        size *= 2
+        if size == p.gen_attention:
+            h = SelfAttention(name="g_attention")(h)
     h = layers.ReLU()(layers.BatchNormalization(name="g_bn_out")(h))
     image = SNConv2D(3, name="g_to_rgb")(h)
-    image = layers.Activation("tanh", name="image")(image)
+    image = layers.Activation("tanh", dtype="float32", name="image")(image)
     return keras.Model(z_in, image, name="generator")
 
 
@@ -78,33 +143,50 @@ def _generator_block(x, z_chunk, width: int, name: str):
     return layers.Add()([h, skip])
 
 
+# -- D --------------------------------------------------------------------------
 def build_discriminator(p: ModelPreset) -> keras.Model:
-    """D = F(x), H(z), J(F, H) with linear scores s_x, s_z, s_xz (one [x, z] input)."""
+    """D = F(x), H(z), J(F, H) with linear scores s_x, s_z, s_xz (one [x, z] input).
+
+    F is BigGAN's D trunk (every block halves the size except the last); H and J
+    are MLPs with skip connections. Scores are float32.
+    """
     x_in = keras.Input((p.gd_size, p.gd_size, 3), name="x")
     z_in = keras.Input((p.z_dim,), name="z")
-    # F: residual down-blocks, ReLU, global sum pooling (as BigGAN's D)
-    h = x_in
-    for i, width in enumerate(p.disc_widths):
-        h = _discriminator_block(h, width, first=(i == 0), name=f"f_block{i}")
+    h, size = x_in, p.gd_size
+    last = len(p.disc_mults) - 1
+    for i, mult in enumerate(p.disc_mults):
+        down = i < last
+        h = _discriminator_block(
+            h, p.disc_ch * mult, first=(i == 0), down=down, name=f"f_block{i}"
+        )
+        size = size // 2 if down else size
+        if size == p.disc_attention:
+            h = SelfAttention(name="f_attention")(h)
     f = layers.Lambda(lambda t: ops.sum(ops.relu(t), axis=(1, 2)), name="f_out")(h)
-    # H: MLP over z
-    hz = z_in
-    for i in range(2):
-        hz = layers.ReLU()(SNDense(p.disc_mlp, name=f"h_dense{i}")(hz))
-    # J: MLP over [F, H]
-    j = layers.Concatenate()([f, hz])
-    for i in range(2):
-        j = layers.ReLU()(SNDense(p.disc_mlp, name=f"j_dense{i}")(j))
-    s_x = SNDense(1, name="s_x")(f)
-    s_z = SNDense(1, name="s_z")(hz)
-    s_xz = SNDense(1, name="s_xz")(j)
+    hz = _mlp(z_in, p.disc_mlp, p.disc_mlp_layers, name="h")
+    j = _mlp(layers.Concatenate()([f, hz]), p.disc_mlp, p.disc_mlp_layers, name="j")
+    s_x = SNDense(1, dtype="float32", name="s_x")(f)
+    s_z = SNDense(1, dtype="float32", name="s_z")(hz)
+    s_xz = SNDense(1, dtype="float32", name="s_xz")(j)
     return keras.Model([x_in, z_in], [s_x, s_z, s_xz], name="discriminator")
 
 
-def _discriminator_block(x, width: int, first: bool, name: str):
+def _mlp(x, width: int, n_layers: int, name: str):
+    """ReLU MLP; layers after the first add their input back (skip connection)."""
+    for i in range(n_layers):
+        out = layers.ReLU()(SNDense(width, name=f"{name}_dense{i}")(x))
+        x = layers.Add()([x, out]) if i > 0 else out
+    return x
+
+
+def _discriminator_block(x, width: int, first: bool, down: bool, name: str):
     h = x if first else layers.ReLU()(x)
     h = SNConv2D(width, name=f"{name}_conv0")(h)
     h = SNConv2D(width, name=f"{name}_conv1")(layers.ReLU()(h))
-    h = layers.AveragePooling2D(2)(h)
-    skip = SNConv2D(width, kernel_size=1, name=f"{name}_skip")(x)
-    return layers.Add()([h, layers.AveragePooling2D(2)(skip)])
+    skip = x
+    if down:
+        h = layers.AveragePooling2D(2)(h)
+    if x.shape[-1] != width or down:
+        skip = SNConv2D(width, kernel_size=1, name=f"{name}_skip")(x)
+        skip = layers.AveragePooling2D(2)(skip) if down else skip
+    return layers.Add()([h, skip])

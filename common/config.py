@@ -13,23 +13,62 @@ from typing import Any
 Z_DIM = 120  # BigBiGAN's latent size; the paper's features are this z_mean
 
 
+PRECISIONS = {
+    "off": "float32",
+    "float16": "mixed_float16",
+    "bfloat16": "mixed_bfloat16",
+}
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    mixed_precision: str = "off"  # "off", "float16" (GPUs) or "bfloat16" (TPU/new CPUs)
+    xla: bool = False  # compile the training step with XLA (jit_compile)
+    memory_growth: bool = True  # let TensorFlow share the GPU with other processes
+    multi_gpu: bool = False  # mirror the step over every visible GPU
+
+    @property
+    def policy(self) -> str:
+        try:
+            return PRECISIONS[self.mixed_precision]
+        except KeyError:
+            raise ValueError(
+                f"mixed-precision={self.mixed_precision!r}: use one of "
+                f"{sorted(PRECISIONS)}"
+            ) from None
+
+
 class ConfigError(ValueError):
     """A run config value is missing, of the wrong type, or out of range."""
 
 
 @dataclass(frozen=True)
 class ModelPreset:
-    """Sizes of E, G and D. E sees `image_size`; G makes and D judges `gd_size`."""
+    """Sizes of E, G and D. E sees `image_size`; G makes and D judges `gd_size`.
+
+    E is a pre-activation ResNet-v2 with bottleneck units (`enc_units` per stage,
+    bottleneck depth `enc_depths`, output 4x depth) and an MLP head. G and D are
+    BigGAN's: channel multipliers of `gen_ch` / `disc_ch` per block, optional
+    self-attention at one resolution. H and J are MLPs with skip connections.
+    """
 
     name: str
     image_size: int
     gd_size: int
     z_dim: int = Z_DIM
-    enc_widths: tuple[int, ...] = (16, 32, 64)
+    enc_stem: int = 16
+    enc_depths: tuple[int, ...] = (16, 32, 64)
+    enc_units: tuple[int, ...] = (1, 1, 1)
     enc_mlp: int = 128
-    gen_width: int = 32
-    disc_widths: tuple[int, ...] = (16, 32, 64)
+    enc_mlp_layers: int = 2
+    gen_ch: int = 32
+    gen_mults: tuple[int, ...] = (8, 4, 2, 1)  # the 4x4 input, then one per up-block
+    gen_attention: int = 0  # resolution of G's self-attention block; 0 = none
+    disc_ch: int = 16
+    disc_mults: tuple[int, ...] = (1, 2, 4, 4)  # one per block; the last keeps size
+    disc_attention: int = 0
     disc_mlp: int = 128
+    disc_mlp_layers: int = 2
 
 
 PRESETS: dict[str, ModelPreset] = {
@@ -40,11 +79,34 @@ PRESETS: dict[str, ModelPreset] = {
         "small",
         image_size=128,
         gd_size=64,
-        enc_widths=(32, 64, 128, 256),
+        enc_stem=32,
+        enc_depths=(16, 32, 64, 128),
+        enc_units=(1, 1, 2, 1),
         enc_mlp=256,
-        gen_width=64,
-        disc_widths=(32, 64, 128, 256),
+        gen_ch=32,
+        gen_mults=(8, 8, 4, 2, 1),
+        disc_ch=32,
+        disc_mults=(1, 2, 4, 8, 8),
         disc_mlp=256,
+    ),
+    # the study's model: ResNet-v2-50 E at 256 px, BigGAN-128 G and D (GPUs)
+    "paper": ModelPreset(
+        "paper",
+        image_size=256,
+        gd_size=128,
+        enc_stem=64,
+        enc_depths=(64, 128, 256, 512),
+        enc_units=(3, 4, 6, 3),
+        enc_mlp=4096,
+        enc_mlp_layers=3,
+        gen_ch=96,
+        gen_mults=(16, 16, 8, 4, 2, 1),
+        gen_attention=64,
+        disc_ch=96,
+        disc_mults=(1, 2, 4, 8, 16, 16),
+        disc_attention=64,
+        disc_mlp=2048,
+        disc_mlp_layers=8,
     ),
 }
 
@@ -69,6 +131,7 @@ class TrainConfig:
     lr_eg: float = 2e-4
     lr_e_multiplier: float = 1.0  # E's rate = lr_eg * this (BigBiGAN raised E's)
     d_steps: int = 1
+    lr_halve_every: int = 0  # epochs; 0 = constant (the authors meant 4)
     max_slices_per_patient: int = 0  # 0 = all slices
 
 
@@ -102,6 +165,12 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
+    encoder_mode: str = "trained"  # "trained" (BigBiGAN rounds) or "frozen"
+    hub_module: str = ""  # TF Hub handle or local copy to warm-start E from
+    mixed_precision: str = "off"  # "off", "float16" or "bfloat16"
+    xla: bool = False
+    memory_growth: bool = True
+    multi_gpu: bool = False
     sim_data_root: str = "runs/demo/data"
     sim_sites: str = "hospital_a_ge:train,hospital_a_neuviz:train,hospital_b:external"
     out_dir: str = "runs/flwr"
@@ -109,6 +178,17 @@ class RunConfig:
     @property
     def model(self) -> ModelPreset:
         return get_preset(self.preset)
+
+    @property
+    def devices(self) -> DeviceConfig:
+        return DeviceConfig(
+            self.mixed_precision, self.xla, self.memory_growth, self.multi_gpu
+        )
+
+    @property
+    def trains_encoder(self) -> bool:
+        """False in the frozen-encoder baseline: no BigBiGAN rounds, head only."""
+        return self.encoder_mode == "trained"
 
     def site_roster(self) -> list[tuple[str, str]]:
         """The simulated sites as (name, role) pairs, in partition order."""
@@ -169,6 +249,15 @@ class RunConfig:
         get_preset(self.preset)
         self.site_roster()
         checks = [
+            (
+                self.mixed_precision in PRECISIONS,
+                f"mixed-precision must be one of {sorted(PRECISIONS)}",
+            ),
+            (
+                self.encoder_mode in ("trained", "frozen"),
+                "encoder-mode must be 'trained' or 'frozen'",
+            ),
+            (self.train.lr_halve_every >= 0, "lr-halve-every must be >= 0"),
             (self.gan_rounds >= 0, "gan-rounds must be >= 0"),
             (self.train.local_epochs >= 1, "local-epochs must be >= 1"),
             (self.train.batch_size >= 2, "batch-size must be >= 2"),

@@ -2,6 +2,7 @@
 
 D has its own Adam; E and G have theirs (E's learning rate separately settable).
 One `tf.function` step does `d_steps` discriminator updates, then one E/G update.
+The learning rate halves every `lr_halve_every` epochs, counted across rounds.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import tensorflow as tf
 
 from common.bigbigan import build_discriminator, build_encoder, build_generator
 from common.config import ModelPreset, TrainConfig
+from common.devices import DeviceConfig, dtype_policy, strategy_for, wrap_optimizer
 from common.losses import discriminator_loss, encoder_generator_loss
 
 
@@ -28,16 +30,24 @@ class EpochLosses:
 class BigBiGAN:
     """E, G, D and their optimisers, with weight import/export for federation."""
 
-    def __init__(self, preset: ModelPreset, seed: int = 0):
+    def __init__(
+        self,
+        preset: ModelPreset,
+        seed: int = 0,
+        devices: DeviceConfig | None = None,
+    ):
         keras.utils.set_random_seed(seed)
         self.preset = preset
-        self.encoder = build_encoder(preset)
-        self.generator = build_generator(preset)
-        self.discriminator = build_discriminator(preset)
+        self.devices = devices or DeviceConfig()
+        self.strategy = strategy_for(self.devices)
+        with self.strategy.scope(), dtype_policy(self.devices):
+            self.encoder = build_encoder(preset)
+            self.generator = build_generator(preset)
+            self.discriminator = build_discriminator(preset)
+            self._seed_gen = tf.random.Generator.from_seed(seed)
         self._optimizers: tuple[keras.optimizers.Optimizer, ...] = ()
         self._step = None
         self._train_config: TrainConfig | None = None
-        self._seed_gen = tf.random.Generator.from_seed(seed)
 
     # -- weights shared with the federation -------------------------------------
     @property
@@ -77,55 +87,101 @@ class BigBiGAN:
     # -- training -----------------------------------------------------------------
     def _build_step(self, config: TrainConfig):
         """Create fresh optimisers and the traced step (once per config)."""
-        opt_d = keras.optimizers.Adam(config.lr_d, beta_1=0.0, beta_2=0.999)
-        opt_e = keras.optimizers.Adam(
-            config.lr_eg * config.lr_e_multiplier, beta_1=0.0, beta_2=0.999
-        )
-        opt_g = keras.optimizers.Adam(config.lr_eg, beta_1=0.0, beta_2=0.999)
-        opt_d.build(self.discriminator.trainable_variables)
-        opt_e.build(self.encoder.trainable_variables)
-        opt_g.build(self.generator.trainable_variables)
+        devices = self.devices
+        with self.strategy.scope():
+            opt_d = wrap_optimizer(
+                keras.optimizers.Adam(config.lr_d, beta_1=0.0, beta_2=0.999), devices
+            )
+            opt_e = wrap_optimizer(
+                keras.optimizers.Adam(
+                    config.lr_eg * config.lr_e_multiplier, beta_1=0.0, beta_2=0.999
+                ),
+                devices,
+            )
+            opt_g = wrap_optimizer(
+                keras.optimizers.Adam(config.lr_eg, beta_1=0.0, beta_2=0.999), devices
+            )
+            opt_d.build(self.discriminator.trainable_variables)
+            opt_e.build(self.encoder.trainable_variables)
+            opt_g.build(self.generator.trainable_variables)
         self._optimizers = (opt_d, opt_e, opt_g)
+        self._base_rates = (
+            config.lr_d,
+            config.lr_eg * config.lr_e_multiplier,
+            config.lr_eg,
+        )
         encoder, generator, disc = self.encoder, self.generator, self.discriminator
         z_dim, gd_size, d_steps = self.preset.z_dim, self.preset.gd_size, config.d_steps
         noise = self._seed_gen
+        strategy = self.strategy
+        replicas = float(strategy.num_replicas_in_sync)
 
         def scores(x_real):
             batch = tf.shape(x_real)[0]
-            z_mean, z_stdev, _ = encoder(x_real, training=True)
-            z_hat = z_mean + z_stdev * noise.normal(tf.shape(z_mean))
+            e_out = encoder(x_real, training=True)
+            z_hat = e_out["z_mean"] + e_out["z_stdev"] * noise.normal(
+                tf.shape(e_out["z_mean"])
+            )
             z = noise.normal((batch, z_dim))
             x_fake = generator(z, training=True)
             x_small = tf.image.resize(x_real, (gd_size, gd_size), method="area")
-            real = disc([x_small, z_hat], training=True)
+            real = disc([tf.cast(x_small, x_fake.dtype), z_hat], training=True)
             fake = disc([x_fake, z], training=True)
             return real, fake
 
-        @tf.function(reduce_retracing=True)
-        def step(x_real):
+        def scaled(optimizer, loss):
+            # per-replica share of a global batch; dynamic loss scale for float16
+            loss = loss / replicas
+            if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+                loss = optimizer.scale_loss(loss)
+            return loss
+
+        def apply(optimizer, tape, loss, model):
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(
+                zip(grads, model.trainable_variables, strict=True)
+            )
+
+        def replica_step(x_real):
             d_loss = tf.constant(0.0)
             for _ in tf.range(d_steps):
                 with tf.GradientTape() as tape:
                     real, fake = scores(x_real)
                     d_loss = discriminator_loss(real, fake)
-                grads = tape.gradient(d_loss, disc.trainable_variables)
-                opt_d.apply_gradients(zip(grads, disc.trainable_variables, strict=True))
+                    d_scaled = scaled(opt_d, d_loss)
+                apply(opt_d, tape, d_scaled, disc)
             with tf.GradientTape(persistent=True) as tape:
                 real, fake = scores(x_real)
                 e_loss, g_loss = encoder_generator_loss(real, fake)
-            e_grads = tape.gradient(e_loss, encoder.trainable_variables)
-            g_grads = tape.gradient(g_loss, generator.trainable_variables)
+                e_scaled, g_scaled = scaled(opt_e, e_loss), scaled(opt_g, g_loss)
+            apply(opt_e, tape, e_scaled, encoder)
+            apply(opt_g, tape, g_scaled, generator)
             del tape
-            opt_e.apply_gradients(
-                zip(e_grads, encoder.trainable_variables, strict=True)
-            )
-            opt_g.apply_gradients(
-                zip(g_grads, generator.trainable_variables, strict=True)
-            )
-            return d_loss, e_loss, g_loss
+            return tf.stack([d_loss, e_loss, g_loss])
+
+        @tf.function(reduce_retracing=True, jit_compile=devices.xla)
+        def xla_step(x_real):
+            return replica_step(x_real)
+
+        @tf.function(reduce_retracing=True)
+        def step(x_real):
+            per_replica = strategy.run(xla_step, args=(x_real,))
+            return strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
 
         self._step = step
         self._train_config = config
+
+    def _set_learning_rates(self, config: TrainConfig, epoch: int) -> None:
+        """Halve every `lr_halve_every` epochs (a real schedule, not a Python float)."""
+        factor = 1.0
+        if config.lr_halve_every > 0:
+            factor = 0.5 ** (epoch // config.lr_halve_every)
+        for optimizer, base in zip(self._optimizers, self._base_rates, strict=True):
+            optimizer.learning_rate = base * factor
+
+    def learning_rates(self) -> tuple[float, ...]:
+        """Current (D, E, G) learning rates."""
+        return tuple(float(o.learning_rate.numpy()) for o in self._optimizers)
 
     def reset_optimizers(self) -> None:
         """Start a round with fresh Adam moments (they are never averaged)."""
@@ -134,9 +190,17 @@ class BigBiGAN:
                 var.assign(tf.zeros_like(var))
 
     def train_epochs(
-        self, images: np.ndarray, config: TrainConfig, seed: int
+        self,
+        images: np.ndarray,
+        config: TrainConfig,
+        seed: int,
+        first_epoch: int = 0,
     ) -> EpochLosses:
-        """Run `config.local_epochs` passes over `images`; return mean losses."""
+        """Run `config.local_epochs` passes over `images`; return mean losses.
+
+        `first_epoch` counts epochs already trained in earlier rounds, so the
+        learning-rate schedule continues across a federation's rounds.
+        """
         if self._step is None or self._train_config != config:
             self._build_step(config)
         else:
@@ -147,11 +211,16 @@ class BigBiGAN:
         rng = np.random.default_rng(seed)
         totals = np.zeros(3)
         steps = 0
-        for _ in range(config.local_epochs):
+        for epoch in range(config.local_epochs):
+            self._set_learning_rates(config, first_epoch + epoch)
             order = rng.permutation(len(images))
-            for start in range(0, len(order) - batch + 1, batch):
-                x = tf.constant(images[order[start : start + batch]])
-                totals += [float(v) for v in self._step(x)]
+            batches = (
+                tf.data.Dataset.from_tensor_slices(images[order])
+                .batch(batch, drop_remainder=True)
+                .prefetch(2)
+            )
+            for x in self.strategy.experimental_distribute_dataset(batches):
+                totals += self._step(x).numpy()
                 steps += 1
         d, e, g = totals / max(steps, 1)
         return EpochLosses(d=d, e=e, g=g, steps=steps)
@@ -159,10 +228,29 @@ class BigBiGAN:
     # -- features -----------------------------------------------------------------
     def encode(self, images: np.ndarray, batch: int = 64) -> np.ndarray:
         """z_mean for each image (the paper's 120-d feature)."""
-        if len(images) == 0:
-            return np.zeros((0, self.preset.z_dim), np.float32)
-        out = [
-            self.encoder(images[i : i + batch], training=False)[0].numpy()
-            for i in range(0, len(images), batch)
-        ]
-        return np.concatenate(out).astype(np.float64)
+        return self.encode_all(images, batch, outputs=("z_mean",))["z_mean"]
+
+    def encode_all(
+        self,
+        images: np.ndarray,
+        batch: int = 64,
+        outputs: tuple[str, ...] = ("z_mean", "z_stdev", "z_sample", "avepool_feat"),
+    ) -> dict[str, np.ndarray]:
+        """E's outputs like the hub module's `encode`: z_mean, z_stdev, z_sample
+        (mean + stdev * noise), avepool_feat, bn_crelu_feat; float64 arrays."""
+        chunks: dict[str, list[np.ndarray]] = {k: [] for k in outputs}
+        for i in range(0, len(images), batch):
+            out = self.encoder(images[i : i + batch], training=False)
+            if "z_sample" in outputs:
+                eps = self._seed_gen.normal(tf.shape(out["z_mean"]))
+                out = {**out, "z_sample": out["z_mean"] + out["z_stdev"] * eps}
+            for key in outputs:
+                chunks[key].append(np.asarray(out[key], dtype=np.float64))
+        trunk = 4 * self.preset.enc_depths[-1]
+        width = {"avepool_feat": trunk, "bn_crelu_feat": 2 * trunk}
+        return {
+            k: np.concatenate(v)
+            if v
+            else np.zeros((0, width.get(k, self.preset.z_dim)))
+            for k, v in chunks.items()
+        }

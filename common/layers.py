@@ -22,16 +22,17 @@ class _SpectralNormKernel(keras.layers.Layer):
         )
 
     def _normalized(self, kernel, training: bool):
-        matrix = ops.reshape(kernel, (-1, kernel.shape[-1]))
-        u = ops.convert_to_tensor(self.u)
+        # the power iteration runs in float32 even under mixed precision
+        matrix = ops.cast(ops.reshape(kernel, (-1, kernel.shape[-1])), "float32")
+        u = ops.cast(self.u, "float32")
         v = _l2_normalize(ops.matmul(u, ops.transpose(matrix)))
         u_new = _l2_normalize(ops.matmul(v, matrix))
         u_new = ops.stop_gradient(u_new)
         v = ops.stop_gradient(v)
         sigma = ops.sum(ops.matmul(v, matrix) * u_new)
         if training:
-            self.u.assign(u_new)
-        return kernel / sigma
+            self.u.assign(ops.cast(u_new, self.u.dtype))
+        return kernel / ops.cast(sigma, kernel.dtype)
 
 
 def _unit_vector(shape, dtype=None):
@@ -46,10 +47,13 @@ def _l2_normalize(x, eps: float = 1e-12):
 class SNConv2D(_SpectralNormKernel):
     """3x3 (or k x k) 'same' convolution with a spectrally normalised kernel."""
 
-    def __init__(self, filters: int, kernel_size: int = 3, **kwargs):
+    def __init__(
+        self, filters: int, kernel_size: int = 3, use_bias: bool = True, **kwargs
+    ):
         super().__init__(**kwargs)
         self.filters = filters
         self.kernel_size = kernel_size
+        self.use_bias = use_bias
 
     def build(self, input_shape):
         k = self.kernel_size
@@ -58,18 +62,23 @@ class SNConv2D(_SpectralNormKernel):
             initializer="orthogonal",
             name="kernel",
         )
-        self.bias = self.add_weight(shape=(self.filters,), initializer="zeros")
+        self.bias = (
+            self.add_weight(shape=(self.filters,), initializer="zeros", name="bias")
+            if self.use_bias
+            else None
+        )
         self._add_u(self.filters)
 
     def call(self, x, training=False):
-        kernel = self._normalized(self.kernel, training)
-        return ops.conv(x, kernel, padding="same") + self.bias
+        out = ops.conv(x, self._normalized(self.kernel, training), padding="same")
+        return out if self.bias is None else out + self.bias
 
     def get_config(self):
         return {
             **super().get_config(),
             "filters": self.filters,
             "kernel_size": self.kernel_size,
+            "use_bias": self.use_bias,
         }
 
 
@@ -84,7 +93,9 @@ class SNDense(_SpectralNormKernel):
         self.kernel = self.add_weight(
             shape=(input_shape[-1], self.units), initializer="orthogonal", name="kernel"
         )
-        self.bias = self.add_weight(shape=(self.units,), initializer="zeros")
+        self.bias = self.add_weight(
+            shape=(self.units,), initializer="zeros", name="bias"
+        )
         self._add_u(self.units)
 
     def call(self, x, training=False):
@@ -92,6 +103,35 @@ class SNDense(_SpectralNormKernel):
 
     def get_config(self):
         return {**super().get_config(), "units": self.units}
+
+
+class SelfAttention(keras.layers.Layer):
+    """SAGAN self-attention as in BigGAN: x + gamma * attention(x), gamma from 0."""
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        self.theta = SNConv2D(
+            channels // 8, kernel_size=1, use_bias=False, name="theta"
+        )
+        self.phi = SNConv2D(channels // 8, kernel_size=1, use_bias=False, name="phi")
+        self.g = SNConv2D(channels // 2, kernel_size=1, use_bias=False, name="g")
+        self.o = SNConv2D(channels, kernel_size=1, use_bias=False, name="o")
+        self.gamma = self.add_weight(shape=(), initializer="zeros", name="gamma")
+
+    def call(self, x, training=False):
+        _, height, width, channels = x.shape
+        theta = ops.reshape(
+            self.theta(x, training=training), (-1, height * width, channels // 8)
+        )
+        phi = ops.max_pool(self.phi(x, training=training), 2, 2)
+        phi = ops.reshape(phi, (-1, height * width // 4, channels // 8))
+        g = ops.max_pool(self.g(x, training=training), 2, 2)
+        g = ops.reshape(g, (-1, height * width // 4, channels // 2))
+        attention = ops.softmax(
+            ops.matmul(theta, ops.transpose(phi, (0, 2, 1))), axis=-1
+        )
+        out = ops.reshape(ops.matmul(attention, g), (-1, height, width, channels // 2))
+        return x + ops.cast(self.gamma, x.dtype) * self.o(out, training=training)
 
 
 class ConditionalBatchNorm(keras.layers.Layer):

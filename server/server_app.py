@@ -55,8 +55,9 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
         legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord()
         history = []
         secure_rounds = 0
-        for rnd in range(1, config.gan_rounds + 1):
-            strategy.config = {**flat, "phase": "gan"}
+        gan_rounds = config.gan_rounds if config.trains_encoder else 0
+        for rnd in range(1, gan_rounds + 1):
+            strategy.config = {**flat, "phase": "gan", "server-round": rnd}
             delta = _secure_round(
                 grid,
                 legacy,
@@ -90,7 +91,7 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
         stats = _secure_round(
             grid,
             legacy,
-            config.gan_rounds + 1,
+            gan_rounds + 1,
             weights,
             config,
             clip=head_clip,
