@@ -35,11 +35,13 @@ class BigBiGAN:
         preset: ModelPreset,
         seed: int = 0,
         devices: DeviceConfig | None = None,
+        strategy: tf.distribute.Strategy | None = None,
     ):
         keras.utils.set_random_seed(seed)
         self.preset = preset
         self.devices = devices or DeviceConfig()
-        self.strategy = strategy_for(self.devices)
+        # an explicit strategy lets tests mirror over logical CPU devices
+        self.strategy = strategy or strategy_for(self.devices)
         with self.strategy.scope(), dtype_policy(self.devices):
             self.encoder = build_encoder(preset)
             self.generator = build_generator(preset)
@@ -195,15 +197,17 @@ class BigBiGAN:
         config: TrainConfig,
         seed: int,
         first_epoch: int = 0,
+        keep_optimizer_state: bool = False,
     ) -> EpochLosses:
         """Run `config.local_epochs` passes over `images`; return mean losses.
 
         `first_epoch` counts epochs already trained in earlier rounds, so the
-        learning-rate schedule continues across a federation's rounds.
+        learning-rate schedule continues across a federation's rounds. A round
+        starts with fresh Adam moments unless `keep_optimizer_state` (central runs).
         """
         if self._step is None or self._train_config != config:
             self._build_step(config)
-        else:
+        elif not keep_optimizer_state:
             self.reset_optimizers()
         batch = min(config.batch_size, len(images))
         if batch < 2:
@@ -224,6 +228,11 @@ class BigBiGAN:
                 steps += 1
         d, e, g = totals / max(steps, 1)
         return EpochLosses(d=d, e=e, g=g, steps=steps)
+
+    def reconstruct(self, images: np.ndarray) -> np.ndarray:
+        """G(E(x)) at G's resolution: how well E inverts G (a monitor, not a loss)."""
+        z = self.encoder(images, training=False)["z_mean"]
+        return np.asarray(self.generator(z, training=False), dtype=np.float32)
 
     # -- features -----------------------------------------------------------------
     def encode(self, images: np.ndarray, batch: int = 64) -> np.ndarray:

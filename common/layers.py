@@ -139,7 +139,9 @@ class ConditionalBatchNorm(keras.layers.Layer):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.norm = keras.layers.BatchNormalization(center=False, scale=False)
+        self.norm = keras.layers.BatchNormalization(
+            center=False, scale=False, name="bn"
+        )
 
     def build(self, input_shapes):
         x_shape, _ = input_shapes

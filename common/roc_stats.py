@@ -1,0 +1,53 @@
+"""Exact AUC with DeLong's 95% confidence interval, for data held in one place.
+
+Used where the scores are local (centralised baselines, a site's own probe); the
+federated path uses the histogram ROC in `common.metrics`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+
+
+def _midranks(x: np.ndarray) -> np.ndarray:
+    return stats.rankdata(x, method="average")
+
+
+def delong_auc(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """AUC and its DeLong variance (DeLong et al. 1988, Sun & Xu's midrank form)."""
+    scores, labels = np.asarray(scores, float), np.asarray(labels).astype(bool)
+    pos, neg = scores[labels], scores[~labels]
+    m, n = len(pos), len(neg)
+    if m == 0 or n == 0:
+        return float("nan"), float("nan")
+    all_ranks = _midranks(np.concatenate([pos, neg]))
+    v10 = (all_ranks[:m] - _midranks(pos)) / n  # structural components, positives
+    v01 = 1.0 - (all_ranks[m:] - _midranks(neg)) / m  # and negatives
+    auc = float(v10.mean())
+    var = (np.var(v10, ddof=1) / m if m > 1 else 0.0) + (
+        np.var(v01, ddof=1) / n if n > 1 else 0.0
+    )
+    return auc, float(var)
+
+
+def auc_ci(
+    scores: np.ndarray, labels: np.ndarray, level: float = 0.95
+) -> tuple[float, float, float]:
+    """(AUC, low, high) with DeLong's normal interval, clipped to [0, 1]."""
+    auc, var = delong_auc(scores, labels)
+    if not np.isfinite(auc):
+        return auc, float("nan"), float("nan")
+    half = stats.norm.ppf(0.5 + level / 2) * np.sqrt(var)
+    return auc, max(0.0, auc - half), min(1.0, auc + half)
+
+
+def patient_scores(
+    slice_scores: np.ndarray, patient: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean slice score per patient (the paper's patient-level score) and label."""
+    ids = np.unique(patient)
+    return (
+        np.array([slice_scores[patient == i].mean() for i in ids]),
+        np.array([labels[patient == i][0] for i in ids]),
+    )
