@@ -92,6 +92,21 @@ def _bottleneck(x, depth: int, stride: int, name: str):
     return layers.Add()([shortcut, h])
 
 
+def downsample_for_d(x, p: ModelPreset):
+    """Real images at D's resolution by average pooling (BigBiGAN: 256 -> 128).
+
+    Average pooling by the integer factor equals area resizing here and, unlike
+    ResizeArea, compiles with XLA.
+    """
+    factor = p.image_size // p.gd_size
+    if factor * p.gd_size != p.image_size:
+        raise ValueError(
+            f"preset {p.name}: image_size must be a multiple of gd_size, got "
+            f"{p.image_size} and {p.gd_size}"
+        )
+    return ops.average_pool(x, factor, factor) if factor > 1 else x
+
+
 # -- G --------------------------------------------------------------------------
 def generator_blocks(p: ModelPreset) -> int:
     """Number of 2x up-blocks from 4x4 to gd_size."""

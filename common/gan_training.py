@@ -13,7 +13,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from common.bigbigan import build_discriminator, build_encoder, build_generator
+from common.bigbigan import (
+    build_discriminator,
+    build_encoder,
+    build_generator,
+    downsample_for_d,
+)
 from common.config import ModelPreset, TrainConfig
 from common.devices import DeviceConfig, dtype_policy, strategy_for, wrap_optimizer
 from common.losses import discriminator_loss, encoder_generator_loss
@@ -113,7 +118,7 @@ class BigBiGAN:
             config.lr_eg,
         )
         encoder, generator, disc = self.encoder, self.generator, self.discriminator
-        z_dim, gd_size, d_steps = self.preset.z_dim, self.preset.gd_size, config.d_steps
+        preset, z_dim, d_steps = self.preset, self.preset.z_dim, config.d_steps
         noise = self._seed_gen
         strategy = self.strategy
         replicas = float(strategy.num_replicas_in_sync)
@@ -126,7 +131,7 @@ class BigBiGAN:
             )
             z = noise.normal((batch, z_dim))
             x_fake = generator(z, training=True)
-            x_small = tf.image.resize(x_real, (gd_size, gd_size), method="area")
+            x_small = downsample_for_d(x_real, preset)
             real = disc([tf.cast(x_small, x_fake.dtype), z_hat], training=True)
             fake = disc([x_fake, z], training=True)
             return real, fake
@@ -146,7 +151,7 @@ class BigBiGAN:
 
         def replica_step(x_real):
             d_loss = tf.constant(0.0)
-            for _ in tf.range(d_steps):
+            for _ in range(d_steps):  # unrolled: d_steps is small
                 with tf.GradientTape() as tape:
                     real, fake = scores(x_real)
                     d_loss = discriminator_loss(real, fake)
@@ -161,14 +166,19 @@ class BigBiGAN:
             del tape
             return tf.stack([d_loss, e_loss, g_loss])
 
-        @tf.function(reduce_retracing=True, jit_compile=devices.xla)
-        def xla_step(x_real):
-            return replica_step(x_real)
+        if strategy.num_replicas_in_sync > 1:
+            # no nested tf.function: the optimisers all-reduce inside the step
+            @tf.function(reduce_retracing=True)
+            def step(x_real):
+                per_replica = strategy.run(replica_step, args=(x_real,))
+                return strategy.reduce(
+                    tf.distribute.ReduceOp.MEAN, per_replica, axis=None
+                )
+        else:
 
-        @tf.function(reduce_retracing=True)
-        def step(x_real):
-            per_replica = strategy.run(xla_step, args=(x_real,))
-            return strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
+            @tf.function(reduce_retracing=True, jit_compile=devices.xla)
+            def step(x_real):
+                return replica_step(x_real)
 
         self._step = step
         self._train_config = config
