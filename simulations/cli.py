@@ -31,6 +31,23 @@ def _parse_overrides(items: list[str]) -> dict:
     return out
 
 
+def _hub_inspect(module: str, preset: str) -> int:
+    """Print the module's variables, variable kind, signatures and E mapping."""
+    import sys
+
+    from common.bigbigan import build_encoder
+    from common.config import get_preset
+    from common.hub import HubUnavailableError, describe_module, resolve_module
+
+    try:  # before building the encoder, so a bad handle fails at once
+        path = resolve_module(module)
+    except HubUnavailableError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(describe_module(path, build_encoder(get_preset(preset))))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fedbigbigan")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -49,8 +66,15 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="overrides like gan-rounds=2 preset='tiny'",
     )
+    hub = sub.add_parser(
+        "hub-inspect", help="list a BigBiGAN TF Hub module and how it maps onto E"
+    )
+    hub.add_argument("module", help="TF Hub handle or local module directory")
+    hub.add_argument("--preset", default="paper", help="our preset to map into")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if args.command == "hub-inspect":
+        return _hub_inspect(args.module, args.preset)
     if args.command == "phantoms":
         from simulations.phantoms import write_study
 
