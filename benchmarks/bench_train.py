@@ -1,0 +1,96 @@
+"""Training and inference speed per preset on this machine, as ratios.
+
+Prints, per preset: training images/s, inference slices/s, the training step's
+FLOP count (from TensorFlow's graph profiler) and its FLOP/s divided by this
+machine's float32 matmul FLOP/s measured in the same process.
+
+    python benchmarks/bench_train.py [--presets tiny small] [--steps 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from common.config import TrainConfig, get_preset  # noqa: E402
+from common.gan_training import BigBiGAN  # noqa: E402
+
+
+def matmul_flops(n: int = 2048, repeats: int = 10) -> float:
+    """Sustained float32 matmul FLOP/s: the machine's practical ceiling."""
+    a = tf.random.normal((n, n))
+    b = tf.random.normal((n, n))
+    matmul = tf.function(lambda x, y: tf.matmul(x, y))
+    matmul(a, b).numpy()  # warm up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        c = matmul(a, b)
+    c.numpy()
+    return 2 * n**3 * repeats / (time.perf_counter() - start)
+
+
+def step_flops(concrete) -> float:
+    """FLOPs of one traced step as TensorFlow's profiler counts them."""
+    from tensorflow.python.profiler import model_analyzer, option_builder
+
+    opts = option_builder.ProfileOptionBuilder.float_operation()
+    opts["output"] = "none"
+    info = model_analyzer.profile(concrete.graph, options=opts)
+    return float(info.total_float_ops)
+
+
+def bench_preset(name: str, batch: int, steps: int) -> dict:
+    preset = get_preset(name)
+    model = BigBiGAN(preset, seed=0)
+    rng = np.random.default_rng(0)
+    size = preset.image_size
+    images = rng.uniform(-1, 1, (batch * steps, size, size, 3)).astype("float32")
+    config = TrainConfig(batch_size=batch, local_epochs=1)
+    start = time.perf_counter()
+    model.train_epochs(images[: batch * 1], config, seed=0)  # trace + one step
+    trace = time.perf_counter() - start
+    start = time.perf_counter()
+    model.train_epochs(images, config, seed=1)
+    train_time = time.perf_counter() - start
+    flops = step_flops(model._step.get_concrete_function(tf.constant(images[:batch])))
+    model.encode(images[:batch])  # trace inference
+    start = time.perf_counter()
+    model.encode(images, batch=batch)
+    infer_time = time.perf_counter() - start
+    return {
+        "preset": name,
+        "trace_s": trace,
+        "train_img_s": batch * steps / train_time,
+        "infer_img_s": len(images) / infer_time,
+        "step_gflop": flops / 1e9,
+        "step_flop_s": flops * steps / train_time,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--presets", nargs="*", default=["tiny", "small"])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=16)
+    args = parser.parse_args()
+    peak = matmul_flops()
+    print(f"float32 matmul: {peak / 1e9:.1f} GFLOP/s (this machine, this process)")
+    for name in args.presets:
+        r = bench_preset(name, args.batch, args.steps)
+        print(
+            f"{name:6s} train {r['train_img_s']:7.1f} img/s  "
+            f"inference {r['infer_img_s']:7.1f} slices/s  "
+            f"step {r['step_gflop']:.2f} GFLOP  "
+            f"compute efficiency {r['step_flop_s'] / peak:.2f} of matmul  "
+            f"(first trace {r['trace_s']:.0f} s)"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""`fedbigbigan presets | train-central | extract`: the model's own commands."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from common.config import PRESETS, RunConfig
+
+
+def add_model_commands(sub, add_run_config) -> None:
+    """Register the commands on the main parser's subparsers."""
+    sub.add_parser("presets", help="print each model preset's parameter counts")
+    central = sub.add_parser(
+        "train-central",
+        help="train the same model on pooled phantom data (the federated reference)",
+    )
+    central.add_argument("--out", type=Path, required=True)
+    central.add_argument("--scale", type=float, default=1.0)
+    central.add_argument("--slices", type=int, default=6)
+    add_run_config(central)
+    extract = sub.add_parser(
+        "extract", help="write E's features (z_mean, ...) of a site's slices"
+    )
+    extract.add_argument(
+        "--model", type=Path, required=True, help="model.npz or a run directory"
+    )
+    extract.add_argument(
+        "--site-dir", type=Path, required=True, help="site folder with labels.csv"
+    )
+    extract.add_argument("--out", type=Path, required=True, help="features.npz")
+    extract.add_argument("--batch", type=int, default=32)
+    add_run_config(extract)
+
+
+def run_model_command(args: argparse.Namespace, config: RunConfig) -> int | None:
+    """Run the command if it is one of ours; None otherwise."""
+    if args.command == "presets":
+        return _presets()
+    if args.command == "train-central":
+        return _train_central(args, config)
+    if args.command == "extract":
+        return _extract(args, config)
+    return None
+
+
+def _presets() -> int:
+    from common.bigbigan import build_discriminator, build_encoder, build_generator
+
+    for name, preset in PRESETS.items():
+        counts = [
+            build(preset).count_params() / 1e6
+            for build in (build_encoder, build_generator, build_discriminator)
+        ]
+        print(
+            f"{name:6s} E {preset.image_size}px {counts[0]:7.2f} M   "
+            f"G/D {preset.gd_size}px {counts[1]:7.2f} M / {counts[2]:7.2f} M   "
+            f"total {sum(counts):7.2f} M"
+        )
+    return 0
+
+
+def _train_central(args: argparse.Namespace, config: RunConfig) -> int:
+    from simulations.central import train_central
+    from simulations.phantoms import write_study
+
+    data = args.out / "data"
+    if not (data / "hospital_b" / "labels.csv").exists():
+        write_study(data, args.scale, config.seed, args.slices)
+    config = dataclasses.replace(config, sim_data_root=str(data.resolve()))
+    metrics = train_central(args.out, config)
+    for kind in ("probe_random", "probe_trained"):
+        for split, m in metrics[kind].items():
+            low, high = m["ci"]
+            print(
+                f"{kind:13s} {split:11s} AUC {m['auc']:.3f} "
+                f"[{low:.3f}, {high:.3f}]  patients {m['n_patients']}"
+            )
+    print(f"run directory: {args.out}")
+    return 0
+
+
+def _extract(args: argparse.Namespace, config: RunConfig) -> int:
+    """Features of every slice with patient ids and labels (they stay at the site)."""
+    import os
+
+    from client.site import Site, site_data
+    from common.checkpoint import load_model
+
+    model = load_model(args.model, devices=config.devices, seed=config.seed)
+    config = dataclasses.replace(config, preset=model.preset.name)
+    site = Site(args.site_dir.name, args.site_dir, "external")
+    slices = site_data(site, config)["external"]
+    features = model.encode_all(
+        slices.images,
+        batch=args.batch,
+        outputs=("z_mean", "z_stdev", "z_sample", "avepool_feat", "bn_crelu_feat"),
+    )
+    patient_ids = np.asarray(_patient_ids(args.site_dir))[slices.patient]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    with tmp.open("wb") as handle:
+        np.savez(
+            handle,
+            **{k: v.astype(np.float32) for k, v in features.items()},
+            patient_id=patient_ids,
+            label=slices.labels,
+        )
+    os.replace(tmp, args.out)
+    shapes = json.dumps({k: list(v.shape) for k, v in features.items()})
+    print(f"{len(slices)} slices of {len(set(patient_ids))} patients -> {args.out}")
+    print(shapes)
+    return 0
+
+
+def _patient_ids(site_dir: Path) -> list[str]:
+    """Patient ids in the order `site_data` numbers them (sorted labelled ids)."""
+    from common.site_index import index_site
+
+    return [p.patient_id for p in index_site(site_dir).patients]
