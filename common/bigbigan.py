@@ -31,7 +31,7 @@ def _bn(name: str) -> layers.BatchNormalization:
 def build_encoder(p: ModelPreset) -> keras.Model:
     """ResNet-v2 trunk -> average pool -> BN + CReLU -> MLP -> mean, stdev."""
     x_in = keras.Input((p.image_size, p.image_size, 3), name="x")
-    h = layers.Conv2D(p.enc_stem, 7, strides=2, padding="same", name="stem_conv")(x_in)
+    h = _strided_conv(x_in, p.enc_stem, 7, 2, use_bias=True, name="stem_conv")
     h = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(h)
     last_stage = len(p.enc_depths)
     for s, (depth, units) in enumerate(
@@ -72,6 +72,18 @@ def _softplus_floor(s):
     return ops.softplus(s) + 1e-4
 
 
+def _strided_conv(x, filters: int, k: int, stride: int, use_bias: bool, name: str):
+    """tf-slim's conv2d_same: a strided conv pads evenly (Keras 'same' would pad
+    only after), so weights from the hub module see the same pixels."""
+    if stride == 1:
+        return layers.Conv2D(filters, k, padding="same", use_bias=use_bias, name=name)(
+            x
+        )
+    before = (k - 1) // 2
+    x = layers.ZeroPadding2D(((before, k - 1 - before),) * 2)(x)
+    return layers.Conv2D(filters, k, strides=stride, use_bias=use_bias, name=name)(x)
+
+
 def _bottleneck(x, depth: int, stride: int, name: str):
     """Pre-activation bottleneck unit (1x1 -> 3x3 -> 1x1, 4x depth out)."""
     out_channels = 4 * depth
@@ -84,9 +96,7 @@ def _bottleneck(x, depth: int, stride: int, name: str):
         )(pre)
     h = layers.Conv2D(depth, 1, use_bias=False, name=f"{name}_conv1")(pre)
     h = layers.ReLU()(_bn(f"{name}_conv1_bn")(h))
-    h = layers.Conv2D(
-        depth, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv2"
-    )(h)
+    h = _strided_conv(h, depth, 3, stride, use_bias=False, name=f"{name}_conv2")
     h = layers.ReLU()(_bn(f"{name}_conv2_bn")(h))
     h = layers.Conv2D(out_channels, 1, name=f"{name}_conv3")(h)
     return layers.Add()([shortcut, h])

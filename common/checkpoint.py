@@ -8,6 +8,7 @@ A run directory (config.json + global_weights.npz) loads the same way.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -16,6 +17,20 @@ import numpy as np
 from common.config import DeviceConfig, get_preset
 
 PRESET_KEY = "__preset__"
+log = logging.getLogger(__name__)
+
+
+def initial_model(config):
+    """The run's starting model: seeded init, E warm-started from `hub-module`."""
+    from common.gan_training import BigBiGAN
+
+    model = BigBiGAN(config.model, seed=config.seed, devices=config.devices)
+    if config.hub_module:
+        from common.hub import warm_start_encoder
+
+        report = warm_start_encoder(model.encoder, config.hub_module)
+        log.info("warm start from %s: %s", config.hub_module, report)
+    return model
 
 
 def save_model(model, path: Path) -> Path:

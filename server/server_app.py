@@ -48,9 +48,9 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
                 "SecAgg+ needs at least 2 training sites, "
                 f"got roles {sorted(r for r, _ in roles.values())}"
             )
-        from common.gan_training import BigBiGAN
+        from common.checkpoint import initial_model
 
-        weights = BigBiGAN(config.model, seed=config.seed).get_weights()
+        weights = initial_model(config).get_weights()
         initial = [w.copy() for w in weights]
         legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord()
         history = []

@@ -90,8 +90,7 @@ def train_central(
     out: Path, config: RunConfig, save_grids: bool = True, probe_every: int = 0
 ) -> dict:
     """Train on the pooled training splits for the federated run's epoch budget."""
-    from common.checkpoint import save_model
-    from common.gan_training import BigBiGAN
+    from common.checkpoint import initial_model, save_model
 
     out.mkdir(parents=True, exist_ok=True)
     sites = pooled_data(config)
@@ -102,7 +101,7 @@ def train_central(
         for split in ("val", "test")
     }
     evals.update({n: d["external"] for n, d in sites.items() if "external" in d})
-    model = BigBiGAN(config.model, seed=config.seed, devices=config.devices)
+    model = initial_model(config)
     everyone = concat([train, evals["val"], evals["test"]])
     random_probe = probe(model, train, evals, config.head_ridge)
     random_probe["cv"] = probe_cv(model, everyone, config.head_ridge)

@@ -9,6 +9,9 @@ from pathlib import Path
 import tomllib
 
 from common.config import RunConfig
+from simulations.model_cli import add_model_commands, run_model_command
+
+MODEL_COMMANDS = ("presets", "train-central", "extract")
 
 
 def _default_config() -> RunConfig:
@@ -48,6 +51,15 @@ def _hub_inspect(module: str, preset: str) -> int:
     return 0
 
 
+def _add_run_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--run-config",
+        nargs="*",
+        default=[],
+        help="overrides like gan-rounds=2 preset='tiny'",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fedbigbigan")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,8 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     hub.add_argument("module", help="TF Hub handle or local module directory")
     hub.add_argument("--preset", default="paper", help="our preset to map into")
+    add_model_commands(sub, _add_run_config)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if args.command in MODEL_COMMANDS:
+        overrides = _parse_overrides(getattr(args, "run_config", []))
+        flat = {**_default_config().to_flat(), **overrides}
+        return run_model_command(args, RunConfig.from_flat(flat))
     if args.command == "hub-inspect":
         return _hub_inspect(args.module, args.preset)
     if args.command == "phantoms":

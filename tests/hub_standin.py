@@ -47,7 +47,12 @@ class _Graph:
                 "weights",
                 self.rng.normal(0, (2 / fan_in) ** 0.5, (k, k, x.shape[-1], out)),
             )
-            y = tf.nn.conv2d(x, w, stride, "SAME")
+            if stride > 1 and k > 1:  # tf-slim's conv2d_same: explicit, even padding
+                pad = [(k - 1) // 2, k - 1 - (k - 1) // 2]
+                x = tf.pad(x, [[0, 0], pad, pad, [0, 0]])
+                y = tf.nn.conv2d(x, w, stride, "VALID")
+            else:
+                y = tf.nn.conv2d(x, w, stride, "SAME")
             if bias:
                 y = y + self.var("biases", self.rng.normal(0, 0.1, out))
         return y
@@ -112,7 +117,7 @@ def _encoder(g: _Graph, x, p: ModelPreset) -> dict[str, tf.Tensor]:
 
 
 def _bottleneck(g: _Graph, x, depth: int, stride: int):
-    """tf-slim resnet_v2 bottleneck (padding "SAME" as our Keras encoder uses)."""
+    """tf-slim resnet_v2 bottleneck (strided 3x3 padded evenly, as conv2d_same)."""
     out_channels = 4 * depth
     pre = tf.nn.relu(g.batch_norm(x, "preact"))
     if x.shape[-1] == out_channels:
