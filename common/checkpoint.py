@@ -29,7 +29,7 @@ def initial_model(config):
         from common.hub import warm_start_encoder
 
         report = warm_start_encoder(model.encoder, config.hub_module)
-        log.info("warm start from %s: %s", config.hub_module, report)
+        log.info("warm start from %s: %s", config.hub_module, report.summary())
     return model
 
 

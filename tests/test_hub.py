@@ -209,3 +209,23 @@ def test_importing_common_hub_loads_neither_tensorflow_nor_hub():
         "assert not {'tensorflow', 'tensorflow_hub'} & set(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_run_config_hub_module_warm_starts_the_initial_model(
+    modules, images, monkeypatch
+):
+    """`hub-module` in the run config reaches the model every site starts from."""
+    from common import config as config_module
+    from common.checkpoint import initial_model
+
+    # the stand-in's preset, with G and D sized for its 16 px output
+    preset = dataclasses.replace(PRESET, gen_mults=(4, 2, 1), disc_mults=(1, 2, 2))
+    monkeypatch.setitem(config_module.PRESETS, PRESET.name, preset)
+    base = config_module.RunConfig(preset=PRESET.name)
+    cold = initial_model(base).encode(images)
+    warm = initial_model(
+        dataclasses.replace(base, hub_module=str(modules["ref"]))
+    ).encode(images)
+    expected = HubEncoder(modules["ref"])(images)["z_mean"].numpy()
+    np.testing.assert_allclose(warm, expected, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(cold, expected, atol=1e-2)
