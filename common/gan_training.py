@@ -244,6 +244,21 @@ class BigBiGAN:
         z = self.encoder(images, training=False)["z_mean"]
         return np.asarray(self.generator(z, training=False), dtype=np.float32)
 
+    def latent_recovery(self, n: int = 256, seed: int = 0) -> float:
+        """How well E inverts G: mean over z's dimensions of corr(z, E(G(z))).
+
+        Near 0 for an untrained pair; BigBiGAN's objective drives it up, since D
+        can only be fooled when (G(z), z) looks like (x, E(x)).
+        """
+        z = np.random.default_rng(seed).standard_normal((n, self.preset.z_dim))
+        x = self.generator(z.astype(np.float32), training=False)
+        size = self.preset.image_size
+        x = tf.image.resize(x, (size, size), method="nearest")
+        z_hat = self.encode(x.numpy())
+        z_c, h_c = z - z.mean(0), z_hat - z_hat.mean(0)
+        corr = (z_c * h_c).sum(0) / np.sqrt((z_c**2).sum(0) * (h_c**2).sum(0) + 1e-12)
+        return float(corr.mean())
+
     # -- features -----------------------------------------------------------------
     def encode(self, images: np.ndarray, batch: int = 64) -> np.ndarray:
         """z_mean for each image (the paper's 120-d feature)."""

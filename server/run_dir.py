@@ -42,6 +42,25 @@ def write_run(
 
     _atomic_write(out / "global_weights.npz", save_weights)
     _atomic_write(out / "roc.png", lambda p: _plot_roc(p, metrics, site_hist))
+    if metrics.get("rounds"):
+        _atomic_write(out / "losses.png", lambda p: _plot_losses(p, metrics["rounds"]))
+
+
+def _plot_losses(path: Path, rounds: list[dict]) -> None:
+    """D, E and G losses per round, averaged over the training sites (Fig. 3)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x = [r["round"] for r in rounds]
+    for key, label in (("d_loss", "D"), ("e_loss", "E"), ("g_loss", "G")):
+        ax.plot(x, [r[key] for r in rounds], marker="o", label=label)
+    ax.set(xlabel="round", ylabel="loss (mean over sites)", title="BigBiGAN losses")
+    ax.legend()
+    fig.savefig(path, format="png", dpi=100)
+    plt.close(fig)
 
 
 def _plot_roc(path: Path, metrics: dict, site_hist: dict) -> None:

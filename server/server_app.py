@@ -20,6 +20,7 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.serverapp import Grid, ServerApp
 
 from common.config import RunConfig
+from common.grids import save_samples
 from server.evaluation import summarise
 from server.phase_strategy import PhaseStrategy
 from server.run_dir import write_run
@@ -50,7 +51,8 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
             )
         from common.checkpoint import initial_model
 
-        weights = initial_model(config).get_weights()
+        model = initial_model(config)
+        weights = model.get_weights()
         initial = [w.copy() for w in weights]
         legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord()
         history = []
@@ -84,6 +86,8 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
                     config.secagg.delta_clip,
                 )
             history.append({"round": rnd, **losses, "clipped": clipped})
+            model.set_weights(weights)  # samples G(z): no patient data involved
+            save_samples(out / "samples" / f"round_{rnd:03d}.png", model)
             log.info("round %d losses %s", rnd, losses)
         # head: pooled normalised statistics; bound: |stat * n_k / max_n| <= max|x|^2
         head_clip = 1e4

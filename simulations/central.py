@@ -19,6 +19,7 @@ import numpy as np
 from client.site import Site, site_data
 from common.config import RunConfig
 from common.dataset import SliceSet
+from common.grids import save_reconstructions
 from common.linear_head import predict, solve, sufficient_statistics
 from common.roc_stats import auc_ci, patient_scores
 
@@ -104,6 +105,7 @@ def train_central(
     model = initial_model(config)
     everyone = concat([train, evals["val"], evals["test"]])
     random_probe = probe(model, train, evals, config.head_ridge)
+    random_recovery = model.latent_recovery()
     random_probe["cv"] = probe_cv(model, everyone, config.head_ridge)
     epochs = config.gan_rounds * config.train.local_epochs
     if not config.trains_encoder:
@@ -121,6 +123,7 @@ def train_central(
         )
         history.append({"epoch": epoch + 1, **dataclasses.asdict(losses)})
         log.info("epoch %d/%d %s", epoch + 1, epochs, history[-1])
+        history[-1]["latent_recovery"] = model.latent_recovery()
         if probe_every and (epoch + 1) % probe_every == 0:
             log.info(
                 "probe at epoch %d: %s",
@@ -128,7 +131,9 @@ def train_central(
                 probe_cv(model, everyone, config.head_ridge),
             )
         if save_grids:
-            save_grid(out / "recon" / f"epoch_{epoch + 1:03d}.png", model, fixed)
+            save_reconstructions(
+                out / "recon" / f"epoch_{epoch + 1:03d}.png", model, fixed
+            )
     trained_probe = probe(model, train, evals, config.head_ridge)
     trained_probe["cv"] = probe_cv(model, everyone, config.head_ridge)
     metrics = {
@@ -138,6 +143,10 @@ def train_central(
         "history": history,
         "probe_trained": trained_probe,
         "probe_random": random_probe,
+        "latent_recovery": {
+            "random": random_recovery,
+            "trained": model.latent_recovery(),
+        },
         "parameters": model.parameter_counts(),
     }
     save_model(model, out / "model.npz")
@@ -145,19 +154,3 @@ def train_central(
     tmp.write_text(json.dumps(metrics, indent=2))
     os.replace(tmp, out / "metrics.json")
     return metrics
-
-
-def save_grid(path: Path, model, images: np.ndarray) -> None:
-    """Top row: real slices at G's size; bottom row: G(E(x))."""
-    import tensorflow as tf
-    from PIL import Image
-
-    size = model.preset.gd_size
-    real = tf.image.resize(images, (size, size), method="area").numpy()
-    recon = model.reconstruct(images)
-    rows = [np.concatenate(list(row[..., 0]), axis=1) for row in (real, recon)]
-    grid = ((np.concatenate(rows, axis=0) + 1.0) * 127.5).clip(0, 255)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(grid.astype(np.uint8)).save(tmp, format="PNG")
-    os.replace(tmp, path)

@@ -26,7 +26,9 @@ def test_whole_chain_two_training_sites_and_one_external(tmp_path):
     assert [r["round"] for r in metrics["rounds"]] == [1, 2]
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk["splits"]["external"]["n_patients"] == 10  # scale 0.3 of 15 + 20
-    for name in ("config.json", "global_weights.npz", "roc.png"):
+    samples = sorted(p.name for p in (tmp_path / "samples").iterdir())
+    assert samples == ["round_001.png", "round_002.png"]  # G(z), no patient data
+    for name in ("config.json", "global_weights.npz", "roc.png", "losses.png"):
         assert (tmp_path / name).stat().st_size > 0
     weights = np.load(tmp_path / "global_weights.npz")
     assert weights["head"].shape == (config.model.z_dim + 1,)

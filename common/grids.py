@@ -1,0 +1,38 @@
+"""Image grids that show what the GAN does: samples G(z) and reconstructions G(E(x)).
+
+Samples carry no patient data (the server may write them); reconstructions show
+real slices, so only a site or a centralised run on its own data writes those.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def save_png(path: Path, rows: list[np.ndarray]) -> None:
+    """Rows of [n, h, w, c] images in [-1, 1] as one grey PNG, written atomically."""
+    from PIL import Image
+
+    strips = [np.concatenate(list(row[..., 0]), axis=1) for row in rows]
+    grid = ((np.concatenate(strips, axis=0) + 1.0) * 127.5).clip(0, 255)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    Image.fromarray(grid.astype(np.uint8)).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def save_samples(path: Path, model, n: int = 8, seed: int = 0) -> None:
+    """G(z) for a fixed set of z, so rounds can be compared by eye."""
+    z = np.random.default_rng(seed).standard_normal((n, model.preset.z_dim))
+    save_png(path, [np.asarray(model.generator(z.astype(np.float32)))])
+
+
+def save_reconstructions(path: Path, model, images: np.ndarray) -> None:
+    """Top row: real slices at G's size; bottom row: G(E(x))."""
+    from common.bigbigan import downsample_for_d
+
+    real = np.asarray(downsample_for_d(images, model.preset))
+    save_png(path, [real, model.reconstruct(images)])
