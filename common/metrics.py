@@ -7,6 +7,7 @@ them and computes ROC, AUC and the operating point from the pooled counts.
 from __future__ import annotations
 
 import numpy as np
+from scipy import stats
 
 GRID_LOW, GRID_HIGH, GRID_BINS = -1.0, 2.0, 3000
 
@@ -19,6 +20,7 @@ def histogram(scores: np.ndarray) -> np.ndarray:
 
 
 def bin_edges() -> np.ndarray:
+    """The grid's GRID_BINS + 1 edges; bin k holds edge[k] <= score < edge[k + 1]."""
     return np.linspace(GRID_LOW, GRID_HIGH, GRID_BINS + 1)
 
 
@@ -42,8 +44,21 @@ def auc_from_histograms(pos: np.ndarray, neg: np.ndarray) -> float:
 
 
 def youden_threshold(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Cut-off maximising Youden's J = sensitivity + specificity - 1.
+
+    Every grid edge in a run of empty bins gives the same J; the middle edge of the
+    first (highest) run of maximal J is taken, as a midpoint between the scores on
+    either side, so the cut-off does not hug one class's lowest score.
+    """
     fpr, tpr, thresholds = roc_from_histograms(pos, neg)
-    return float(thresholds[int(np.argmax(tpr - fpr))])
+    j = tpr - fpr
+    best = int(np.argmax(j))
+    end = best
+    while end + 1 < len(j) and j[end + 1] == j[best]:
+        end += 1
+    if best == 0:  # no cut-off beats "all negative" (e.g. one class missing)
+        return float(thresholds[0])
+    return float(thresholds[(best + end + 1) // 2])
 
 
 def operating_point(pos: np.ndarray, neg: np.ndarray, threshold: float) -> dict:
@@ -59,3 +74,60 @@ def operating_point(pos: np.ndarray, neg: np.ndarray, threshold: float) -> dict:
         "fp": fp,
         "tn": tn,
     }
+
+
+def delong_from_histograms(pos: np.ndarray, neg: np.ndarray) -> tuple[float, float]:
+    """AUC and its DeLong variance from per-class counts on the grid.
+
+    Scores in one bin are tied, so DeLong's structural components (Sun & Xu's
+    midrank form) are equal within a bin and follow from cumulative counts: a
+    positive in bin b scores (negatives below b + half the negatives in b) / n, a
+    negative in b scores (positives above b + half the positives in b) / m. The
+    result equals `common.roc_stats.delong_auc` on the binned scores exactly.
+    """
+    pos, neg = np.asarray(pos, float), np.asarray(neg, float)
+    m, n = pos.sum(), neg.sum()
+    if m == 0 or n == 0:
+        return float("nan"), float("nan")
+    neg_below = np.cumsum(neg) - neg
+    pos_above = pos[::-1].cumsum()[::-1] - pos
+    v10 = (neg_below + 0.5 * neg) / n  # per bin, for the positives in it
+    v01 = (pos_above + 0.5 * pos) / m  # per bin, for the negatives in it
+    auc = float((pos * v10).sum() / m)
+    s10 = (pos * (v10 - auc) ** 2).sum() / (m - 1) if m > 1 else 0.0
+    s01 = (neg * (v01 - auc) ** 2).sum() / (n - 1) if n > 1 else 0.0
+    return auc, float(s10 / m + s01 / n)
+
+
+def auc_ci_from_histograms(
+    pos: np.ndarray, neg: np.ndarray, level: float = 0.95
+) -> tuple[float, float, float]:
+    """(AUC, low, high): DeLong's normal interval from the counts, clipped to [0, 1].
+
+    At AUC 1 (or 0) the variance is 0 and the interval collapses to a point: a
+    known limit of DeLong's method with small samples, not certainty.
+    """
+    auc, var = delong_from_histograms(pos, neg)
+    if not np.isfinite(auc):
+        return auc, float("nan"), float("nan")
+    half = float(stats.norm.ppf(0.5 + level / 2)) * np.sqrt(var)
+    return auc, max(0.0, auc - half), min(1.0, auc + half)
+
+
+def wilson_ci(successes: int, total: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a proportion (Newcombe 1998, method 3).
+
+    Chosen over the Wald interval because it stays inside [0, 1] and keeps its
+    coverage at 0/n and n/n, which small external sites produce.
+    """
+    if total <= 0:
+        return float("nan"), float("nan")
+    z = float(stats.norm.ppf(0.5 + level / 2))
+    p = successes / total
+    denom = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denom
+    half = z * np.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
+    # at 0/n and n/n the exact bound is 0 or 1; rounding must not move it
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == total else min(1.0, centre + half)
+    return float(low), float(high)

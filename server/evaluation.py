@@ -1,23 +1,35 @@
-"""Pool sites' score histograms into the paper's table: AUC, sensitivity and
-specificity per split, with the cut-off chosen on validation data (Youden's J)."""
+"""Pool sites' score histograms into the paper's table: AUC with DeLong 95% CI,
+sensitivity and specificity with Wilson 95% CIs per split, at one cut-off chosen on
+validation data (Youden's J) and applied unchanged to every split."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from common.metrics import auc_from_histograms, operating_point, youden_threshold
+from common.metrics import (
+    GRID_BINS,
+    auc_ci_from_histograms,
+    auc_from_histograms,
+    operating_point,
+    wilson_ci,
+    youden_threshold,
+)
 
 SPLITS = ("train", "val", "test", "external")
+CUTOFF_SPLIT = "val"  # the only split the cut-off may be chosen on
 
 
 def pooled(site_hist: dict, split: str, level: str) -> tuple[np.ndarray, np.ndarray]:
+    """Sum of the sites' positive and negative histograms for one split and level
+    (all zeros when no site has the split, e.g. a federation without an external
+    site)."""
     pos = sum(
         (
             h[f"{split}/{level}/pos"]
             for h in site_hist.values()
             if f"{split}/{level}/pos" in h
         ),
-        np.zeros(1, np.int64),
+        np.zeros(GRID_BINS, np.int64),
     )
     neg = sum(
         (
@@ -25,24 +37,46 @@ def pooled(site_hist: dict, split: str, level: str) -> tuple[np.ndarray, np.ndar
             for h in site_hist.values()
             if f"{split}/{level}/neg" in h
         ),
-        np.zeros(1, np.int64),
+        np.zeros(GRID_BINS, np.int64),
     )
     return np.asarray(pos), np.asarray(neg)
 
 
+def split_metrics(pos: np.ndarray, neg: np.ndarray, threshold: float) -> dict:
+    """AUC with DeLong CI and the operating point at `threshold` with Wilson CIs."""
+    auc, low, high = auc_ci_from_histograms(pos, neg)
+    point = operating_point(pos, neg, threshold)
+    return {
+        "auc": auc,
+        "auc_ci": [low, high],
+        **point,
+        "sensitivity_ci": list(wilson_ci(point["tp"], point["tp"] + point["fn"])),
+        "specificity_ci": list(wilson_ci(point["tn"], point["tn"] + point["fp"])),
+    }
+
+
 def summarise(site_hist: dict, level: str = "patient") -> dict:
-    """Metrics per split at patient level, plus slice-level AUCs."""
-    val_pos, val_neg = pooled(site_hist, "val", level)
+    """Metrics per split at `level` (patient by default), plus slice-level AUCs.
+
+    The cut-off comes from the validation split alone; on val itself the operating
+    point is therefore optimistic, on train/test/external it is honest.
+    """
+    val_pos, val_neg = pooled(site_hist, CUTOFF_SPLIT, level)
     threshold = youden_threshold(val_pos, val_neg)
-    out: dict = {"level": level, "threshold": threshold, "splits": {}}
+    out: dict = {
+        "level": level,
+        "threshold": threshold,
+        "threshold_split": CUTOFF_SPLIT,
+        "splits": {},
+    }
     for split in SPLITS:
         pos, neg = pooled(site_hist, split, level)
         s_pos, s_neg = pooled(site_hist, split, "slice")
         out["splits"][split] = {
-            "auc": auc_from_histograms(pos, neg),
-            **operating_point(pos, neg, threshold),
+            **split_metrics(pos, neg, threshold),
             "n_patients": int(pos.sum() + neg.sum()),
             "n_slices": int(s_pos.sum() + s_neg.sum()),
             "slice_auc": auc_from_histograms(s_pos, s_neg),
+            "slice_auc_ci": list(auc_ci_from_histograms(s_pos, s_neg)[1:]),
         }
     return out

@@ -12,6 +12,21 @@ from common.config import RunConfig
 from common.metrics import roc_from_histograms
 from server.evaluation import SPLITS, pooled
 
+HISTOGRAMS = "histograms.npz"
+
+
+def save_pooled_histograms(path: Path, site_hist: dict) -> None:
+    """Pooled per-class score histograms per split and level, for the report's ROC
+    curves; pooled over sites, so no site's own counts are kept (except a split
+    only one site has, such as the external one)."""
+    arrays = {}
+    for split in SPLITS:
+        for level in ("patient", "slice"):
+            pos, neg = pooled(site_hist, split, level)
+            arrays[f"{split}/{level}/pos"], arrays[f"{split}/{level}/neg"] = pos, neg
+    with path.open("wb") as handle:
+        np.savez_compressed(handle, **arrays)
+
 
 def _atomic_write(path: Path, write) -> None:
     tmp = path.with_name(path.name + ".tmp")
@@ -41,6 +56,7 @@ def write_run(
             np.savez(handle, *weights, head=coef)
 
     _atomic_write(out / "global_weights.npz", save_weights)
+    _atomic_write(out / HISTOGRAMS, lambda p: save_pooled_histograms(p, site_hist))
     _atomic_write(out / "roc.png", lambda p: _plot_roc(p, metrics, site_hist))
     if metrics.get("rounds"):
         _atomic_write(out / "losses.png", lambda p: _plot_losses(p, metrics["rounds"]))
