@@ -1,14 +1,25 @@
-"""Which site a node serves, and its preprocessed data (kept in memory per process)."""
+"""Which site a node serves, and its preprocessed data (kept in memory per process).
+
+The site folder is read through the ingest library: the first round of a run
+decodes it into a cache outside the folder, later runs (and rounds) only load
+the cached arrays. Every skipped file is explained in the cache's
+`ingest_report.json`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from common.config import RunConfig
-from common.dataset import SliceSet, load_slices
-from common.site_index import index_site
+from common.dataset import SliceSet, slices_from_ingest
+from common.ingest import IngestConfig, default_cache_dir, ingest_site
+from common.site_index import LABELS_FILE, SiteError
 from common.splits import split_patients
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -16,6 +27,7 @@ class Site:
     name: str
     path: Path
     role: str  # "train" or "external"
+    cache: Path | None = None  # ingest cache folder; None: the default for the site
 
 
 def resolve_site(node_config: dict, config: RunConfig) -> Site:
@@ -25,7 +37,8 @@ def resolve_site(node_config: dict, config: RunConfig) -> Site:
         if role not in ("train", "external"):
             raise ValueError(f"node config role={role!r}: use 'train' or 'external'")
         path = Path(str(node_config["data-dir"]))
-        return Site(path.name, path, role)
+        cache = node_config.get("cache-dir")
+        return Site(path.name, path, role, Path(str(cache)) if cache else None)
     roster = config.site_roster()
     partition = int(node_config["partition-id"])
     if partition >= len(roster):
@@ -37,29 +50,61 @@ def resolve_site(node_config: dict, config: RunConfig) -> Site:
     return Site(name, Path(config.sim_data_root) / name, role)
 
 
+def ingest_config(config: RunConfig) -> IngestConfig:
+    """The run's ingest options, at the size the model's encoder takes."""
+    base = getattr(config, "ingest", None) or IngestConfig()
+    return dataclasses.replace(base, image_size=config.model.image_size)
+
+
+def cache_dir(site: Site, config: RunConfig) -> Path:
+    """Where a site's ingest cache lives: never inside the site folder.
+
+    A deployed node uses its `cache-dir` (or the user cache folder); a simulated
+    site one folder per site under the run's output directory.
+    """
+    if site.cache is not None:
+        return site.cache
+    if site.path.resolve().parent == Path(config.sim_data_root).resolve():
+        return Path(config.out_dir) / "ingest-cache" / site.name
+    return default_cache_dir(site.path)
+
+
 _CACHE: dict[tuple, dict[str, SliceSet]] = {}
 
 
 def site_data(site: Site, config: RunConfig) -> dict[str, SliceSet]:
     """The site's slices per split: train/val/test, or 'external' for that role."""
+    ingest = ingest_config(config)
     key = (
         str(site.path),
         site.role,
-        config.model.image_size,
+        ingest,
         config.seed,
         config.split,
         config.train.max_slices_per_patient,
     )
     if key not in _CACHE:
-        index = index_site(site.path)
-        size, cap = config.model.image_size, config.train.max_slices_per_patient
+        result = ingest_site(
+            site.path,
+            site.path / LABELS_FILE,
+            cache_dir(site, config),
+            ingest,
+            progress=False,
+        )
+        if not result.patients:
+            raise SiteError(
+                f"{site.path}: no labelled patient has a usable CT slice "
+                f"(see {result.report_path})"
+            )
+        size, cap = ingest.image_size, config.train.max_slices_per_patient
         if site.role == "external":
-            groups = {"external": list(index.patients)}
+            groups = {"external": list(result.patients)}
         else:
             groups = split_patients(
-                index.patients, config.split.val, config.split.test, config.seed
+                result.patients, config.split.val, config.split.test, config.seed
             )
         _CACHE[key] = {
-            name: load_slices(patients, size, cap) for name, patients in groups.items()
+            name: slices_from_ingest(patients, size, cap)
+            for name, patients in groups.items()
         }
     return _CACHE[key]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from common.dicom_io import load_slice
+from common.ingest.result import IngestedPatient
 from common.site_index import Patient
 
 
@@ -22,10 +24,38 @@ class SliceSet:
         return len(self.labels)
 
 
+def slices_from_ingest(
+    patients: Sequence[IngestedPatient], size: int, max_per_patient: int = 0
+) -> SliceSet:
+    """The cached slices of ingested patients (central ones if capped).
+
+    The cache holds one channel in float16; the model wants three in float32.
+    """
+    images, labels, owner = [], [], []
+    for index, patient in enumerate(patients):
+        slices = patient.load(max_per_patient)
+        if slices.shape[1:] != (size, size):
+            raise ValueError(
+                f"patient {patient.patient_id}: cached slices are "
+                f"{slices.shape[1]}px, the model needs {size}px"
+            )
+        images.append(slices)
+        labels.append(np.full(len(slices), patient.label))
+        owner.append(np.full(len(slices), index))
+    if not images:
+        return _empty(size)
+    stacked = np.concatenate(images)
+    return SliceSet(
+        np.repeat(stacked[..., None], 3, axis=-1),
+        np.concatenate(labels).astype(int),
+        np.concatenate(owner).astype(int),
+    )
+
+
 def load_slices(
     patients: list[Patient], size: int, max_per_patient: int = 0
 ) -> SliceSet:
-    """Read and preprocess the slices of `patients` (central ones if capped)."""
+    """Read and preprocess the slices of `patients` from their files (no cache)."""
     images, labels, owner = [], [], []
     for index, patient in enumerate(patients):
         files = _central(patient.files, max_per_patient)
@@ -34,10 +64,14 @@ def load_slices(
             labels.append(patient.label)
             owner.append(index)
     if not images:
-        return SliceSet(
-            np.zeros((0, size, size, 3), np.float32), np.zeros(0, int), np.zeros(0, int)
-        )
+        return _empty(size)
     return SliceSet(np.stack(images), np.asarray(labels), np.asarray(owner))
+
+
+def _empty(size: int) -> SliceSet:
+    return SliceSet(
+        np.zeros((0, size, size, 3), np.float32), np.zeros(0, int), np.zeros(0, int)
+    )
 
 
 def _central(files: tuple, limit: int) -> tuple:

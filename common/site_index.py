@@ -1,24 +1,30 @@
 """Index a site: which patients it has, their label, and their slice files in order.
 
 A site is a folder holding DICOM files (any depth) and `labels.csv` with the columns
-`patient_id,label` (1 = COVID-19, 0 = other pneumonia). Only headers are read here.
+`patient_id,label` (1 = COVID-19, 0 = other pneumonia). Only headers are read here;
+training reads sites through `common.ingest.ingest_site`, which also caches pixels
+and reports every skipped file. This index applies the same per-file checks and
+series selection, without a cache.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import pydicom
+from common.ingest.checks import check_usable
+from common.ingest.config import IngestConfig
+from common.ingest.headers import quiet_pydicom, read_dataset, summarize
+from common.ingest.labels import read_labels as _read_label_rows
+from common.ingest.reasons import IngestError, Skip
+from common.ingest.scan import walk
+from common.ingest.series import Candidate, plan_series
 
 LABELS_FILE = "labels.csv"
 log = logging.getLogger(__name__)
 
-
-class SiteError(ValueError):
-    """The site folder or its labels cannot be used; the message says where."""
+SiteError = IngestError  # one exception for "this site cannot be used"
 
 
 @dataclass(frozen=True)
@@ -39,49 +45,36 @@ class SiteIndex:
 
 
 def read_labels(path: Path) -> dict[str, int]:
-    """Read `patient_id,label`; errors name the line."""
-    if not path.is_file():
-        raise SiteError(f"{path}: labels file not found")
-    labels: dict[str, int] = {}
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None or not {"patient_id", "label"} <= set(
-            reader.fieldnames
-        ):
-            raise SiteError(f"{path}: header must be 'patient_id,label'")
-        for line, row in enumerate(reader, start=2):
-            pid, label = (row["patient_id"] or "").strip(), (row["label"] or "").strip()
-            if not pid:
-                raise SiteError(f"{path}:{line}: empty patient_id")
-            if label not in ("0", "1"):
-                raise SiteError(f"{path}:{line}: label {label!r} must be 0 or 1")
-            if pid in labels:
-                raise SiteError(f"{path}:{line}: duplicate patient_id {pid!r}")
-            labels[pid] = int(label)
-    return labels
+    """Read `patient_id,label`; any unusable row is an error naming its line."""
+    labels = _read_label_rows(Path(path))
+    if labels.problems:
+        raise SiteError(labels.problems[0].message)
+    return {pid: row.label for pid, row in labels.rows.items()}
 
 
-def index_site(root: Path) -> SiteIndex:
-    """Group the site's CT slices by patient, ordered along the body axis."""
+def index_site(root: Path, config: IngestConfig | None = None) -> SiteIndex:
+    """Group the site's axial CT slices by patient, ordered along the body axis."""
     root = Path(root)
     if not root.is_dir():
         raise SiteError(f"{root}: site folder not found")
+    config = config or IngestConfig()
     labels = read_labels(root / LABELS_FILE)
-    slices: dict[str, list[tuple[float, Path]]] = {}
-    for path in sorted(root.rglob("*")):
-        if not path.is_file() or path.name == LABELS_FILE:
-            continue
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception:
-            log.warning("%s: skipped, not a readable DICOM file", path)
-            continue
-        if ds.get("Modality") != "CT":
-            log.warning("%s: skipped, Modality is %s", path, ds.get("Modality"))
-            continue
-        position = ds.get("ImagePositionPatient")
-        z = float(position[2]) if position else float(ds.get("InstanceNumber", 0))
-        slices.setdefault(str(ds.PatientID), []).append((z, path))
+    files, _ = walk(root, {root / LABELS_FILE})
+    candidates = []
+    with quiet_pydicom():
+        for rel in files:
+            try:
+                header = summarize(read_dataset((root / rel).read_bytes(), rel))
+                check_usable(header, config)
+            except (Skip, OSError) as err:
+                log.warning("%s: skipped, %s", root / rel, getattr(err, "detail", err))
+                continue
+            candidates.append(Candidate(rel, rel, header))
+    plans, _, _ = plan_series(candidates, config)
+    slices: dict[str, list[Path]] = {}
+    for plan in plans:
+        ordered = dict.fromkeys(root / ref.rel for ref in plan.slices)
+        slices.setdefault(plan.patient_id, []).extend(ordered)
     unlabeled = sorted(set(slices) - set(labels))
     if unlabeled:
         log.warning("%s: images without a label, skipped: %s", root, unlabeled)
@@ -89,7 +82,7 @@ def index_site(root: Path) -> SiteIndex:
     if missing:
         log.warning("%s: labelled patients without images: %s", root, missing)
     patients = tuple(
-        Patient(pid, labels[pid], tuple(p for _, p in sorted(slices[pid])))
+        Patient(pid, labels[pid], tuple(slices[pid]))
         for pid in sorted(labels)
         if pid in slices
     )

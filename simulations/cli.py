@@ -60,6 +60,82 @@ def _add_run_config(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_ingest_command(sub) -> None:
+    """`fedbigbigan ingest`: a site folder (PACS export) into an ingest cache."""
+    from common.ingest.config import (
+        INTENSITY_POLICIES,
+        SERIES_POLICIES,
+        SLICE_POLICIES,
+        IngestConfig,
+    )
+
+    d = IngestConfig()
+    ing = sub.add_parser(
+        "ingest", help="read a site folder (DICOM or image folders) into a cache"
+    )
+    ing.add_argument("--site-dir", type=Path, required=True, help="read-only")
+    ing.add_argument(
+        "--labels",
+        type=Path,
+        help="patient_id,label CSV (default: SITE/labels.csv; image folders: none)",
+    )
+    ing.add_argument("--out", type=Path, required=True, help="cache folder")
+    ing.add_argument("--strict", action="store_true", help="stop at the first problem")
+    ing.add_argument("--image-size", type=int, default=d.image_size)
+    ing.add_argument("--intensity", choices=INTENSITY_POLICIES, default=d.intensity)
+    ing.add_argument("--window-center", type=float, default=d.window_center)
+    ing.add_argument("--window-width", type=float, default=d.window_width)
+    ing.add_argument("--slice-policy", choices=SLICE_POLICIES, default=d.slice_policy)
+    ing.add_argument("--central-slices", type=int, default=d.central_slices)
+    ing.add_argument("--min-lung-fraction", type=float, default=d.min_lung_fraction)
+    ing.add_argument("--series", choices=SERIES_POLICIES, default=d.series)
+    ing.add_argument("--max-decoded-mb", type=int, default=d.max_decoded_mb)
+    ing.add_argument("--max-file-mb", type=int, default=d.max_file_mb)
+    ing.add_argument("--workers", type=int, default=d.workers)
+    ing.add_argument(
+        "--rehash", action="store_true", help="hash every file, trust no mtime"
+    )
+    ing.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    """Run ingest; print the summary (problems are in the report)."""
+    import sys
+
+    from common.ingest import IngestConfig, IngestError, ingest_site
+    from common.ingest.config import IngestConfigError
+
+    logging.getLogger("common.ingest").setLevel(logging.WARNING)  # summary below
+    try:
+        config = IngestConfig(
+            image_size=args.image_size,
+            intensity=args.intensity,
+            window_center=args.window_center,
+            window_width=args.window_width,
+            slice_policy=args.slice_policy,
+            central_slices=args.central_slices,
+            min_lung_fraction=args.min_lung_fraction,
+            series=args.series,
+            max_decoded_mb=args.max_decoded_mb,
+            max_file_mb=args.max_file_mb,
+            workers=args.workers,
+        )
+        result = ingest_site(
+            args.site_dir,
+            args.labels,
+            args.out,
+            config,
+            strict=args.strict,
+            progress=not args.quiet,
+            rehash=args.rehash,
+        )
+    except (IngestError, IngestConfigError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(result.summary.text(result.report_path))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fedbigbigan")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -84,12 +160,15 @@ def main(argv: list[str] | None = None) -> int:
     hub.add_argument("module", help="TF Hub handle or local module directory")
     hub.add_argument("--preset", default="paper", help="our preset to map into")
     add_model_commands(sub, _add_run_config)
+    _add_ingest_command(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if args.command in MODEL_COMMANDS:
         overrides = _parse_overrides(getattr(args, "run_config", []))
         flat = {**_default_config().to_flat(), **overrides}
         return run_model_command(args, RunConfig.from_flat(flat))
+    if args.command == "ingest":
+        return _ingest(args)
     if args.command == "hub-inspect":
         return _hub_inspect(args.module, args.preset)
     if args.command == "phantoms":

@@ -1,0 +1,216 @@
+"""The ingest cache: what was read (by file content) and the preprocessed pixels.
+
+Layout of a cache folder (never inside the site folder):
+
+    state.json                     per path: size, mtime, ctime, inode -> content key;
+                                   per content key: header summary or skip reason
+    pixels/<pixel key>/index.json  per series array: (content key, frame, lung
+                                   share) of each row
+    pixels/<pixel key>/series/<series key>.npy   one series, [n, size, size] f16
+    pixels/<pixel key>/packs/      frames decoded by the running ingest (deleted
+                                   once they are in series arrays)
+    ingest_report.json             what the last run did, file by file
+
+The content key is XXH3-128 of the file's bytes: fast (~10 GB/s, a tenth of the
+time SHA-256 takes here) and, with 128 bits, free of accidental collisions for
+any number of files a hospital holds; nobody attacks their own cache. Hashing
+every byte on every run would cost as much I/O as the first ingest, so a path
+whose size, mtime, ctime and inode are unchanged keeps its key (ctime and inode
+change on any rewrite, even one that restores mtime); a changed stat re-hashes,
+and an unchanged hash still decodes nothing. `rehash=True` trusts no stat.
+
+Decoded frames are appended to one pack file per batch of files (creating a
+file per slice costs more than decoding it) and copied into one array per series
+at the end of the run; a series that gains a file is rebuilt from the old array
+plus the new frames. Arrays and JSON are written to a temporary name in the same
+folder and renamed, so a reader (or a crash) never sees half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.ingest.reasons import IngestError
+
+try:  # advisory lock: two ingests of one cache wait for each other
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+STATE_VERSION = 1
+PACK_DTYPE = np.float16  # [-1, 1] to ~5e-4: plenty for CT inputs, half the disk
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class State:
+    """What earlier runs learnt about the files (see the module docstring)."""
+
+    files: dict[str, list[Any]] = field(default_factory=dict)
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class Cache:
+    """One cache folder; refuses to live inside the source folder."""
+
+    def __init__(self, root: Path, source: Path):
+        self.root = Path(root).resolve()
+        source = Path(source).resolve()
+        if self.root == source or self.root.is_relative_to(source):
+            raise IngestError(
+                f"{self.root}: the cache must not be inside the site folder "
+                f"{source}; ingest never writes there"
+            )
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the cache for this process (other ingests of it wait)."""
+        with open(self.root / ".lock", "a+") as handle:
+            if fcntl is not None:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                if fcntl is not None:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    # ---- state -------------------------------------------------------------
+
+    def load_state(self) -> State:
+        data = self._read_json(self.root / "state.json")
+        if not data or data.get("version") != STATE_VERSION:
+            return State()
+        return State(files=data.get("files", {}), records=data.get("records", {}))
+
+    def save_state(self, state: State) -> None:
+        payload = {
+            "version": STATE_VERSION,
+            "files": state.files,
+            "records": state.records,
+        }
+        write_json(self.root / "state.json", payload)
+
+    # ---- pixels -------------------------------------------------------------
+
+    def pixel_dir(self, pixel_key: str) -> Path:
+        return self.root / "pixels" / pixel_key
+
+    def packs_dir(self, pixel_key: str) -> Path:
+        return self.pixel_dir(pixel_key) / "packs"
+
+    def series_path(self, pixel_key: str, series_key: str) -> Path:
+        return self.pixel_dir(pixel_key) / "series" / f"{series_key}.npy"
+
+    def load_index(self, pixel_key: str) -> dict[str, list[list[Any]]]:
+        """Series arrays of this config: rows as [content key, frame, lung share]."""
+        data = self._read_json(self.pixel_dir(pixel_key) / "index.json") or {}
+        return {
+            key: rows
+            for key, rows in data.items()
+            if self.series_path(pixel_key, key).is_file()
+        }
+
+    def save_index(self, pixel_key: str, index: dict[str, list[list[Any]]]) -> None:
+        write_json(self.pixel_dir(pixel_key) / "index.json", index)
+
+    def prune(self, pixel_key: str, series: set[str]) -> None:
+        """Delete this config's packs, and series arrays no current series uses."""
+        shutil.rmtree(self.packs_dir(pixel_key), ignore_errors=True)
+        folder = self.pixel_dir(pixel_key) / "series"
+        for path in folder.glob("*.npy") if folder.is_dir() else ():
+            if path.stem not in series:
+                path.unlink(missing_ok=True)
+        for path in self.root.rglob(".tmp-*"):  # left by a process that died
+            path.unlink(missing_ok=True)
+
+    @staticmethod
+    def _read_json(path: Path) -> dict[str, Any] | None:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return json.load(handle)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as err:
+            log.warning("%s: unreadable (%s); it is rebuilt", path, err)
+            return None
+
+
+def write_array(path: Path, array: np.ndarray) -> None:
+    """Save an .npy atomically (temporary file in the same folder, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.lib.format.write_array(handle, np.ascontiguousarray(array))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: Path, payload: Any, indent: int | None = None) -> None:
+    """Save JSON atomically and durably (it says which cached arrays are valid)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            # One write: json.dump writes each token separately.
+            handle.write(json.dumps(payload, indent=indent))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def read_array(path: Path, mmap: bool = True) -> np.ndarray:
+    """Load an .npy, memory-mapped by default (training reads slices from it)."""
+    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+
+
+class PackWriter:
+    """Appends decoded frames to one raw float16 file (opened on first use)."""
+
+    def __init__(self, folder: Path | str, size: int):
+        self.folder = Path(folder)
+        self.size = size
+        self.path: Path | None = None
+        self.rows = 0
+        self._handle = None
+
+    def append(self, frames: np.ndarray) -> tuple[str, int]:
+        """Write [n, size, size] float16 frames; return (pack path, first row)."""
+        if self._handle is None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(dir=self.folder, prefix="pack-", suffix=".f16")
+            self._handle = os.fdopen(fd, "wb")
+            self.path = Path(name)
+        first = self.rows
+        self._handle.write(np.ascontiguousarray(frames, dtype=PACK_DTYPE).tobytes())
+        self.rows += len(frames)
+        return str(self.path), first
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+def read_pack(path: Path | str, size: int) -> np.ndarray:
+    """A pack as [rows, size, size] float16, memory-mapped."""
+    return np.memmap(path, dtype=PACK_DTYPE, mode="r").reshape(-1, size, size)

@@ -1,0 +1,140 @@
+"""Folders of PNG/JPEG slices laid out `<root>/<label>/<patient>/*.png`.
+
+Public COVID CT collections come this way. The label is the top folder's name,
+the patient the next one; slices are ordered by file name (numbers compared as
+numbers). Such images carry no HU, so their intensity is always the per-image
+min-max and the lung slice policy keeps every slice.
+"""
+
+from __future__ import annotations
+
+import re
+from io import BytesIO
+from pathlib import Path, PurePath
+
+import numpy as np
+from PIL import Image
+
+from common.ingest.cache import PACK_DTYPE, PackWriter
+from common.ingest.pixels import resize_stored
+from common.ingest.policy import paper_unit_range
+from common.ingest.reasons import Skip, short_error
+from common.ingest.series import SeriesPlan, SliceRef
+from common.ingest.worker import FileResult, WorkerSetup, skip_record
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+LABEL_DIRS = {
+    "1": 1,
+    "covid": 1,
+    "covid-19": 1,
+    "covid19": 1,
+    "ct_covid": 1,
+    "0": 0,
+    "non-covid": 0,
+    "noncovid": 0,
+    "non_covid": 0,
+    "ct_noncovid": 0,
+    "other": 0,
+    "pneumonia": 0,
+    "cap": 0,
+}
+
+
+def is_image_layout(root: Path) -> bool:
+    """True when the top folders are label names (and there is no labels.csv)."""
+    return any(
+        child.is_dir() and child.name.lower() in LABEL_DIRS for child in root.iterdir()
+    )
+
+
+def image_info(rel: str) -> tuple[str, int, str]:
+    """(label folder, label, patient) of a path, or `Skip` when off the layout."""
+    parts = PurePath(rel).parts
+    if len(parts) < 3 or parts[0].lower() not in LABEL_DIRS:
+        raise Skip(
+            "not-image",
+            "not in the <label>/<patient>/ layout of an image folder "
+            f"(label folders: {', '.join(sorted(LABEL_DIRS))})",
+        )
+    if not rel.lower().endswith(IMAGE_SUFFIXES):
+        raise Skip("not-image", f"not an image file ({', '.join(IMAGE_SUFFIXES)})")
+    return parts[0], LABEL_DIRS[parts[0].lower()], parts[1]
+
+
+def process_image(
+    rel: str,
+    stat: list[int],
+    key: str,
+    data: bytes,
+    setup: WorkerSetup,
+    decode: bool,
+    pack: PackWriter,
+) -> FileResult:
+    """Worker step for an image file (same contract as `worker.process_file`)."""
+    try:
+        label_dir, label, patient = image_info(rel)
+    except Skip as skip:
+        return FileResult(rel, stat, key, {"header": None, "skip": skip_record(skip)})
+    record = {
+        "header": None,
+        "image": {"label_dir": label_dir, "label": label, "patient_id": patient},
+        "skip": None,
+    }
+    result = FileResult(rel, stat, key, record)
+    if not decode or key in setup.have:
+        return result
+    try:
+        pixels = read_image(data, setup.config.max_decoded_mb)
+    except Skip as skip:
+        record["skip"] = skip_record(skip)
+        return result
+    small = resize_stored(pixels, setup.config.image_size)
+    result.pack, result.row = pack.append(
+        paper_unit_range(small)[None].astype(PACK_DTYPE)
+    )
+    result.lung = [float("nan")]
+    return result
+
+
+def read_image(data: bytes, max_decoded_mb: int) -> np.ndarray:
+    """A greyscale image as a 2D array (16-bit PNGs keep their 16 bits)."""
+    try:
+        image = Image.open(BytesIO(data))
+        width, height = image.size
+        if width * height * 4 > max_decoded_mb * 2**20:
+            raise Skip(
+                "too-large",
+                f"image is {width}x{height} pixels, above the {max_decoded_mb} MB "
+                "limit (max-decoded-mb)",
+            )
+        if image.mode not in ("L", "I", "I;16", "I;16B", "I;16L", "F"):
+            image = image.convert("L")
+        return np.asarray(image, dtype=np.float32)
+    except Skip:
+        raise
+    except Exception as err:
+        raise Skip("decode", f"not a readable image ({short_error(err)})") from None
+
+
+def natural_key(text: str) -> list:
+    """'slice10' after 'slice9': numbers in file names compare as numbers."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def image_plans(files: list[tuple[str, str, dict]]) -> list[SeriesPlan]:
+    """One series per patient folder from (path, content key, image info)."""
+    plans: dict[tuple[str, str], SeriesPlan] = {}
+    for rel, key, info in sorted(files, key=lambda item: natural_key(item[0])):
+        group = (info["patient_id"], info["label_dir"])
+        plan = plans.get(group)
+        if plan is None:
+            plan = plans[group] = SeriesPlan(
+                info["patient_id"],
+                info["label_dir"],
+                f"{info['label_dir']}/{info['patient_id']}",
+                None,
+                "image folder",
+                None,
+            )
+        plan.slices.append(SliceRef(rel, key, 0, None, len(plan.slices)))
+    return sorted(plans.values(), key=lambda p: (p.patient_id, p.series_uid))

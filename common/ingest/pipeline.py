@@ -1,0 +1,537 @@
+"""`ingest_site`: a site folder in, cached slices and a report out.
+
+Steps: walk the folder; read (hash, parse, decode) only files whose content is
+new; decide per file from its cached header; group into series; decode what the
+kept series still miss; apply the slice policy; assemble one array per series;
+write the report. Nothing is ever written inside the site folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+import xxhash
+from tqdm import tqdm
+
+from common.ingest.cache import Cache, State, read_array, read_pack, write_array
+from common.ingest.checks import check_usable
+from common.ingest.config import IngestConfig
+from common.ingest.headers import Header
+from common.ingest.images import image_plans, is_image_layout
+from common.ingest.labels import (
+    LabelProblem,
+    LabelRow,
+    Labels,
+    read_labels,
+    unmatched,
+)
+from common.ingest.policy import select_slices
+from common.ingest.reasons import IngestError, Skip, is_error
+from common.ingest.report import (
+    REPORT_FILE,
+    USED,
+    FileOutcome,
+    outcome,
+    summarize,
+    write_report,
+)
+from common.ingest.result import IngestedPatient, IngestedSeries, IngestResult
+from common.ingest.scan import missing_references, walk
+from common.ingest.series import Candidate, SeriesPlan, plan_series
+from common.ingest.worker import FileResult, WorkerSetup, init_worker, process_chunk
+
+LABELS_FILE = "labels.csv"
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir(site_dir: Path) -> Path:
+    """A per-site cache under the user's cache folder (never the site folder)."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    digest = xxhash.xxh3_64_hexdigest(str(Path(site_dir).resolve()).encode())[:8]
+    return base / "fedbigbigan" / f"{Path(site_dir).name}-{digest}"
+
+
+def ingest_site(
+    site_dir: Path | str,
+    labels_csv: Path | str | None = None,
+    cache_dir: Path | str | None = None,
+    config: IngestConfig | None = None,
+    *,
+    strict: bool = False,
+    progress: bool = True,
+    rehash: bool = False,
+) -> IngestResult:
+    """Ingest a site folder (DICOM + labels.csv, or `<label>/<patient>/*.png`).
+
+    `labels_csv` defaults to `site_dir/labels.csv`; without it, a folder whose top
+    folders are label names is read as an image folder. `strict` raises
+    `IngestError` with the first problem (after writing the report); otherwise
+    problems are reported and everything usable is kept.
+    """
+    site = Path(site_dir).resolve()
+    if not site.is_dir():
+        raise IngestError(f"{site}: site folder not found")
+    config = config or IngestConfig()
+    cache = Cache(Path(cache_dir) if cache_dir else default_cache_dir(site), site)
+    labels_path = Path(labels_csv).resolve() if labels_csv else site / LABELS_FILE
+    images = labels_csv is None and not labels_path.is_file() and is_image_layout(site)
+    with cache.locked():
+        run = _Run(
+            site, cache, config, None if images else labels_path, strict, progress
+        )
+        return run.execute(rehash)
+
+
+class _Run:
+    """One ingest of one site; holds what the steps share."""
+
+    def __init__(
+        self,
+        site: Path,
+        cache: Cache,
+        config: IngestConfig,
+        labels_path: Path | None,
+        strict: bool,
+        progress: bool,
+    ):
+        self.site, self.cache, self.config = site, cache, config
+        self.labels_path, self.strict, self.progress = labels_path, strict, progress
+        self.pixel_key = config.pixel_key()
+        self.state = State()
+        # Series arrays of this config, and where each decoded frame is now:
+        # (content key, frame) -> (series array or pack, row, lung share).
+        self.index: dict[str, list[list]] = {}
+        self.stored: dict[tuple[str, int], tuple[str, int, float]] = {}
+        self.labels = Labels(Path("labels.csv"))
+        self.files_read = 0
+        self.files_decoded = 0
+
+    # ---- the steps ------------------------------------------------------------
+
+    def execute(self, rehash: bool) -> IngestResult:
+        if self.labels_path is not None:
+            self.labels = read_labels(self.labels_path)
+            if self.strict and self.labels.problems:
+                raise IngestError(self.labels.problems[0].message)
+        self.state = self.cache.load_state()
+        self.cache.prune(self.pixel_key, set(self.cache.load_index(self.pixel_key)))
+        self.index = self.cache.load_index(self.pixel_key)
+        for series_key, rows in self.index.items():
+            path = str(self.cache.series_path(self.pixel_key, series_key))
+            for row, (key, frame, lung) in enumerate(rows):
+                self.stored[(key, frame)] = (path, row, _lung(lung))
+        files, walk_errors = walk(
+            self.site, {self.labels_path} if self.labels_path else set()
+        )
+        self._read_new(files, rehash)
+        for _ in range(4):  # each round decodes what kept series miss, or drops it
+            outcomes, plans, dropped, with_files = self._decide(files, walk_errors)
+            missing = self._missing(plans)
+            if not missing:
+                kept = self._assemble(plans, dropped, outcomes)
+                if kept is not None:
+                    break
+            else:
+                self._decode(missing)
+        else:  # pragma: no cover - each round makes progress; this is a guard
+            raise IngestError(f"{self.site}: ingest did not settle; run it again")
+        return self._finish(files, outcomes, kept, with_files)
+
+    def _read_new(self, files: dict[str, list[int] | None], rehash: bool) -> None:
+        """Hash, parse and decode files that are new or changed since last run."""
+        todo = []
+        for rel, stat in files.items():
+            known = self.state.files.get(rel)
+            if (
+                rehash
+                or stat is None
+                or known is None
+                or known[:4] != stat
+                or known[4] not in self.state.records
+            ):
+                todo.append((rel, True))
+        for result in self._run_jobs(todo, "reading"):
+            self._remember(result)
+        self.state.files = {
+            rel: v for rel, v in self.state.files.items() if rel in files
+        }
+
+    def _decide(self, files, walk_errors):
+        """Every file's fate from cached headers; the series that are kept."""
+        outcomes: dict[str, FileOutcome] = {
+            rel: outcome(self.site, rel, s.code, s.detail)
+            for rel, s in walk_errors.items()
+        }
+        candidates: list[Candidate] = []
+        image_files: list[tuple[str, str, dict]] = []
+        with_files: set[str] = set()
+        present = {Path(rel).as_posix().lower() for rel in files}
+        for rel in files:
+            key = self.state.files[rel][4]
+            record = self.state.records[key]
+            header = Header.from_json(record["header"]) if record["header"] else None
+            pid = header.patient_id if header else None
+            if record.get("image"):
+                pid = record["image"]["patient_id"]
+            if pid:
+                with_files.add(pid)
+            if header is not None and header.is_dicomdir:
+                for ref in missing_references(rel, header.referenced_files, present):
+                    outcomes[ref] = outcome(
+                        self.site,
+                        ref,
+                        "dicomdir-missing",
+                        f"listed in DICOMDIR {rel} but missing from the export; "
+                        "copy the complete export",
+                    )
+            try:
+                if record["skip"]:
+                    raise Skip(*record["skip"])
+                if record.get("image"):
+                    image_files.append((rel, key, record["image"]))
+                    continue
+                check_usable(header, self.config)
+                self._check_label(header.patient_id)
+                candidates.append(Candidate(rel, key, header))
+            except Skip as skip:
+                outcomes[rel] = outcome(self.site, rel, skip.code, skip.detail, pid)
+        dropped: list[SeriesPlan] = []
+        if self.labels_path is None:
+            plans = self._image_plans(image_files, outcomes)
+        else:
+            plans, dropped, skips = plan_series(candidates, self.config)
+            owner = {c.rel: c.header.patient_id for c in candidates}
+            for rel, skip in skips.items():
+                outcomes[rel] = outcome(
+                    self.site, rel, skip.code, skip.detail, owner[rel]
+                )
+        return outcomes, plans, dropped, with_files
+
+    def _check_label(self, patient_id: str) -> None:
+        if patient_id in self.labels.rows:
+            return
+        flagged = [p for p in self.labels.problems if p.patient_id == patient_id]
+        if flagged:
+            raise Skip(
+                "no-label",
+                f"patient {patient_id!r} has no usable row in {self.labels.path.name} "
+                f"(line {flagged[0].line}: see label_problems)",
+            )
+        raise Skip(
+            "no-label",
+            f"patient {patient_id!r} is not in {self.labels.path.name}; add a row "
+            f"'{patient_id},0' or '{patient_id},1' to use it",
+        )
+
+    def _image_plans(self, image_files, outcomes) -> list[SeriesPlan]:
+        """Image folders: labels come from folder names; a patient in two is dropped."""
+        folders: dict[str, set[int]] = {}
+        for _, _, info in image_files:
+            folders.setdefault(info["patient_id"], set()).add(info["label"])
+        usable = []
+        for rel, key, info in image_files:
+            if len(folders[info["patient_id"]]) > 1:
+                outcomes[rel] = outcome(
+                    self.site,
+                    rel,
+                    "label-conflict",
+                    f"patient {info['patient_id']!r} has folders under both labels; "
+                    "move all of its images under one label folder",
+                    info["patient_id"],
+                )
+            else:
+                usable.append((rel, key, info))
+        self.labels = Labels(self.site)
+        for _, _, info in usable:
+            pid = info["patient_id"]
+            self.labels.rows.setdefault(pid, LabelRow(pid, info["label"], 0))
+        return image_plans(usable)
+
+    def _missing(self, plans: list[SeriesPlan]) -> dict[str, str]:
+        """Files the kept series need whose frames this config has not cached."""
+        missing: dict[str, str] = {}
+        for plan in plans:
+            for ref in plan.slices:
+                if (ref.key, ref.frame) not in self.stored:
+                    missing.setdefault(ref.key, ref.rel)
+        return missing
+
+    def _decode(self, missing: dict[str, str]) -> None:
+        """Decode files for a new config (or whose cached arrays vanished)."""
+        jobs = [(rel, True) for rel in missing.values()]
+        for result in list(self._run_jobs(jobs, "decoding")):
+            self._remember(result)
+            if (
+                result.key in missing
+                and not result.decoded
+                and not result.record["skip"]
+            ):
+                # Nothing decoded and no reason given: never loop on it.
+                result.record["skip"] = ["decode", "pixel data could not be cached"]
+
+    def _assemble(self, plans, dropped, outcomes):
+        """One array per series (kept ones, and complete dropped ones so that a
+        policy change needs no decoding); None if a cached array was unreadable."""
+        kept, index, opened = [], {}, {}
+        for plan, chosen in [(p, True) for p in plans] + [(p, False) for p in dropped]:
+            refs = [(ref.key, ref.frame) for ref in plan.slices]
+            if not chosen and not all(ref in self.stored for ref in refs):
+                continue
+            series_key = self._series_key(plan)
+            path = self.cache.series_path(self.pixel_key, series_key)
+            if series_key not in self.index and not self._write_series(
+                plan, path, opened
+            ):
+                return None
+            lungs = [self.stored[ref][2] for ref in refs]
+            index[series_key] = [
+                [k, f, None if np.isnan(lung) else lung]
+                for (k, f), lung in zip(refs, lungs, strict=True)
+            ]
+            if not chosen:
+                continue
+            keep, why = select_slices(lungs, self.config)
+            used = {plan.slices[i].rel for i in keep}
+            for rel in {ref.rel for ref in plan.slices} - used:
+                outcomes[rel] = outcome(
+                    self.site,
+                    rel,
+                    "slice-policy",
+                    why,
+                    plan.patient_id,
+                    plan.series_uid,
+                )
+            if keep:
+                kept.append((plan, keep, path))
+        self.index = index
+        return kept
+
+    def _write_series(self, plan: SeriesPlan, path: Path, opened: dict) -> bool:
+        """Copy a series' frames out of packs or older arrays into one array."""
+        rows = []
+        for ref in plan.slices:
+            source, row, _ = self.stored[(ref.key, ref.frame)]
+            try:
+                if source not in opened:
+                    opened[source] = (
+                        read_array(Path(source))
+                        if source.endswith(".npy")
+                        else read_pack(source, self.config.image_size)
+                    )
+                rows.append(np.asarray(opened[source][row]))
+            except (OSError, ValueError, IndexError) as err:
+                log.warning(
+                    "%s: cached array unreadable (%s); decoding again", source, err
+                )
+                self.stored = {k: v for k, v in self.stored.items() if v[0] != source}
+                self.index.pop(Path(source).stem, None)
+                Path(source).unlink(missing_ok=True)
+                return False
+        write_array(path, np.stack(rows))
+        return True
+
+    def _series_key(self, plan: SeriesPlan) -> str:
+        members = "\n".join(f"{ref.key}:{ref.frame}" for ref in plan.slices)
+        return xxhash.xxh3_128_hexdigest(f"{self.pixel_key}\n{members}".encode())
+
+    def _finish(self, files, outcomes, kept, with_files) -> IngestResult:
+        by_patient: dict[str, list[IngestedSeries]] = {}
+        for plan, keep, path in kept:
+            series = IngestedSeries(
+                uid=plan.series_uid,
+                study_uid=plan.study_uid,
+                name=plan.name,
+                array=path,
+                sources=tuple(_sources(plan)),
+                positions=tuple(ref.position for ref in plan.slices),
+                lung=tuple(self.stored[(ref.key, ref.frame)][2] for ref in plan.slices),
+                keep=tuple(keep),
+            )
+            by_patient.setdefault(plan.patient_id, []).append(series)
+            used = {}
+            for index in keep:
+                ref = plan.slices[index]
+                used[ref.rel] = used.get(ref.rel, 0) + 1
+            for rel, count in used.items():
+                outcomes[rel] = FileOutcome(
+                    rel,
+                    USED,
+                    patient_id=plan.patient_id,
+                    series_uid=plan.series_uid,
+                    slices=count,
+                )
+        patients = tuple(
+            IngestedPatient(pid, self.labels.rows[pid].label, tuple(series))
+            for pid, series in sorted(by_patient.items())
+        )
+        problems = list(self.labels.problems)
+        if self.labels_path is not None:
+            problems += unmatched(self.labels, with_files, set(by_patient))
+        unlabeled = sorted(
+            {
+                o.patient_id
+                for o in outcomes.values()
+                if o.code == "no-label" and o.patient_id
+            }
+        )
+        without_images = sorted(
+            pid for pid in self.labels.rows if pid not in by_patient
+        )
+        self._prune(files, kept)
+        report = [
+            {
+                "patient_id": p.patient_id,
+                "label": p.label,
+                "series": [
+                    {
+                        "uid": s.uid,
+                        "name": s.name,
+                        "slices": len(s.sources),
+                        "kept": len(s.keep),
+                    }
+                    for s in p.series
+                ],
+            }
+            for p in patients
+        ]
+        all_outcomes = list(outcomes.values())
+        summary = summarize(
+            self.site, all_outcomes, report, problems, without_images, unlabeled
+        )
+        report_path = self.cache.root / REPORT_FILE
+        context = {
+            "site_dir": str(self.site),
+            "labels": str(self.labels_path) if self.labels_path else None,
+            "cache_dir": str(self.cache.root),
+            "config": self.config.to_dict(),
+            "files_read": self.files_read,
+            "files_decoded": self.files_decoded,
+        }
+        write_report(report_path, summary, context, all_outcomes, report, problems)
+        log.info("%s", summary.text(report_path))
+        if self.strict:
+            self._raise_first_problem(all_outcomes, problems)
+        return IngestResult(
+            self.site,
+            self.cache.root,
+            self.config,
+            patients,
+            summary,
+            report_path,
+            self.files_read,
+            self.files_decoded,
+        )
+
+    def _raise_first_problem(
+        self, outcomes: list[FileOutcome], problems: list[LabelProblem]
+    ) -> None:
+        errors = sorted(
+            (o for o in outcomes if o.code and is_error(o.code)), key=lambda o: o.path
+        )
+        if errors:
+            raise IngestError(errors[0].reason)
+        if problems:
+            raise IngestError(sorted(problems, key=lambda p: p.line)[0].message)
+
+    def _prune(self, files, kept) -> None:
+        """Forget what no current file uses; save what is still valid."""
+        keys = {self.state.files[rel][4] for rel in files}
+        self.state.records = {k: v for k, v in self.state.records.items() if k in keys}
+        self.cache.save_index(self.pixel_key, self.index)
+        self.cache.prune(self.pixel_key, set(self.index))
+        self.cache.save_state(self.state)
+
+    # ---- helpers -------------------------------------------------------------
+
+    def _remember(self, result: FileResult) -> None:
+        self.state.files[result.rel] = [*result.stat, result.key]
+        self.state.records[result.key] = result.record
+        self.files_read += 1
+        if result.decoded:
+            for frame, lung in enumerate(result.lung or []):
+                self.stored[(result.key, frame)] = (
+                    result.pack,
+                    result.row + frame,
+                    lung,
+                )
+            self.files_decoded += 1
+
+    def _setup(self) -> WorkerSetup:
+        labelled = None if self.labels_path is None else frozenset(self.labels.rows)
+        return WorkerSetup(
+            site_dir=str(self.site),
+            packs_dir=str(self.cache.packs_dir(self.pixel_key)),
+            config=self.config,
+            labelled=labelled,
+            have=frozenset(key for key, _ in self.stored),
+            kind="dicom" if self.labels_path is not None else "images",
+        )
+
+    def _run_jobs(
+        self, jobs: list[tuple[str, bool]], what: str
+    ) -> Iterator[FileResult]:
+        """Run file jobs in this process or in worker processes, with a progress bar."""
+        if not jobs:
+            return
+        setup = self._setup()
+        bar = tqdm(
+            total=len(jobs),
+            desc=f"{self.site.name}: {what}",
+            unit="file",
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
+        try:
+            workers = min(self.config.workers, len(jobs))
+            # One pack per chunk; small chunks keep two workers busy to the end.
+            size = 64 if workers <= 1 else max(1, min(16, len(jobs) // (workers * 4)))
+            chunks = [jobs[i : i + size] for i in range(0, len(jobs), size)]
+            if workers <= 1:
+                for chunk in chunks:
+                    results = process_chunk(chunk, setup)
+                    yield from results
+                    bar.update(len(results))
+                return
+            with ProcessPoolExecutor(
+                workers,
+                mp_context=_context(),
+                initializer=init_worker,
+                initargs=(setup,),
+            ) as pool:
+                futures = [pool.submit(process_chunk, chunk) for chunk in chunks]
+                for future in as_completed(futures):
+                    results = future.result()
+                    yield from results
+                    bar.update(len(results))
+        finally:
+            bar.close()
+
+
+def _lung(value) -> float:
+    """JSON stores the NaN lung share of image-folder slices as null."""
+    return float("nan") if value is None else float(value)
+
+
+def _sources(plan: SeriesPlan) -> Iterator[str]:
+    """Each slice's file; `path#frame` when a file holds several frames."""
+    per_file: dict[str, int] = {}
+    for ref in plan.slices:
+        per_file[ref.rel] = per_file.get(ref.rel, 0) + 1
+    for ref in plan.slices:
+        yield ref.rel if per_file[ref.rel] == 1 else f"{ref.rel}#{ref.frame}"
+
+
+def _context():
+    """forkserver: safe when the parent has threads (TensorFlow, Flower), and
+    cheaper than spawn because the server imports the worker module once."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["common.ingest.worker"])
+        return ctx
+    return multiprocessing.get_context("spawn")

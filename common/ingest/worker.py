@@ -1,0 +1,153 @@
+"""Read one file once: hash it, parse its header and, if usable, decode its slices.
+
+This runs in worker processes, so it takes and returns plain picklable data and
+writes only into the cache's pack folder of the running ingest.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import xxhash
+
+from common.ingest.cache import PACK_DTYPE, PackWriter
+from common.ingest.checks import check_usable
+from common.ingest.config import IngestConfig
+from common.ingest.headers import quiet_pydicom, read_dataset, summarize
+from common.ingest.pixels import hu_slices
+from common.ingest.policy import lung_fraction, to_unit_range
+from common.ingest.reasons import Skip, short_error
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What every job of one run shares (sent once to each worker process)."""
+
+    site_dir: str
+    packs_dir: str
+    config: IngestConfig
+    labelled: frozenset[str] | None  # decode only these patients; None: all
+    have: frozenset[str] = field(default_factory=frozenset)  # keys already cached
+    kind: str = "dicom"  # or "images"
+
+
+@dataclass
+class FileResult:
+    """One file's outcome; `record` is cached under `key` (content hash)."""
+
+    rel: str
+    stat: list[int]
+    key: str
+    record: dict[str, Any]
+    pack: str | None = None  # set when frames were decoded by this call ...
+    row: int = 0  # ... at this row of the pack
+    lung: list[float] | None = None  # lung share of each frame
+
+    @property
+    def decoded(self) -> bool:
+        return self.pack is not None
+
+
+def file_stat(path: str) -> list[int]:
+    """What says a file is unchanged since it was hashed."""
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def content_key(data: bytes) -> str:
+    return xxhash.xxh3_128_hexdigest(data)
+
+
+def process_chunk(
+    jobs: list[tuple[str, bool]], setup: WorkerSetup | None = None
+) -> list[FileResult]:
+    """A batch of (path, decode) jobs; their frames share one pack file."""
+    setup = setup or _SETUP
+    if setup is None:  # pragma: no cover - the pool initializer sets it
+        raise RuntimeError("worker used before init_worker")
+    pack = PackWriter(setup.packs_dir, setup.config.image_size)
+    try:
+        with quiet_pydicom():
+            return [process_file(rel, setup, decode, pack) for rel, decode in jobs]
+    finally:
+        pack.close()
+
+
+def process_file(
+    rel: str, setup: WorkerSetup, decode: bool, pack: PackWriter
+) -> FileResult:
+    """Hash, parse and (when `decode` and usable) decode one file into `pack`."""
+    path = os.path.join(setup.site_dir, rel)
+    try:
+        stat = file_stat(path)
+        if stat[0] > setup.config.max_file_mb * 2**20:
+            return _unread(
+                rel,
+                stat,
+                Skip(
+                    "too-large",
+                    f"file is {stat[0] / 2**20:.0f} MB, above the "
+                    f"{setup.config.max_file_mb} MB limit (max-file-mb)",
+                ),
+            )
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as err:
+        return _unread(
+            rel,
+            [0, 0, 0, 0],
+            Skip("unreadable", f"cannot be read ({err.strerror or short_error(err)})"),
+        )
+    key = content_key(data)
+    if setup.kind == "images":
+        from common.ingest.images import process_image
+
+        return process_image(rel, stat, key, data, setup, decode, pack)
+    try:
+        parsed = read_dataset(data, rel)
+        header = summarize(parsed)
+    except Skip as skip:
+        return FileResult(rel, stat, key, {"header": None, "skip": skip_record(skip)})
+    result = FileResult(rel, stat, key, {"header": header.to_json(), "skip": None})
+    if not decode or key in setup.have:
+        return result
+    try:
+        check_usable(header, setup.config)
+    except Skip:
+        return result  # config-dependent: decided again by the caller each run
+    if setup.labelled is not None and header.patient_id not in setup.labelled:
+        return result  # no label: decoding it would be wasted work
+    try:
+        hu = hu_slices(parsed, header, setup.config.image_size)
+    except Skip as skip:  # the bytes themselves are bad: remember it
+        result.record["skip"] = skip_record(skip)
+        return result
+    unit = np.empty(hu.shape, PACK_DTYPE)
+    for index, frame in enumerate(hu):
+        unit[index] = to_unit_range(frame, setup.config)
+    result.pack, result.row = pack.append(unit)
+    result.lung = [lung_fraction(frame) for frame in hu]
+    return result
+
+
+_SETUP: WorkerSetup | None = None
+
+
+def init_worker(setup: WorkerSetup) -> None:
+    """Pool initializer: keep the run's shared setup in the worker process."""
+    global _SETUP
+    _SETUP = setup
+
+
+def _unread(rel: str, stat: list[int], skip: Skip) -> FileResult:
+    # Not read, so no content key: key the record by path and stat instead.
+    key = "!" + content_key(f"{rel}|{stat}".encode())
+    return FileResult(rel, stat, key, {"header": None, "skip": skip_record(skip)})
+
+
+def skip_record(skip: Skip) -> list[str]:
+    """How a skip is cached in a file record (JSON)."""
+    return [skip.code, skip.detail]
