@@ -114,13 +114,24 @@ class Cache:
         return self.pixel_dir(pixel_key) / "series" / f"{series_key}.npy"
 
     def load_index(self, pixel_key: str) -> dict[str, list[list[Any]]]:
-        """Series arrays of this config: rows as [content key, frame, lung share]."""
+        """Series arrays of this config: rows as [content key, frame, lung share].
+
+        An array that is missing or cannot be mapped with its expected rows (a
+        disk that filled up, a copy cut short) is left out, so it is rebuilt.
+        """
         data = self._read_json(self.pixel_dir(pixel_key) / "index.json") or {}
-        return {
-            key: rows
-            for key, rows in data.items()
-            if self.series_path(pixel_key, key).is_file()
-        }
+        index = {}
+        for key, rows in data.items():
+            path = self.series_path(pixel_key, key)
+            try:
+                valid = len(read_array(path)) == len(rows)
+            except (OSError, ValueError):
+                valid = False
+            if valid:
+                index[key] = rows
+            else:
+                log.warning("%s: missing or damaged; it is rebuilt", path)
+        return index
 
     def save_index(self, pixel_key: str, index: dict[str, list[list[Any]]]) -> None:
         write_json(self.pixel_dir(pixel_key) / "index.json", index)

@@ -128,10 +128,14 @@ def _check_orientation(h: Header) -> None:
 
 def _check_pixels(h: Header, config: IngestConfig) -> None:
     if not h.has_pixels:
-        raise Skip(
-            "no-pixels",
-            "no Pixel Data element, so no image (an incomplete export?)",
-        )
+        if h.rows == 0 and h.columns == 0:
+            # Not even the image's size: the file stops before its image part.
+            raise Skip(
+                "truncated",
+                "the file ends before its image (no Rows, Columns or Pixel Data); "
+                "it was cut short, copy it again from the PACS export",
+            )
+        raise Skip("no-pixels", "no Pixel Data element, so no image to use")
     if h.rows <= 0 or h.columns <= 0:
         raise Skip("bad-geometry", "Rows/Columns missing or zero")
     if h.bits_allocated not in (8, 16, 32):

@@ -25,7 +25,10 @@ from common.ingest.reasons import Skip, short_error
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
+EXPLICIT_BE = "1.2.840.10008.1.2.2"
+DEFLATED = "1.2.840.10008.1.2.1.99"
 PIXEL_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
+PIXEL_TAG_BIG = b"\x7f\xe0\x00\x10"
 UNDEFINED_LENGTH = 0xFFFFFFFF
 # Extensions that say "I am DICOM": such a file that is not is an error, whereas
 # a README or a viewer program on an export CD is only excluded.
@@ -87,16 +90,29 @@ class Header:
 
 @dataclass
 class Parsed:
-    """A parsed file. For native little-endian files the Pixel Data value is a
-    zero-copy view of the file's bytes (pydicom would copy it, ~15% of the
-    time a slice takes); otherwise `ds` holds it."""
+    """A parsed file: its header, and where its Pixel Data is.
+
+    The header is parsed without Pixel Data. For native little-endian files
+    the pixels are then a zero-copy view of the file's bytes (pydicom would copy
+    them, ~15% of a slice's time); compressed ones are parsed again by `full()`
+    only if they are decoded, so excluded files never pay for it.
+    """
 
     ds: Dataset
-    pixels: memoryview | None = None
+    data: bytes
+    name: str
+    pixels: memoryview | None = None  # native Pixel Data value (may be short)
+    has_pixel_element: bool = False
+
+    def full(self) -> Dataset:
+        """The dataset with its Pixel Data, for pydicom's decoders."""
+        if self.has_pixel_element and "PixelData" not in self.ds:
+            self.ds = _dcmread(BytesIO(self.data), self.data, self.name, False)
+        return self.ds
 
 
 def read_dataset(data: bytes, name: str) -> Parsed:
-    """Parse a whole file held in memory; `Skip` says why it is not DICOM.
+    """Parse a file held in memory; `Skip` says why it is not DICOM.
 
     pydicom's warnings about vendor quirks it repairs are silenced by the caller
     (`quiet_pydicom`): the report is the place for problems, not stderr.
@@ -106,11 +122,18 @@ def read_dataset(data: bytes, name: str) -> Parsed:
     stream = BytesIO(data)
     ds = _dcmread(stream, data, name, stop_before_pixels=True)
     _check_not_truncated(ds, len(data))
-    pixels = _native_pixels(ds, data, stream.tell())
-    if pixels is None and stream.tell() < len(data):
-        # Compressed, big-endian or deflated: let pydicom read its Pixel Data.
+    meta = getattr(ds, "file_meta", None)
+    ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    if ts == DEFLATED or not ts:
+        # Deflated: the file's bytes are not the dataset's. No meta: pydicom
+        # guessed the encoding. Either way, let pydicom read everything.
         ds = _dcmread(BytesIO(data), data, name, stop_before_pixels=False)
-    return Parsed(ds, pixels)
+        return Parsed(ds, data, name, None, "PixelData" in ds)
+    offset = stream.tell()
+    tag = data[offset : offset + 4]
+    if tag not in (PIXEL_TAG, PIXEL_TAG_BIG):
+        return Parsed(ds, data, name)
+    return Parsed(ds, data, name, _native_pixels(ts, data, offset), True)
 
 
 @contextmanager
@@ -146,32 +169,31 @@ def _dcmread(stream: BytesIO, data: bytes, name: str, stop_before_pixels: bool):
         ) from None
 
 
-def _native_pixels(ds: Dataset, data: bytes, offset: int) -> memoryview | None:
-    """The Pixel Data value that starts at `offset`, if the file is native LE.
+def _native_pixels(ts: str, data: bytes, offset: int) -> memoryview | None:
+    """The native Pixel Data value whose element starts at `offset`.
 
     pydicom stopped right before the element; its header is 12 bytes in
     explicit VR (tag, VR, reserved, 32-bit length) and 8 in implicit VR.
     """
-    meta = getattr(ds, "file_meta", None)
-    ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
-    if ts not in (EXPLICIT_LE, IMPLICIT_LE) or data[offset : offset + 4] != PIXEL_TAG:
-        return None
-    if ts == EXPLICIT_LE:
-        if data[offset + 4 : offset + 6] not in (b"OW", b"OB", b"UN"):
-            return None
+    if ts not in (EXPLICIT_LE, IMPLICIT_LE, EXPLICIT_BE):
+        return None  # compressed
+    order = "big" if ts == EXPLICIT_BE else "little"
+    if ts == IMPLICIT_LE:
+        start = offset + 8
+    elif data[offset + 4 : offset + 6] in (b"OW", b"OB", b"UN"):
         start = offset + 12
     else:
-        start = offset + 8
-    length = int.from_bytes(data[start - 4 : start], "little")
+        return None
+    length = int.from_bytes(data[start - 4 : start], order)
     if length == UNDEFINED_LENGTH:
-        return None  # encapsulated although the syntax says native: let pydicom try
+        return None  # encapsulated although the syntax says native: pydicom decides
     return memoryview(data)[start : start + length]
 
 
 def summarize(parsed: Parsed) -> Header:
     """The `Header` of a parsed file; a malformed value is a `Skip`."""
     try:
-        return _summarize(parsed.ds, parsed.pixels)
+        return _summarize(parsed)
     except Skip:
         raise
     except Exception as err:
@@ -180,7 +202,8 @@ def summarize(parsed: Parsed) -> Header:
         ) from None
 
 
-def _summarize(ds: Dataset, native: memoryview | None) -> Header:
+def _summarize(parsed: Parsed) -> Header:
+    ds = parsed.ds
     meta = Fields(getattr(ds, "file_meta", None) or Dataset())
     f = Fields(ds)
     sop_class = f.text(0x00080016) or meta.text(0x00020002)
@@ -194,12 +217,11 @@ def _summarize(ds: Dataset, native: memoryview | None) -> Header:
         shared = _first_item(ds, "SharedFunctionalGroupsSequence")
         per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
     ts = meta.text(0x00020010)
-    pixel = ds.get_item(0x7FE00010)
-    encapsulated = bool(ts) and _is_compressed(ts)
-    if native is not None:
-        pixel_bytes = len(native)
-    elif pixel is None or encapsulated:
-        pixel_bytes = -1
+    pixel = ds.get_item(0x7FE00010)  # only after a full parse
+    if parsed.pixels is not None:
+        pixel_bytes = len(parsed.pixels)
+    elif pixel is None or (bool(ts) and _is_compressed(ts)):
+        pixel_bytes = -1  # unknown until decoded
     else:
         pixel_bytes = len(pixel.value or b"")
     frames = max(1, int(f.number(0x00280008) or 1))
@@ -223,7 +245,7 @@ def _summarize(ds: Dataset, native: memoryview | None) -> Header:
         bits_allocated=f.us(0x00280100) or 0,
         photometric=f.text(0x00280004),
         transfer_syntax=ts,
-        has_pixels=pixel is not None or native is not None,
+        has_pixels=parsed.has_pixel_element,
         pixel_bytes=pixel_bytes,
         orientation=_orientation(f, shared, per_frame),
         positions=_positions(f, per_frame, frames),
@@ -320,8 +342,13 @@ def _is_compressed(ts: str) -> bool:
 
 
 def _starts_like_dataset(data: bytes) -> bool:
-    """A bare dataset starts with a group 0x0002 or 0x0008 tag (little endian)."""
-    return len(data) >= 8 and data[:2] in (b"\x02\x00", b"\x08\x00")
+    """A bare dataset starts with a group 0x0002 or 0x0008 tag (either endian)."""
+    return len(data) >= 8 and data[:2] in (
+        b"\x02\x00",
+        b"\x08\x00",
+        b"\x00\x02",
+        b"\x00\x08",
+    )
 
 
 def _referenced_files(ds: Dataset):

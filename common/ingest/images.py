@@ -47,8 +47,8 @@ def is_image_layout(root: Path) -> bool:
     )
 
 
-def image_info(rel: str) -> tuple[str, int, str]:
-    """(label folder, label, patient) of a path, or `Skip` when off the layout."""
+def image_info(rel: str) -> dict:
+    """Label folder, label and patient of a path, or `Skip` when off the layout."""
     parts = PurePath(rel).parts
     if len(parts) < 3 or parts[0].lower() not in LABEL_DIRS:
         raise Skip(
@@ -58,7 +58,11 @@ def image_info(rel: str) -> tuple[str, int, str]:
         )
     if not rel.lower().endswith(IMAGE_SUFFIXES):
         raise Skip("not-image", f"not an image file ({', '.join(IMAGE_SUFFIXES)})")
-    return parts[0], LABEL_DIRS[parts[0].lower()], parts[1]
+    return {
+        "label_dir": parts[0],
+        "label": LABEL_DIRS[parts[0].lower()],
+        "patient_id": parts[1],
+    }
 
 
 def process_image(
@@ -70,23 +74,22 @@ def process_image(
     decode: bool,
     pack: PackWriter,
 ) -> FileResult:
-    """Worker step for an image file (same contract as `worker.process_file`)."""
+    """Worker step for an image file (same contract as `worker.process_file`).
+
+    The record holds only what the bytes decide (a decode error): the label and
+    patient come from the path, which identical files at two places differ in.
+    """
+    result = FileResult(rel, stat, key, {"header": None, "skip": None})
     try:
-        label_dir, label, patient = image_info(rel)
-    except Skip as skip:
-        return FileResult(rel, stat, key, {"header": None, "skip": skip_record(skip)})
-    record = {
-        "header": None,
-        "image": {"label_dir": label_dir, "label": label, "patient_id": patient},
-        "skip": None,
-    }
-    result = FileResult(rel, stat, key, record)
+        image_info(rel)
+    except Skip:
+        return result  # off the layout: the caller says so, decoding is wasted
     if not decode or key in setup.have:
         return result
     try:
         pixels = read_image(data, setup.config.max_decoded_mb)
     except Skip as skip:
-        record["skip"] = skip_record(skip)
+        result.record["skip"] = skip_record(skip)
         return result
     small = resize_stored(pixels, setup.config.image_size)
     result.pack, result.row = pack.append(

@@ -22,8 +22,8 @@ from tqdm import tqdm
 from common.ingest.cache import Cache, State, read_array, read_pack, write_array
 from common.ingest.checks import check_usable
 from common.ingest.config import IngestConfig
-from common.ingest.headers import Header
-from common.ingest.images import image_plans, is_image_layout
+from common.ingest.headers import DICOM_SUFFIXES, Header
+from common.ingest.images import image_info, image_plans, is_image_layout
 from common.ingest.labels import (
     LabelProblem,
     LabelRow,
@@ -120,8 +120,8 @@ class _Run:
             if self.strict and self.labels.problems:
                 raise IngestError(self.labels.problems[0].message)
         self.state = self.cache.load_state()
-        self.cache.prune(self.pixel_key, set(self.cache.load_index(self.pixel_key)))
         self.index = self.cache.load_index(self.pixel_key)
+        self.cache.prune(self.pixel_key, set(self.index))  # a dead run's leftovers
         for series_key, rows in self.index.items():
             path = str(self.cache.series_path(self.pixel_key, series_key))
             for row, (key, frame, lung) in enumerate(rows):
@@ -176,31 +176,28 @@ class _Run:
             key = self.state.files[rel][4]
             record = self.state.records[key]
             header = Header.from_json(record["header"]) if record["header"] else None
-            pid = header.patient_id if header else None
-            if record.get("image"):
-                pid = record["image"]["patient_id"]
-            if pid:
-                with_files.add(pid)
-            if header is not None and header.is_dicomdir:
-                for ref in missing_references(rel, header.referenced_files, present):
-                    outcomes[ref] = outcome(
-                        self.site,
-                        ref,
-                        "dicomdir-missing",
-                        f"listed in DICOMDIR {rel} but missing from the export; "
-                        "copy the complete export",
-                    )
+            info = None
             try:
+                if self.labels_path is None:
+                    info = image_info(rel)  # label and patient come from the path
+                pid = info["patient_id"] if info else header and header.patient_id
+                if pid:
+                    with_files.add(pid)
+                if header is not None and header.is_dicomdir:
+                    self._check_dicomdir(rel, header, present, outcomes)
                 if record["skip"]:
-                    raise Skip(*record["skip"])
-                if record.get("image"):
-                    image_files.append((rel, key, record["image"]))
+                    raise _path_skip(rel, *record["skip"])
+                if info is not None:
+                    image_files.append((rel, key, info))
                     continue
                 check_usable(header, self.config)
                 self._check_label(header.patient_id)
                 candidates.append(Candidate(rel, key, header))
             except Skip as skip:
-                outcomes[rel] = outcome(self.site, rel, skip.code, skip.detail, pid)
+                pid = info["patient_id"] if info else header and header.patient_id
+                outcomes[rel] = outcome(
+                    self.site, rel, skip.code, skip.detail, pid or None
+                )
         dropped: list[SeriesPlan] = []
         if self.labels_path is None:
             plans = self._image_plans(image_files, outcomes)
@@ -212,6 +209,16 @@ class _Run:
                     self.site, rel, skip.code, skip.detail, owner[rel]
                 )
         return outcomes, plans, dropped, with_files
+
+    def _check_dicomdir(self, rel, header, present, outcomes) -> None:
+        for ref in missing_references(rel, header.referenced_files, present):
+            outcomes[ref] = outcome(
+                self.site,
+                ref,
+                "dicomdir-missing",
+                f"listed in DICOMDIR {rel} but missing from the export; "
+                "copy the complete export",
+            )
 
     def _check_label(self, patient_id: str) -> None:
         if patient_id in self.labels.rows:
@@ -511,6 +518,13 @@ class _Run:
                     bar.update(len(results))
         finally:
             bar.close()
+
+
+def _path_skip(rel: str, code: str, detail: str) -> Skip:
+    """A cached skip, as it reads for this path (records are per content)."""
+    if code in ("not-dicom", "bad-dicom"):
+        code = "bad-dicom" if rel.lower().endswith(DICOM_SUFFIXES) else "not-dicom"
+    return Skip(code, detail)
 
 
 def _lung(value) -> float:

@@ -25,7 +25,6 @@ import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
@@ -36,11 +35,7 @@ from common.ingest.reasons import Skip, short_error
 # Real tissue and air are never below about -1024 HU; vendors fill the area
 # outside the reconstruction circle with -2000, -2048 or -3024.
 PADDING_HU = -1500.0
-NATIVE_LITTLE_ENDIAN = {
-    str(ExplicitVRLittleEndian),
-    str(ImplicitVRLittleEndian),
-    str(DeflatedExplicitVRLittleEndian),
-}
+NATIVE_LITTLE_ENDIAN = {str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)}
 
 
 def stored_frames(parsed: Parsed, header: Header) -> np.ndarray:
@@ -48,9 +43,9 @@ def stored_frames(parsed: Parsed, header: Header) -> np.ndarray:
     shape = (header.frames, header.rows, header.columns)
     ts = header.transfer_syntax or str(ImplicitVRLittleEndian)
     try:
-        if ts in NATIVE_LITTLE_ENDIAN and header.samples == 1:
+        if ts in NATIVE_LITTLE_ENDIAN and parsed.pixels is not None:
             return _native_frames(parsed, header, shape)
-        return np.asarray(parsed.ds.pixel_array).reshape(shape)
+        return np.asarray(parsed.full().pixel_array).reshape(shape)
     except Skip:
         raise
     except Exception as err:
@@ -67,10 +62,7 @@ def _native_frames(
     signed = fields.us(0x00280103) == 1  # PixelRepresentation
     dtype = np.dtype(f"<{'i' if signed else 'u'}{header.bits_allocated // 8}")
     count = shape[0] * shape[1] * shape[2]
-    pixels = parsed.pixels
-    if pixels is None:  # pydicom read it (deflated files): raw bytes, no conversion
-        pixels = ds.get_item(0x7FE00010).value
-    arr = np.frombuffer(pixels, dtype=dtype, count=count).reshape(shape)
+    arr = np.frombuffer(parsed.pixels, dtype=dtype, count=count).reshape(shape)
     bits = fields.us(0x00280101) or header.bits_allocated  # BitsStored
     if 0 < bits < header.bits_allocated:
         low, high = (

@@ -1,0 +1,71 @@
+"""pydicom's own test files as a foreign corpus: each file is used or explained.
+
+The folders are ingested in place (they are the "site"), which also shows that
+ingest never writes into, or changes, the folder it reads.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from test_ingest_support import tree_hashes, write_labels
+
+from common.ingest import IngestConfig, ingest_site
+from common.ingest.reasons import REASONS
+
+CONFIG = IngestConfig(image_size=32, series="all")
+
+
+def _corpora() -> list[Path]:
+    folders = [Path(get_testdata_file("CT_small.dcm")).parent]
+    extra = get_testdata_file("693_UNCR.dcm", download=False)  # pydicom-data
+    if extra is not None:
+        folders.append(Path(extra).parent)
+    return folders
+
+
+@pytest.mark.parametrize("folder", _corpora(), ids=lambda p: p.parent.name)
+def test_every_file_is_used_or_skipped_with_a_reason(tmp_path, folder):
+    before = tree_hashes(folder)
+    labels = write_labels(tmp_path, [])
+    cache = tmp_path / "cache"
+    # First pass: find the patients; then label them all and ingest for real.
+    first = ingest_site(folder, labels, cache, CONFIG, progress=False)
+    patients = sorted(first.summary.images_without_label)
+    assert patients, "the corpus has CT images"
+    write_labels(tmp_path, [(pid, str(i % 2)) for i, pid in enumerate(patients)])
+    result = ingest_site(folder, labels, cache, CONFIG, progress=False)
+
+    report = json.loads(result.report_path.read_text())
+    entries = {f["path"]: f for f in report["files"]}
+    for path in before:
+        entry = entries[path]
+        if entry["status"] == "used":
+            assert entry["slices"] >= 1
+        else:
+            assert entry["code"] in REASONS
+            assert entry["reason"].startswith(f"{folder / path}: ")
+            assert len(entry["reason"].splitlines()) == 1
+    used = [f for f in entries.values() if f["status"] == "used"]
+    assert used and result.summary.slices >= len(used)
+    # Nothing is written into the corpus, and nothing in it changes.
+    assert tree_hashes(folder) == before
+
+
+def test_the_bundled_ct_files_are_ingested(tmp_path):
+    folder = Path(get_testdata_file("CT_small.dcm")).parent
+    ct_small = pydicom.dcmread(folder / "CT_small.dcm")
+    labels = write_labels(tmp_path, [(str(ct_small.PatientID), "1")])
+    result = ingest_site(folder, labels, tmp_path / "cache", CONFIG, progress=False)
+    entries = {
+        f["path"]: f for f in json.loads(result.report_path.read_text())["files"]
+    }
+    assert entries["CT_small.dcm"]["status"] == "used"
+    assert entries["MR_small.dcm"]["reason"].endswith("Modality is MR, expected CT")
+    assert entries["dicomdirtests/DICOMDIR"]["code"] == "dicomdir"
+    assert entries["rtplan.dcm"]["code"] in ("sop-class", "modality")
+    assert entries["test-SR.dcm"]["code"] in ("sop-class", "modality")
