@@ -159,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     hub.add_argument("module", help="TF Hub handle or local module directory")
     hub.add_argument("--preset", default="paper", help="our preset to map into")
+    rep = sub.add_parser("report", help="write RUN_DIR/report.html with its figures")
+    rep.add_argument("run_dir", type=Path, help="a run directory (simulate --out)")
     add_model_commands(sub, _add_run_config)
     _add_ingest_command(sub)
     args = parser.parse_args(argv)
@@ -171,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
         return _ingest(args)
     if args.command == "hub-inspect":
         return _hub_inspect(args.module, args.preset)
+    if args.command == "report":
+        from server.report import write_report
+
+        print(write_report(args.run_dir))
+        return 0
     if args.command == "phantoms":
         from simulations.phantoms import write_study
 

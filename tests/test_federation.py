@@ -26,9 +26,14 @@ def test_whole_chain_two_training_sites_and_one_external(tmp_path):
     assert [r["round"] for r in metrics["rounds"]] == [1, 2]
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk["splits"]["external"]["n_patients"] == 10  # scale 0.3 of 15 + 20
+    for split in ("train", "val", "test", "external"):  # DeLong and Wilson 95% CIs
+        for key in ("auc_ci", "sensitivity_ci", "specificity_ci"):
+            assert len(on_disk["splits"][split][key]) == 2, (split, key)
+    assert on_disk["threshold_split"] == "val"
     samples = sorted(p.name for p in (tmp_path / "samples").iterdir())
     assert samples == ["round_001.png", "round_002.png"]  # G(z), no patient data
-    for name in ("config.json", "global_weights.npz", "roc.png", "losses.png"):
+    files = ("config.json", "global_weights.npz", "histograms.npz", "roc.png")
+    for name in (*files, "losses.png"):
         assert (tmp_path / name).stat().st_size > 0
     weights = np.load(tmp_path / "global_weights.npz")
     assert weights["head"].shape == (config.model.z_dim + 1,)

@@ -1,0 +1,476 @@
+"""`fedbigbigan report RUN_DIR`: one HTML page a clinician or reviewer can read.
+
+It shows what the run directory holds, nothing more: ROC curves per split from the
+pooled histograms with the validation cut-off marked (the paper's Fig. 4), the D/E/G
+losses per round (Fig. 3), the paper-shaped AUC table with 95% CIs, the server's G(z)
+samples and the run configuration. Figures are written as PNGs next to the page and
+embedded in it as base64, so `report.html` alone can be mailed. No JavaScript, no
+TensorFlow.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common.metrics import GRID_BINS, roc_from_histograms
+from server.evaluation import SPLITS, split_metrics
+from server.run_dir import HISTOGRAMS
+
+log = logging.getLogger(__name__)
+
+FIGURES = "report"  # folder inside the run directory for the report's PNGs
+SPLIT_TITLES = {
+    "train": "Training",
+    "val": "Validation",
+    "test": "Test",
+    "external": "External site",
+}
+# Song et al. 2020, Table 2 as summarised in docs/METHOD.md: centralised, no CIs given
+PAPER_ROWS = (
+    ("Linear (lm), centralised", (0.979, 0.968, 0.972, 0.850), (0.80, 0.75)),
+    ("SVM, centralised", (1.000, 0.517, 0.531, 0.500), (None, None)),
+    ("KNN, centralised", (None, 0.997, 0.998, 0.734), (None, None)),
+)
+SMALL_CLASS = 30  # fewer cases than this in a class: say the CIs are wide
+
+
+@dataclass
+class RunContents:
+    """What a run directory holds, loaded once."""
+
+    path: Path
+    config: dict
+    metrics: dict
+    histograms: dict[str, np.ndarray] | None
+    samples: list[Path]
+
+
+def load_run(run_dir: Path) -> RunContents:
+    """Read config.json, metrics.json, histograms.npz and samples/ of a run."""
+    run_dir = Path(run_dir)
+    for name in ("config.json", "metrics.json"):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(
+                f"{run_dir / name}: missing; is {run_dir} a run directory "
+                "written by `fedbigbigan simulate` or the ServerApp?"
+            )
+    hist_path = run_dir / HISTOGRAMS
+    histograms = None
+    if hist_path.is_file():
+        with np.load(hist_path) as npz:
+            histograms = {k: npz[k] for k in npz.files}
+    return RunContents(
+        path=run_dir,
+        config=json.loads((run_dir / "config.json").read_text()),
+        metrics=json.loads((run_dir / "metrics.json").read_text()),
+        histograms=histograms,
+        samples=sorted((run_dir / "samples").glob("round_*.png")),
+    )
+
+
+def _histogram(run: RunContents, split: str, level: str) -> tuple | None:
+    """Pooled (pos, neg) counts, or None when the run kept no histograms."""
+    key = f"{split}/{level}"
+    if run.histograms is None or f"{key}/pos" not in run.histograms:
+        return None
+    return run.histograms[f"{key}/pos"], run.histograms[f"{key}/neg"]
+
+
+def split_results(run: RunContents) -> dict[str, dict]:
+    """metrics.json per split; CIs recomputed from histograms for older runs."""
+    out = {}
+    for split in SPLITS:
+        m = dict(run.metrics["splits"].get(split, {}))
+        counts = _histogram(run, split, run.metrics["level"])
+        if "auc_ci" not in m and counts is not None:
+            m = {**split_metrics(*counts, run.metrics["threshold"]), **m}
+        if counts is not None:
+            m["n_pos"], m["n_neg"] = int(counts[0].sum()), int(counts[1].sum())
+        elif "tp" in m:
+            m["n_pos"], m["n_neg"] = m["tp"] + m["fn"], m["tn"] + m["fp"]
+        out[split] = m
+    return out
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def _num(value, digits: int = 3) -> str:
+    if value is None or not np.isfinite(value):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def _pct(value) -> str:
+    if value is None or not np.isfinite(value):
+        return "–"
+    return f"{100 * value:.0f}%"
+
+
+def _ci(pair, fmt=_num) -> str:
+    if not pair or any(v is None or not np.isfinite(v) for v in pair):
+        return ""
+    return f"({fmt(pair[0])}–{fmt(pair[1])})"
+
+
+def _with_ci(m: dict, key: str, fmt=_num) -> str:
+    value = m.get(key)
+    text = fmt(value)
+    ci = _ci(m.get(f"{key}_ci"), fmt)
+    return f"{text} {ci}".strip()
+
+
+def _threshold_text(threshold: float) -> str:
+    if threshold is None or np.isnan(threshold):
+        return "undefined"
+    if np.isinf(threshold):
+        return "∞ (no cut-off beat calling every case negative on validation)"
+    return f"{threshold:.3f}"
+
+
+# ---------------------------------------------------------------- figures
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_roc(path: Path, run: RunContents, results: dict[str, dict]) -> bool:
+    """2 x 2 ROC panels with AUC, CI and the validation cut-off marked.
+
+    Returns False (and writes nothing) when the run kept no histograms.
+    """
+    level = run.metrics["level"]
+    if all(_histogram(run, s, level) is None for s in SPLITS):
+        return False
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(10, 10))
+    for ax, split in zip(axes.ravel(), SPLITS, strict=True):
+        m = results[split]
+        counts = _histogram(run, split, level)
+        ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls=":")
+        slices = _histogram(run, split, "slice")
+        if slices is not None and slices[0].sum() and slices[1].sum():
+            fpr, tpr, _ = roc_from_histograms(*slices)
+            ax.plot(fpr, tpr, color="0.55", lw=1, ls="--", label="slices")
+        if counts is not None and counts[0].sum() and counts[1].sum():
+            fpr, tpr, _ = roc_from_histograms(*counts)
+            ax.plot(fpr, tpr, color="C0", lw=2, label=f"{level}s")
+            x, y = 1 - m["specificity"], m["sensitivity"]
+            ax.plot([x], [y], "o", color="C3", ms=8, label="cut-off from validation")
+            ax.annotate(
+                f"sens {_pct(y)} {_ci(m.get('sensitivity_ci'), _pct)}\n"
+                f"spec {_pct(m['specificity'])} "
+                f"{_ci(m.get('specificity_ci'), _pct)}",
+                (x, y),
+                # beside the point, turned inwards so it stays inside the axes
+                xytext=(18 if x < 0.55 else -18, -48 if y > 0.35 else 40),
+                textcoords="offset points",
+                ha="left" if x < 0.55 else "right",
+                va="center",
+                fontsize=9,
+                bbox={"boxstyle": "round", "fc": "white", "ec": "C3", "alpha": 0.9},
+                arrowprops={"arrowstyle": "->", "color": "C3"},
+            )
+        else:
+            ax.text(0.5, 0.5, "no cases of one class", ha="center", va="center")
+        ax.set_title(
+            f"{SPLIT_TITLES[split]}: AUC {_with_ci(m, 'auc')}\n"
+            f"{m.get('n_pos', 0)} positive, {m.get('n_neg', 0)} negative {level}s",
+            fontsize=10,
+        )
+        ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="equal")
+        ax.set(xlabel="1 − specificity", ylabel="sensitivity")
+        ax.legend(loc="lower right", fontsize=8)
+    fig.suptitle(
+        f"ROC curves, {level} level (cut-off "
+        f"{_threshold_text(run.metrics['threshold']).split(' ')[0]}, "
+        f"chosen on {run.metrics.get('threshold_split', 'val')})"
+    )
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=90)
+    plt.close(fig)
+    return True
+
+
+def plot_losses(path: Path, rounds: list[dict]) -> bool:
+    """D, E and G losses per round, one panel each (their scales differ)."""
+    if not rounds:
+        return False
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    x = [r["round"] for r in rounds]
+    for ax, (key, name, colour) in zip(
+        axes,
+        (("d_loss", "D", "C0"), ("e_loss", "E", "C1"), ("g_loss", "G", "C2")),
+        strict=True,
+    ):
+        ax.plot(x, [r[key] for r in rounds], marker="o", color=colour)
+        ax.set(title=f"{name} loss", xlabel="round", ylabel="mean over sites")
+        ax.set_xticks(x if len(x) <= 12 else ax.get_xticks())
+    fig.suptitle("BigBiGAN losses per federated round")
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=90)
+    plt.close(fig)
+    return True
+
+
+# ---------------------------------------------------------------- html
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
+       max-width: 1150px; margin: 2em auto; padding: 0 1em; color: #222;
+       line-height: 1.45; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; }
+h2 { font-size: 1.25em; border-bottom: 1px solid #ccc; padding-bottom: 0.2em;
+     margin-top: 2em; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.86em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.5em; text-align: right; }
+th { background: #f2f2f2; }
+td { white-space: nowrap; }
+td:first-child, th:first-child { text-align: left; white-space: normal;
+                                 min-width: 12em; }
+tr.reference td { color: #666; font-style: italic; }
+.meta { color: #555; font-size: 0.92em; }
+.note { background: #fff8e1; border-left: 4px solid #f0b400; padding: 0.5em 0.9em;
+        margin: 0.8em 0; }
+figure { margin: 1em 0; }
+figcaption { color: #555; font-size: 0.9em; }
+img { max-width: 100%; }
+img.samples { image-rendering: pixelated; width: 100%; max-width: 1000px; }
+table.config td, table.config th { text-align: left; }
+table.config td { font-family: ui-monospace, monospace; }
+"""
+
+
+def _img(png: bytes, alt: str, css_class: str = "") -> str:
+    data = base64.b64encode(png).decode("ascii")
+    klass = f' class="{css_class}"' if css_class else ""
+    return f'<img{klass} alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _figure(png: bytes, alt: str, caption: str, css_class: str = "") -> str:
+    return (
+        f"<figure>{_img(png, alt, css_class)}"
+        f"<figcaption>{caption}</figcaption></figure>"
+    )
+
+
+def _table(header: list[str], rows: list[list[str]], row_class=None) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = []
+    for i, row in enumerate(rows):
+        klass = f' class="{row_class[i]}"' if row_class and row_class[i] else ""
+        cells = "".join(f"<td>{html.escape(str(c), quote=False)}</td>" for c in row)
+        body.append(f"<tr{klass}>{cells}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def paper_table(results: dict[str, dict]) -> str:
+    """Classifier x split AUC (95% CI) and external sens/spec, as in the paper."""
+    header = ["Classifier"] + [f"{SPLIT_TITLES[s]} AUC" for s in SPLITS]
+    header += ["External sensitivity", "External specificity"]
+    ext = results["external"]
+    rows = [
+        ["Linear (lm), federated — this run"]
+        + [_with_ci(results[s], "auc") for s in SPLITS]
+        + [_with_ci(ext, "sensitivity", _pct), _with_ci(ext, "specificity", _pct)]
+    ]
+    classes = [""]
+    for name, aucs, (sens, spec) in PAPER_ROWS:
+        rows.append(
+            [f"{name} — Song et al. 2020 (reported)"]
+            + [_num(a) for a in aucs]
+            + [_pct(sens), _pct(spec)]
+        )
+        classes.append("reference")
+    return _table(header, rows, classes)
+
+
+def detail_table(results: dict[str, dict], level: str) -> str:
+    """Every split's counts, AUCs and operating point with CIs."""
+    header = [
+        "Split",
+        f"{level}s (+ / −)",
+        "slices",
+        f"AUC, {level}s (95% CI)",
+        "AUC, slices (95% CI)",
+        "sensitivity (95% CI)",
+        "specificity (95% CI)",
+        "TP / FN / FP / TN",
+    ]
+    rows = []
+    for split in SPLITS:
+        m = results[split]
+        name = SPLIT_TITLES[split]
+        if split == "val":
+            name += " (cut-off chosen here: optimistic)"
+        counts = "–"
+        if "tp" in m:
+            counts = f"{m['tp']} / {m['fn']} / {m['fp']} / {m['tn']}"
+        rows.append(
+            [
+                name,
+                f"{m.get('n_patients', 0)} ({m.get('n_pos', '?')} / "
+                f"{m.get('n_neg', '?')})",
+                m.get("n_slices", "–"),
+                _with_ci(m, "auc"),
+                _with_ci(m, "slice_auc"),
+                _with_ci(m, "sensitivity", _pct),
+                _with_ci(m, "specificity", _pct),
+                counts,
+            ]
+        )
+    return _table(header, rows)
+
+
+def _notes(run: RunContents, results: dict[str, dict]) -> str:
+    """Plain-language cautions a reader needs before quoting a number."""
+    level = run.metrics["level"]
+    notes = [
+        f"One cut-off, {html.escape(_threshold_text(run.metrics['threshold']))}, "
+        "was chosen on the validation split by Youden's J and applied unchanged to "
+        "the other splits; only the validation row's sensitivity and specificity "
+        "were measured on the data that chose it.",
+        "No per-patient score left a hospital: every site returned per-class "
+        f"histograms of its scores on a {GRID_BINS}-bin grid, and the curves, AUCs "
+        "and DeLong intervals are computed from the pooled counts.",
+    ]
+    small = [
+        f"{SPLIT_TITLES[s].lower()} ({results[s].get('n_pos', '?')} positive, "
+        f"{results[s].get('n_neg', '?')} negative)"
+        for s in SPLITS
+        if min(results[s].get("n_pos", 0), results[s].get("n_neg", 0)) < SMALL_CLASS
+    ]
+    if small:
+        notes.append(
+            f"Few {level}s in " + ", ".join(small) + ": the 95% intervals are wide, "
+            "and an AUC of exactly 1 or 0 gets a DeLong interval of zero width, "
+            "which is a limit of the method, not certainty."
+        )
+    return "".join(f'<p class="note">{n}</p>' for n in notes)
+
+
+def _config_table(config: dict) -> str:
+    rows = [[str(k), json.dumps(v)] for k, v in config.items()]
+    return _table(["key", "value"], rows).replace("<table>", '<table class="config">')
+
+
+def render_html(run: RunContents, figures: dict[str, bytes]) -> str:
+    """The page; `figures` maps a figure's name to its PNG bytes."""
+    results = split_results(run)
+    level = run.metrics["level"]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>fedbigbigan report: {html.escape(run.path.name)}</title>",
+        f"<style>{CSS}</style></head><body>",
+        "<h1>Federated BigBiGAN COVID-19 classifier: run report</h1>",
+        f'<p class="meta">Run directory <code>{html.escape(str(run.path))}</code>; '
+        f"report written {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; "
+        f"preset <code>{html.escape(str(run.config.get('preset', '?')))}</code>, "
+        f"{len(run.metrics.get('rounds', []))} BigBiGAN rounds, "
+        f"{run.metrics.get('secagg_rounds', '?')} SecAgg+ rounds in all.</p>",
+        "<h2>Results in the paper's shape</h2>",
+        f"<p>AUC at {level} level with DeLong 95% CI; external sensitivity and "
+        "specificity at the validation cut-off with Wilson 95% CIs. The paper's rows "
+        "are its reported centralised numbers on its own data (no CIs were given), "
+        "shown for orientation, not as a like-for-like comparison.</p>",
+        paper_table(results),
+        _notes(run, results),
+        "<h2>All splits</h2>",
+        detail_table(results, level),
+        "<h2>ROC curves</h2>",
+    ]
+    if "roc" in figures:
+        parts.append(
+            _figure(
+                figures["roc"],
+                "ROC curves for training, validation, test and external data",
+                f"Solid: {level} level (mean of a {level}'s slice scores); dashed: "
+                "slice level. Red dot: the operating point at the cut-off chosen on "
+                "validation data, with sensitivity and specificity (Wilson 95% CI).",
+            )
+        )
+    else:
+        parts.append(
+            "<p>This run directory keeps no pooled histograms "
+            f"(<code>{HISTOGRAMS}</code>), so the curves cannot be drawn; it was "
+            "written before the report existed. Re-run to get them.</p>"
+        )
+    parts.append("<h2>Training losses</h2>")
+    if "losses" in figures:
+        parts.append(
+            _figure(
+                figures["losses"],
+                "D, E and G losses per round",
+                "Hinge losses of the discriminator D, encoder E and generator G, "
+                "averaged over the training sites after each round's local epochs.",
+            )
+        )
+    else:
+        parts.append("<p>No BigBiGAN rounds in this run (encoder not trained).</p>")
+    parts.append("<h2>Generator samples G(z)</h2>")
+    sample_names = [k for k in figures if k.startswith("samples/")]
+    if sample_names:
+        parts.append(
+            "<p>The same eight latent vectors z after the last and the first round. "
+            "G(z) holds no patient data, so the server may draw it. Real slices and "
+            "reconstructions G(E(x)) show patients and stay at the sites "
+            "(<code>fedbigbigan train-central</code> writes them for pooled data).</p>"
+        )
+        for name in sample_names:
+            rnd = int(name.split("_")[-1].split(".")[0])
+            parts.append(
+                _figure(
+                    figures[name],
+                    f"G(z) after round {rnd}",
+                    f"After round {rnd}.",
+                    "samples",
+                )
+            )
+    else:
+        parts.append("<p>No samples were saved in this run.</p>")
+    parts += [
+        "<h2>Configuration</h2>",
+        f"<p>From <code>config.json</code>; the cut-off source split is "
+        f"<code>{html.escape(run.metrics.get('threshold_split', 'val'))}</code>.</p>",
+        _config_table(run.config),
+        "</body></html>",
+    ]
+    return "\n".join(parts)
+
+
+def write_report(run_dir: Path) -> Path:
+    """Write RUN_DIR/report.html and its PNGs in RUN_DIR/report/; return the page."""
+    run = load_run(Path(run_dir))
+    fig_dir = run.path / FIGURES
+    fig_dir.mkdir(exist_ok=True)
+    results = split_results(run)
+    figures: dict[str, bytes] = {}
+    if plot_roc(fig_dir / "roc_curves.png", run, results):
+        figures["roc"] = (fig_dir / "roc_curves.png").read_bytes()
+    if plot_losses(fig_dir / "loss_curves.png", run.metrics.get("rounds", [])):
+        figures["losses"] = (fig_dir / "loss_curves.png").read_bytes()
+    # the last round shows what training reached, the first where it started
+    for sample in dict.fromkeys([*run.samples[-1:], *run.samples[:1]]):
+        figures[f"samples/{sample.name}"] = sample.read_bytes()
+    page = run.path / "report.html"
+    tmp = page.with_name(page.name + ".tmp")
+    tmp.write_text(render_html(run, figures), encoding="utf-8")
+    tmp.replace(page)
+    log.info("report: %s", page)
+    return page

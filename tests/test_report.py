@@ -1,0 +1,124 @@
+"""`fedbigbigan report`: a structurally real run directory (the run writer's own
+files from synthetic histograms) renders into one page holding every figure."""
+
+import base64
+import io
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from common.config import RunConfig
+from common.grids import save_png
+from common.metrics import histogram
+from server.evaluation import summarise
+from server.report import write_report
+from server.run_dir import HISTOGRAMS, write_run
+from simulations.cli import main
+
+
+def _site(rng, splits: dict[str, tuple[int, int, float]]) -> dict:
+    """One site's histograms: 3 slices per patient, patient score = their mean."""
+    out = {}
+    for split, (n_pos, n_neg, shift) in splits.items():
+        classes = (("pos", n_pos, 0.5 + shift), ("neg", n_neg, 0.5 - shift))
+        for key, n, centre in classes:
+            slices = rng.normal(centre, 0.3, (n, 3))
+            out[f"{split}/slice/{key}"] = histogram(slices.ravel())
+            out[f"{split}/patient/{key}"] = histogram(slices.mean(axis=1))
+    return out
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    """What the ServerApp leaves: write_run's files plus G(z) sample grids."""
+    rng = np.random.default_rng(0)
+    inside = {"train": (33, 33, 0.3), "val": (4, 4, 0.25), "test": (4, 5, 0.25)}
+    site_hist = {
+        1: _site(rng, inside),
+        2: _site(rng, inside),
+        3: _site(rng, {"external": (15, 20, 0.15)}),
+    }
+    metrics = summarise(site_hist)
+    metrics["rounds"] = [
+        {
+            "round": r,
+            "d_loss": 2.0 - 0.1 * r,
+            "e_loss": 1.0 + 0.05 * r,
+            "g_loss": 0.5 * r,
+            "clipped": 0,
+        }
+        for r in (1, 2, 3)
+    ]
+    metrics["secagg_rounds"] = 4
+    out = tmp_path / "run"
+    write_run(
+        out, RunConfig(gan_rounds=3), metrics, [np.zeros(3)], np.zeros(121), site_hist
+    )
+    for r in (1, 2, 3):
+        save_png(
+            out / "samples" / f"round_{r:03d}.png", [rng.uniform(-1, 1, (8, 32, 32, 1))]
+        )
+    return out
+
+
+def _embedded_pngs(page: str) -> list[bytes]:
+    return [
+        base64.b64decode(data)
+        for data in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    ]
+
+
+def test_report_embeds_every_figure_and_each_decodes(run_dir):
+    page_path = write_report(run_dir)
+    assert page_path == run_dir / "report.html"
+    page = page_path.read_text(encoding="utf-8")
+    written = sorted((run_dir / "report").glob("*.png"))
+    assert [p.name for p in written] == ["loss_curves.png", "roc_curves.png"]
+    embedded = _embedded_pngs(page)
+    samples = [run_dir / "samples" / n for n in ("round_003.png", "round_001.png")]
+    # ROC, losses, then the last and the first round's samples, in that order
+    assert embedded == [p.read_bytes() for p in (*written[::-1], *samples)]
+    for png in embedded:
+        with Image.open(io.BytesIO(png)) as image:
+            image.load()
+            assert image.format == "PNG" and min(image.size) >= 32
+    assert "<script" not in page.lower()
+
+
+def test_report_table_has_the_runs_numbers_with_cis(run_dir):
+    page = write_report(run_dir).read_text(encoding="utf-8")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    ext = metrics["splits"]["external"]
+    low, high = ext["auc_ci"]
+    assert f"{ext['auc']:.3f} ({low:.3f}–{high:.3f})" in page
+    assert f"{100 * ext['sensitivity']:.0f}% (" in page
+    assert "Linear (lm), federated" in page and "Song et al. 2020" in page
+    assert "cut-off chosen here" in page  # validation's operating point flagged
+    assert '"tiny"' in page  # the configuration, from config.json
+
+
+def test_report_of_a_run_without_histograms_still_renders(run_dir):
+    (run_dir / HISTOGRAMS).unlink()
+    page = write_report(run_dir).read_text(encoding="utf-8")
+    assert "keeps no pooled histograms" in page
+    assert len(_embedded_pngs(page)) == 3  # losses and two sample grids
+
+
+def test_report_of_a_missing_run_dir_names_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        write_report(tmp_path)
+
+
+def test_report_command(run_dir, capsys):
+    assert main(["report", str(run_dir)]) == 0
+    assert str(run_dir / "report.html") in capsys.readouterr().out
+
+
+def test_report_needs_no_tensorflow():
+    code = "import sys, server.report; sys.exit('tensorflow' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
