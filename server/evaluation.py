@@ -56,17 +56,21 @@ def split_metrics(pos: np.ndarray, neg: np.ndarray, threshold: float) -> dict:
 
 
 def summarise(site_hist: dict, level: str = "patient") -> dict:
-    """Metrics per split at `level` (patient by default), plus slice-level AUCs.
+    """Metrics per split at `level` (patient by default), plus the slice level.
 
-    The cut-off comes from the validation split alone; on val itself the operating
-    point is therefore optimistic, on train/test/external it is honest.
+    Each level's cut-off comes from the validation split alone; on val itself the
+    operating point is therefore optimistic, on train/test/external it is honest.
+    Slice-level CIs treat slices as independent, which slices of one patient are
+    not, so they are too narrow; the patient level is the one to quote.
     """
     val_pos, val_neg = pooled(site_hist, CUTOFF_SPLIT, level)
     threshold = youden_threshold(val_pos, val_neg)
+    slice_threshold = youden_threshold(*pooled(site_hist, CUTOFF_SPLIT, "slice"))
     out: dict = {
         "level": level,
         "threshold": threshold,
         "threshold_split": CUTOFF_SPLIT,
+        "slice_threshold": slice_threshold,
         "splits": {},
     }
     for split in SPLITS:
@@ -78,5 +82,6 @@ def summarise(site_hist: dict, level: str = "patient") -> dict:
             "n_slices": int(s_pos.sum() + s_neg.sum()),
             "slice_auc": auc_from_histograms(s_pos, s_neg),
             "slice_auc_ci": list(auc_ci_from_histograms(s_pos, s_neg)[1:]),
+            "slice": split_metrics(s_pos, s_neg, slice_threshold),
         }
     return out

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from common.metrics import GRID_BINS, roc_from_histograms
-from server.evaluation import SPLITS, split_metrics
+from server.evaluation import SPLITS
 from server.run_dir import HISTOGRAMS
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ SPLIT_TITLES = {
     "test": "Test",
     "external": "External site",
 }
-# Song et al. 2020, Table 2 as summarised in docs/METHOD.md: centralised, no CIs given
+# Song et al. 2020 as summarised in docs/METHOD.md: centralised, no CIs given
 PAPER_ROWS = (
     ("Linear (lm), centralised", (0.979, 0.968, 0.972, 0.850), (0.80, 0.75)),
     ("SVM, centralised", (1.000, 0.517, 0.531, 0.500), (None, None)),
@@ -85,13 +85,11 @@ def _histogram(run: RunContents, split: str, level: str) -> tuple | None:
 
 
 def split_results(run: RunContents) -> dict[str, dict]:
-    """metrics.json per split; CIs recomputed from histograms for older runs."""
+    """metrics.json per split, with the class sizes the tables show."""
     out = {}
     for split in SPLITS:
         m = dict(run.metrics["splits"].get(split, {}))
         counts = _histogram(run, split, run.metrics["level"])
-        if "auc_ci" not in m and counts is not None:
-            m = {**split_metrics(*counts, run.metrics["threshold"]), **m}
         if counts is not None:
             m["n_pos"], m["n_neg"] = int(counts[0].sum()), int(counts[1].sum())
         elif "tp" in m:
@@ -128,11 +126,16 @@ def _with_ci(m: dict, key: str, fmt=_num) -> str:
     return f"{text} {ci}".strip()
 
 
-def _threshold_text(threshold: float) -> str:
+def _threshold_text(threshold: float, short: bool = False) -> str:
+    """The cut-off; +inf means Youden's J found nothing better than "all negative"."""
     if threshold is None or np.isnan(threshold):
         return "undefined"
     if np.isinf(threshold):
-        return "∞ (no cut-off beat calling every case negative on validation)"
+        return (
+            "∞"
+            if short
+            else ("∞ (no cut-off beat calling every case negative on validation)")
+        )
     return f"{threshold:.3f}"
 
 
@@ -197,7 +200,7 @@ def plot_roc(path: Path, run: RunContents, results: dict[str, dict]) -> bool:
         ax.legend(loc="lower right", fontsize=8)
     fig.suptitle(
         f"ROC curves, {level} level (cut-off "
-        f"{_threshold_text(run.metrics['threshold']).split(' ')[0]}, "
+        f"{_threshold_text(run.metrics['threshold'], short=True)}, "
         f"chosen on {run.metrics.get('threshold_split', 'val')})"
     )
     fig.tight_layout()
@@ -220,7 +223,8 @@ def plot_losses(path: Path, rounds: list[dict]) -> bool:
     ):
         ax.plot(x, [r[key] for r in rounds], marker="o", color=colour)
         ax.set(title=f"{name} loss", xlabel="round", ylabel="mean over sites")
-        ax.set_xticks(x if len(x) <= 12 else ax.get_xticks())
+        if len(x) <= 12:  # whole rounds; longer runs keep matplotlib's ticks
+            ax.set_xticks(x)
     fig.suptitle("BigBiGAN losses per federated round")
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=90)
@@ -307,7 +311,6 @@ def detail_table(results: dict[str, dict], level: str) -> str:
         f"{level}s (+ / −)",
         "slices",
         f"AUC, {level}s (95% CI)",
-        "AUC, slices (95% CI)",
         "sensitivity (95% CI)",
         "specificity (95% CI)",
         "TP / FN / FP / TN",
@@ -328,9 +331,45 @@ def detail_table(results: dict[str, dict], level: str) -> str:
                 f"{m.get('n_neg', '?')})",
                 m.get("n_slices", "–"),
                 _with_ci(m, "auc"),
-                _with_ci(m, "slice_auc"),
                 _with_ci(m, "sensitivity", _pct),
                 _with_ci(m, "specificity", _pct),
+                counts,
+            ]
+        )
+    return _table(header, rows)
+
+
+def slice_table(results: dict[str, dict]) -> str:
+    """The slice level: AUC, and the operating point at its own validation cut-off."""
+    header = [
+        "Split",
+        "slices",
+        "AUC (95% CI)",
+        "sensitivity (95% CI)",
+        "specificity (95% CI)",
+        "TP / FN / FP / TN",
+    ]
+    rows = []
+    for split in SPLITS:
+        m = results[split]
+        # runs written before the slice-level operating point: the AUC only
+        sl = m.get("slice") or {
+            "auc": m.get("slice_auc"),
+            "auc_ci": m.get("slice_auc_ci"),
+        }
+        counts = "–"
+        if "tp" in sl:
+            counts = f"{sl['tp']} / {sl['fn']} / {sl['fp']} / {sl['tn']}"
+        name = SPLIT_TITLES[split]
+        if split == "val" and "tp" in sl:
+            name += " (cut-off chosen here: optimistic)"
+        rows.append(
+            [
+                name,
+                m.get("n_slices", "–"),
+                _with_ci(sl, "auc"),
+                _with_ci(sl, "sensitivity", _pct),
+                _with_ci(sl, "specificity", _pct),
                 counts,
             ]
         )
@@ -345,9 +384,10 @@ def _notes(run: RunContents, results: dict[str, dict]) -> str:
         "was chosen on the validation split by Youden's J and applied unchanged to "
         "the other splits; only the validation row's sensitivity and specificity "
         "were measured on the data that chose it.",
-        "No per-patient score left a hospital: every site returned per-class "
-        f"histograms of its scores on a {GRID_BINS}-bin grid, and the curves, AUCs "
-        "and DeLong intervals are computed from the pooled counts.",
+        "Each site returned per-class histograms of its scores on a "
+        f"{GRID_BINS}-bin grid, not a list of scores; the curves, AUCs and DeLong "
+        "intervals are computed from the counts pooled over sites (exactly as from "
+        "the binned scores themselves).",
     ]
     small = [
         f"{SPLIT_TITLES[s].lower()} ({results[s].get('n_pos', '?')} positive, "
@@ -391,8 +431,14 @@ def render_html(run: RunContents, figures: dict[str, bytes]) -> str:
         "shown for orientation, not as a like-for-like comparison.</p>",
         paper_table(results),
         _notes(run, results),
-        "<h2>All splits</h2>",
+        f"<h2>All splits, {level} level</h2>",
         detail_table(results, level),
+        "<h2>Slice level</h2>",
+        "<p>Every slice scored on its own, at a cut-off chosen on validation slices "
+        f"({html.escape(_threshold_text(run.metrics.get('slice_threshold')))}). "
+        "Slices of one patient are correlated, so these intervals are too narrow; "
+        f"quote the {level} level.</p>",
+        slice_table(results),
         "<h2>ROC curves</h2>",
     ]
     if "roc" in figures:

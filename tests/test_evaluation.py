@@ -57,6 +57,10 @@ def test_every_split_has_auc_sensitivity_and_specificity_with_cis():
         assert m["n_slices"] == 3 * m["n_patients"]
         assert m["slice_auc_ci"][0] <= m["slice_auc"] <= m["slice_auc_ci"][1]
         assert m["sensitivity_ci"] == list(wilson_ci(m["tp"], m["tp"] + m["fn"]))
+        sl = m["slice"]  # the slice level, at its own validation cut-off
+        assert sl["tp"] + sl["fn"] + sl["fp"] + sl["tn"] == m["n_slices"]
+        assert sl["auc"] == pytest.approx(m["slice_auc"], abs=1e-12)
+        assert sl["auc_ci"] == m["slice_auc_ci"]
         assert m["specificity_ci"] == list(wilson_ci(m["tn"], m["tn"] + m["fp"]))
     json.loads(json.dumps(metrics))  # metrics.json must hold it
 
@@ -94,15 +98,19 @@ def test_cut_off_comes_from_validation_only():
     metrics = summarise(base)
     val_pos, val_neg = pooled(base, "val", "patient")
     assert metrics["threshold"] == youden_threshold(val_pos, val_neg)
+    val_slices = pooled(base, "val", "slice")
+    assert metrics["slice_threshold"] == youden_threshold(*val_slices)
 
     # change every other split's data: the cut-off must not move
     for split in ("train", "test", "external"):
         moved = _with_split_from(base, make_site_hist(2, {split: -0.3}), split)
         assert summarise(moved)["splits"][split] != metrics["splits"][split]
-        assert summarise(moved)["threshold"] == metrics["threshold"], split
+        for key in ("threshold", "slice_threshold"):
+            assert summarise(moved)[key] == metrics[key], (split, key)
     # change validation data alone: it does move
     moved = _with_split_from(base, make_site_hist(9), "val")
     assert summarise(moved)["threshold"] != metrics["threshold"]
+    assert summarise(moved)["slice_threshold"] != metrics["slice_threshold"]
 
 
 def test_evaluated_sets_use_validations_cut_off_not_their_own():
@@ -115,6 +123,10 @@ def test_evaluated_sets_use_validations_cut_off_not_their_own():
         at_val = operating_point(pos, neg, metrics["threshold"])
         m = metrics["splits"][split]
         assert {k: m[k] for k in at_val} == at_val, split
+        s_pos, s_neg = pooled(site_hist, split, "slice")
+        assert youden_threshold(s_pos, s_neg) != metrics["slice_threshold"], split
+        at_val = operating_point(s_pos, s_neg, metrics["slice_threshold"])
+        assert {k: m["slice"][k] for k in at_val} == at_val, split
 
 
 def test_missing_external_site_gives_undefined_metrics_not_a_crash():

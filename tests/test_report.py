@@ -99,6 +99,9 @@ def test_report_table_has_the_runs_numbers_with_cis(run_dir):
     assert f"{100 * ext['sensitivity']:.0f}% (" in page
     assert "Linear (lm), federated" in page and "Song et al. 2020" in page
     assert "cut-off chosen here" in page  # validation's operating point flagged
+    sl = ext["slice"]  # the slice level has its own table
+    assert f"{sl['auc']:.3f} ({sl['auc_ci'][0]:.3f}–{sl['auc_ci'][1]:.3f})" in page
+    assert f"{sl['tp']} / {sl['fn']} / {sl['fp']} / {sl['tn']}" in page
     assert '"tiny"' in page  # the configuration, from config.json
 
 
