@@ -17,6 +17,7 @@ import csv
 import shutil
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pydicom
@@ -59,22 +60,42 @@ def make_site(root: Path, site: str, n_files: int) -> Path:
     return out
 
 
-def raw_rate(files: list[Path]) -> float:
-    start = time.perf_counter()
+def _raw(files: list[Path]) -> int:
     for path in files:
         pydicom.dcmread(path).pixel_array  # noqa: B018 - the work being timed
-    return len(files) / (time.perf_counter() - start)
+    return len(files)
 
 
-def ingest_rate(site: Path, cache: Path, config: IngestConfig, cold: bool) -> float:
+def raw_rate(files: list[Path]) -> tuple[float, float]:
+    """(wall, CPU) slices/s of the plain read in this process."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    _raw(files)
+    return (
+        len(files) / (time.perf_counter() - wall),
+        len(files) / (time.process_time() - cpu),
+    )
+
+
+def raw_rate_two_processes(files: list[Path], pool: ProcessPoolExecutor) -> float:
+    """The plain read split over two processes: what this machine's cores give."""
+    chunks = [files[i : i + 16] for i in range(0, len(files), 16)]
+    start = time.perf_counter()
+    done = sum(pool.map(_raw, chunks))
+    return done / (time.perf_counter() - start)
+
+
+def ingest_rate(
+    site: Path, cache: Path, config: IngestConfig, cold: bool
+) -> tuple[float, float]:
+    """(wall, CPU of this process) slices/s of one ingest."""
     if cold:
         shutil.rmtree(cache, ignore_errors=True)
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     result = ingest_site(site, cache_dir=cache, config=config, progress=False)
-    elapsed = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     if cold and result.files_decoded != result.summary.files:
         raise RuntimeError("cold run did not decode every file")
-    return result.summary.slices / elapsed
+    return result.summary.slices / wall, result.summary.slices / cpu
 
 
 def main() -> None:
@@ -84,34 +105,50 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="cached image size")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(2) as pool:
         root = Path(tmp)
         site = make_site(root, args.site, args.files)
         files = sorted((site / "dicom").rglob("*.dcm"))
         for path in files:  # page cache warm for every contender
             path.read_bytes()
+        pool.map(_raw, [files[:2], files[2:4]])  # workers started before timing
         cache = root / "cache"
         one = IngestConfig(image_size=args.size, workers=1)
         two = IngestConfig(image_size=args.size, workers=2)
-        best: dict[str, float] = {}
+        runs = {
+            "raw pydicom": lambda: raw_rate(files),
+            "raw pydicom, 2 processes": lambda: (
+                raw_rate_two_processes(files, pool),
+                0.0,
+            ),
+            "ingest cold, 1 worker": lambda: ingest_rate(site, cache, one, True),
+            "ingest cold, 2 workers": lambda: ingest_rate(site, cache, two, True),
+            "ingest re-run (cached)": lambda: ingest_rate(site, cache, one, False),
+        }
+        best: dict[str, tuple[float, float]] = {}
         for _ in range(args.repeats):
-            for name, rate in (
-                ("raw pydicom", lambda: raw_rate(files)),
-                ("ingest cold, 1 worker", lambda: ingest_rate(site, cache, one, True)),
-                ("ingest cold, 2 workers", lambda: ingest_rate(site, cache, two, True)),
-                (
-                    "ingest re-run (cached)",
-                    lambda: ingest_rate(site, cache, one, False),
-                ),
-            ):
-                best[name] = max(best.get(name, 0.0), rate())
-    raw = best["raw pydicom"]
-    print(f"{len(files)} files, {args.site}, cached at {args.size} px")
-    for name, rate in best.items():
-        print(f"  {name:24s} {rate:9.0f} slices/s   {rate / raw:5.2f}x raw")
+            for name, run in runs.items():
+                wall, cpu = run()
+                old = best.get(name, (0.0, 0.0))
+                best[name] = (max(old[0], wall), max(old[1], cpu))
+    raw_wall, raw_cpu = best["raw pydicom"]
     print(
-        f"goals: 1 worker >= 0.9x raw: {best['ingest cold, 1 worker'] / raw:.2f}; "
-        f"2 workers >= 1.7x raw: {best['ingest cold, 2 workers'] / raw:.2f}"
+        f"{len(files)} files, {args.site}, cached at {args.size} px (best of "
+        f"{args.repeats}; wall clock, and CPU time of one process)"
+    )
+    for name, (wall, cpu) in best.items():
+        line = f"  {name:26s} {wall:7.0f} slices/s  {wall / raw_wall:5.2f}x raw"
+        if cpu:
+            line += f"   CPU: {cpu:7.0f} slices/s  {cpu / raw_cpu:5.2f}x raw"
+        print(line)
+    one_wall, one_cpu = best["ingest cold, 1 worker"]
+    two_wall = best["ingest cold, 2 workers"][0]
+    scaling = best["raw pydicom, 2 processes"][0] / raw_wall
+    print(
+        f"goals: 1 worker >= 0.9x raw: {one_wall / raw_wall:.2f} "
+        f"(CPU {one_cpu / raw_cpu:.2f}); 2 workers >= 1.7x raw: "
+        f"{two_wall / raw_wall:.2f} (plain pydicom itself scales "
+        f"{scaling:.2f}x on 2 processes here now)"
     )
 
 

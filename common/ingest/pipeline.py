@@ -162,8 +162,8 @@ class _Run:
             rel: v for rel, v in self.state.files.items() if rel in files
         }
 
-    def _decide(self, files, walk_errors):
-        """Every file's fate from cached headers; the series that are kept."""
+    def _decide(self, files: dict, walk_errors: dict):
+        """Every file's fate from cached headers; kept and dropped series."""
         outcomes: dict[str, FileOutcome] = {
             rel: outcome(self.site, rel, s.code, s.detail)
             for rel, s in walk_errors.items()
@@ -282,7 +282,9 @@ class _Run:
                 # Nothing decoded and no reason given: never loop on it.
                 result.record["skip"] = ["decode", "pixel data could not be cached"]
 
-    def _assemble(self, plans, dropped, outcomes):
+    def _assemble(
+        self, plans: list[SeriesPlan], dropped: list[SeriesPlan], outcomes: dict
+    ) -> list[tuple[SeriesPlan, list[int], Path]] | None:
         """One array per series (kept ones, and complete dropped ones so that a
         policy change needs no decoding); None if a cached array was unreadable."""
         kept, index, opened = [], {}, {}
@@ -348,6 +350,7 @@ class _Run:
         return xxhash.xxh3_128_hexdigest(f"{self.pixel_key}\n{members}".encode())
 
     def _finish(self, files, outcomes, kept, with_files) -> IngestResult:
+        """The result for training, the report for people, the cache saved."""
         by_patient: dict[str, list[IngestedSeries]] = {}
         for plan, keep, path in kept:
             series = IngestedSeries(
@@ -391,7 +394,7 @@ class _Run:
             pid for pid in self.labels.rows if pid not in by_patient
         )
         self._prune(files, kept)
-        report = [
+        patient_rows = [
             {
                 "patient_id": p.patient_id,
                 "label": p.label,
@@ -409,7 +412,7 @@ class _Run:
         ]
         all_outcomes = list(outcomes.values())
         summary = summarize(
-            self.site, all_outcomes, report, problems, without_images, unlabeled
+            self.site, all_outcomes, patient_rows, problems, without_images, unlabeled
         )
         report_path = self.cache.root / REPORT_FILE
         context = {
@@ -420,7 +423,9 @@ class _Run:
             "files_read": self.files_read,
             "files_decoded": self.files_decoded,
         }
-        write_report(report_path, summary, context, all_outcomes, report, problems)
+        write_report(
+            report_path, summary, context, all_outcomes, patient_rows, problems
+        )
         log.info("%s", summary.text(report_path))
         if self.strict:
             self._raise_first_problem(all_outcomes, problems)

@@ -7,6 +7,8 @@ writes only into the cache's pack folder of the running ingest.
 from __future__ import annotations
 
 import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +22,8 @@ from common.ingest.headers import quiet_pydicom, read_dataset, summarize
 from common.ingest.pixels import hu_slices
 from common.ingest.policy import lung_fraction, to_unit_range
 from common.ingest.reasons import Skip, short_error
+
+READ_AHEAD = 2  # files read ahead of the one being decoded
 
 
 @dataclass(frozen=True)
@@ -64,22 +68,40 @@ def content_key(data: bytes) -> str:
 def process_chunk(
     jobs: list[tuple[str, bool]], setup: WorkerSetup | None = None
 ) -> list[FileResult]:
-    """A batch of (path, decode) jobs; their frames share one pack file."""
+    """A batch of (path, decode) jobs; their frames share one pack file.
+
+    A thread reads the next files while this one is decoded: reads release the
+    GIL, and on the NAS or USB disk a PACS export often sits on they dominate.
+    """
     setup = setup or _SETUP
     if setup is None:  # pragma: no cover - the pool initializer sets it
         raise RuntimeError("worker used before init_worker")
     pack = PackWriter(setup.packs_dir, setup.config.image_size)
+    results = []
     try:
-        with quiet_pydicom():
-            return [process_file(rel, setup, decode, pack) for rel, decode in jobs]
+        with quiet_pydicom(), ThreadPoolExecutor(1, "ingest-read") as reader:
+            queue: deque = deque()
+            for rel, decode in jobs:
+                queue.append((rel, decode, reader.submit(read_file, rel, setup)))
+                if len(queue) > READ_AHEAD:
+                    results.append(_finish_one(queue.popleft(), setup, pack))
+            while queue:
+                results.append(_finish_one(queue.popleft(), setup, pack))
     finally:
         pack.close()
+    return results
 
 
-def process_file(
-    rel: str, setup: WorkerSetup, decode: bool, pack: PackWriter
-) -> FileResult:
-    """Hash, parse and (when `decode` and usable) decode one file into `pack`."""
+def _finish_one(job, setup: WorkerSetup, pack: PackWriter) -> FileResult:
+    rel, decode, future = job
+    loaded = future.result()
+    if isinstance(loaded, FileResult):
+        return loaded
+    return process_data(rel, *loaded, setup, decode, pack)
+
+
+def read_file(rel: str, setup: WorkerSetup) -> tuple[list[int], bytes] | FileResult:
+    """(stat, bytes) of one file, or the result saying why it cannot be read."""
     path = os.path.join(setup.site_dir, rel)
     try:
         stat = file_stat(path)
@@ -94,13 +116,34 @@ def process_file(
                 ),
             )
         with open(path, "rb") as handle:
-            data = handle.read()
+            return stat, handle.read()
     except OSError as err:
         return _unread(
             rel,
             [0, 0, 0, 0],
             Skip("unreadable", f"cannot be read ({err.strerror or short_error(err)})"),
         )
+
+
+def process_file(
+    rel: str, setup: WorkerSetup, decode: bool, pack: PackWriter
+) -> FileResult:
+    """Read, hash, parse and (when `decode` and usable) decode one file."""
+    loaded = read_file(rel, setup)
+    if isinstance(loaded, FileResult):
+        return loaded
+    return process_data(rel, *loaded, setup, decode, pack)
+
+
+def process_data(
+    rel: str,
+    stat: list[int],
+    data: bytes,
+    setup: WorkerSetup,
+    decode: bool,
+    pack: PackWriter,
+) -> FileResult:
+    """Hash, parse and (when `decode` and usable) decode one file's bytes."""
     key = content_key(data)
     if setup.kind == "images":
         from common.ingest.images import process_image
