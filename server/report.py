@@ -22,7 +22,7 @@ import numpy as np
 
 from common.metrics import GRID_BINS, roc_from_histograms
 from server.evaluation import SPLITS
-from server.run_dir import HISTOGRAMS
+from server.run_dir import HISTOGRAMS, revive_json
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def load_run(run_dir: Path) -> RunContents:
     return RunContents(
         path=run_dir,
         config=json.loads((run_dir / "config.json").read_text()),
-        metrics=json.loads((run_dir / "metrics.json").read_text()),
+        metrics=revive_json(json.loads((run_dir / "metrics.json").read_text())),
         histograms=histograms,
         samples=sorted((run_dir / "samples").glob("round_*.png")),
     )

@@ -34,6 +34,32 @@ def _atomic_write(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
+NON_FINITE = {"Infinity": float("inf"), "-Infinity": float("-inf"), "NaN": float("nan")}
+
+
+def strict_json(value):
+    """Non-finite numbers as the strings "Infinity", "-Infinity", "NaN": bare
+    Infinity/NaN are not JSON, and strict parsers (hospital tools) reject them."""
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    if isinstance(value, float | np.floating) and not np.isfinite(value):
+        return "NaN" if np.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return value
+
+
+def revive_json(value):
+    """The inverse of `strict_json` for a parsed metrics.json."""
+    if isinstance(value, dict):
+        return {k: revive_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [revive_json(v) for v in value]
+    if isinstance(value, str) and value in NON_FINITE:
+        return NON_FINITE[value]
+    return value
+
+
 def write_run(
     out: Path,
     config: RunConfig,
@@ -48,7 +74,10 @@ def write_run(
         lambda p: p.write_text(json.dumps(config.to_flat(), indent=2)),
     )
     _atomic_write(
-        out / "metrics.json", lambda p: p.write_text(json.dumps(metrics, indent=2))
+        out / "metrics.json",
+        lambda p: p.write_text(
+            json.dumps(strict_json(metrics), indent=2, allow_nan=False)
+        ),
     )
 
     def save_weights(p: Path) -> None:

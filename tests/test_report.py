@@ -125,3 +125,12 @@ def test_report_command(run_dir, capsys):
 def test_report_needs_no_tensorflow():
     code = "import sys, server.report; sys.exit('tensorflow' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_metrics_json_is_strict_json_and_round_trips_non_finite_values():
+    from server.run_dir import revive_json, strict_json
+
+    metrics = {"threshold": float("inf"), "splits": {"val": {"auc": float("nan")}}}
+    text = json.dumps(strict_json(metrics), allow_nan=False)  # raises if not strict
+    back = revive_json(json.loads(text))
+    assert back["threshold"] == float("inf") and np.isnan(back["splits"]["val"]["auc"])
