@@ -172,14 +172,19 @@ def write_array(path: Path, array: np.ndarray) -> None:
         raise
 
 
-def write_json(path: Path, payload: Any, indent: int | None = None) -> None:
+def write_json(path: Path, payload: Any) -> None:
     """Save JSON atomically and durably (it says which cached arrays are valid)."""
+    # One write: json.dump writes each token separately.
+    write_text(path, json.dumps(payload))
+
+
+def write_text(path: Path, text: str) -> None:
+    """Save a text file atomically (temporary file, fsync, rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            # One write: json.dump writes each token separately.
-            handle.write(json.dumps(payload, indent=indent))
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

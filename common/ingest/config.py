@@ -13,7 +13,7 @@ SERIES_POLICIES = ("one-per-study", "all")
 
 # Bump when the cached pixels would change for the same config (a new resampling,
 # a fixed bug): every cache entry written by an older version is then ignored.
-PREPROCESS_VERSION = 1
+PREPROCESS_VERSION = 2
 
 
 class IngestConfigError(ValueError):

@@ -95,7 +95,7 @@ def process_image(
     result.pack, result.row = pack.append(
         paper_unit_range(small)[None].astype(PACK_DTYPE)
     )
-    result.lung = [float("nan")]
+    result.ranges = [[float("nan"), float("nan")]]  # no HU: no lung share
     return result
 
 

@@ -9,6 +9,7 @@ write the report. Nothing is ever written inside the site folder.
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import os
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ from common.ingest.labels import (
     read_labels,
     unmatched,
 )
-from common.ingest.policy import select_slices
+from common.ingest.policy import from_unit, lung_fraction, select_slices
 from common.ingest.reasons import IngestError, Skip, is_error
 from common.ingest.report import (
     REPORT_FILE,
@@ -105,9 +106,10 @@ class _Run:
         self.pixel_key = config.pixel_key()
         self.state = State()
         # Series arrays of this config, and where each decoded frame is now:
-        # (content key, frame) -> (series array or pack, row, lung share).
+        # (content key, frame) -> (series array or pack, row, HU at -1, HU at 1).
         self.index: dict[str, list[list]] = {}
-        self.stored: dict[tuple[str, int], tuple[str, int, float]] = {}
+        self.stored: dict[tuple[str, int], tuple[str, int, float, float]] = {}
+        self.lungs: dict[tuple[str, int], float] = {}  # measured lung shares
         self.labels = Labels(Path("labels.csv"))
         self.files_read = 0
         self.files_decoded = 0
@@ -124,8 +126,10 @@ class _Run:
         self.cache.prune(self.pixel_key, set(self.index))  # a dead run's leftovers
         for series_key, rows in self.index.items():
             path = str(self.cache.series_path(self.pixel_key, series_key))
-            for row, (key, frame, lung) in enumerate(rows):
-                self.stored[(key, frame)] = (path, row, _lung(lung))
+            for row, (key, frame, low, high, lung) in enumerate(rows):
+                self.stored[(key, frame)] = (path, row, _nan(low), _nan(high))
+                if lung is not None:
+                    self.lungs[(key, frame)] = lung
         files, walk_errors = walk(
             self.site, {self.labels_path} if self.labels_path else set()
         )
@@ -171,7 +175,7 @@ class _Run:
         candidates: list[Candidate] = []
         image_files: list[tuple[str, str, dict]] = []
         with_files: set[str] = set()
-        present = {Path(rel).as_posix().lower() for rel in files}
+        present: set[str] = set()  # lower-case paths, once a DICOMDIR needs them
         for rel in files:
             key = self.state.files[rel][4]
             record = self.state.records[key]
@@ -184,6 +188,7 @@ class _Run:
                 if pid:
                     with_files.add(pid)
                 if header is not None and header.is_dicomdir:
+                    present = present or {r.lower() for r in files}
                     self._check_dicomdir(rel, header, present, outcomes)
                 if record["skip"]:
                     raise _path_skip(rel, *record["skip"])
@@ -298,13 +303,15 @@ class _Run:
                 plan, path, opened
             ):
                 return None
-            lungs = [self.stored[ref][2] for ref in refs]
+            if chosen and self.config.slice_policy == "lung":
+                self._measure_lungs(plan, path)
             index[series_key] = [
-                [k, f, None if np.isnan(lung) else lung]
-                for (k, f), lung in zip(refs, lungs, strict=True)
+                [*ref, *_json_floats(*self.stored[ref][2:], self.lungs.get(ref))]
+                for ref in refs
             ]
             if not chosen:
                 continue
+            lungs = [self.lungs.get(ref, math.nan) for ref in refs]
             keep, why = select_slices(lungs, self.config)
             used = {plan.slices[i].rel for i in keep}
             for rel in {ref.rel for ref in plan.slices} - used:
@@ -321,11 +328,29 @@ class _Run:
         self.index = index
         return kept
 
+    def _measure_lungs(self, plan: SeriesPlan, path: Path) -> None:
+        """Lung shares the lung policy needs, from the cached slices (no decoding)."""
+        todo = [
+            (index, (ref.key, ref.frame))
+            for index, ref in enumerate(plan.slices)
+            if (ref.key, ref.frame) not in self.lungs
+        ]
+        if not todo:
+            return
+        array = read_array(path)
+        for index, ref in todo:
+            low, high = self.stored[ref][2:]
+            self.lungs[ref] = (
+                math.nan  # image folders: no HU
+                if math.isnan(low)
+                else lung_fraction(from_unit(array[index], low, high))
+            )
+
     def _write_series(self, plan: SeriesPlan, path: Path, opened: dict) -> bool:
         """Copy a series' frames out of packs or older arrays into one array."""
         rows = []
         for ref in plan.slices:
-            source, row, _ = self.stored[(ref.key, ref.frame)]
+            source, row, _, _ = self.stored[(ref.key, ref.frame)]
             try:
                 if source not in opened:
                     opened[source] = (
@@ -360,7 +385,10 @@ class _Run:
                 array=path,
                 sources=tuple(_sources(plan)),
                 positions=tuple(ref.position for ref in plan.slices),
-                lung=tuple(self.stored[(ref.key, ref.frame)][2] for ref in plan.slices),
+                lung=tuple(
+                    self.lungs.get((ref.key, ref.frame), math.nan)
+                    for ref in plan.slices
+                ),
                 keep=tuple(keep),
             )
             by_patient.setdefault(plan.patient_id, []).append(series)
@@ -466,12 +494,14 @@ class _Run:
         self.state.records[result.key] = result.record
         self.files_read += 1
         if result.decoded:
-            for frame, lung in enumerate(result.lung or []):
+            for frame, (low, high) in enumerate(result.ranges or []):
                 self.stored[(result.key, frame)] = (
                     result.pack,
                     result.row + frame,
-                    lung,
+                    low,
+                    high,
                 )
+                self.lungs.pop((result.key, frame), None)
             self.files_decoded += 1
 
     def _setup(self) -> WorkerSetup:
@@ -532,9 +562,13 @@ def _path_skip(rel: str, code: str, detail: str) -> Skip:
     return Skip(code, detail)
 
 
-def _lung(value) -> float:
-    """JSON stores the NaN lung share of image-folder slices as null."""
-    return float("nan") if value is None else float(value)
+def _nan(value) -> float:
+    """JSON has no NaN: image folders' HU ranges are stored as null."""
+    return math.nan if value is None else float(value)
+
+
+def _json_floats(*values: float | None) -> list[float | None]:
+    return [None if v is None or math.isnan(v) else v for v in values]
 
 
 def _sources(plan: SeriesPlan) -> Iterator[str]:

@@ -146,23 +146,23 @@ def padding_range(ds: Dataset, dtype: np.dtype) -> tuple[int, int] | None:
     return min(first, last), max(first, last)
 
 
-def fill_padding(
+def padding_fill(
     frame: np.ndarray,
     slope: float,
     intercept: float,
     padding: tuple[int, int] | None,
-    out: np.ndarray | None = None,
-) -> np.ndarray:
-    """Replace outside-FOV padding by the smallest real stored value.
+    scratch: np.ndarray,
+) -> tuple[int | None, np.ndarray | None]:
+    """How to fill outside-FOV padding: (floor, explicit).
 
-    Returns `frame` itself when it has no padding, else `out` (a new array if
-    None) holding the filled frame.
+    `floor` is the smallest real stored value: every value below it is padding
+    and becomes it; `explicit` marks padding inside the real range (it becomes
+    the floor too). (None, None): no padding, or a blank slice.
     """
     info = np.iinfo(frame.dtype)
     # Stored values below `low` map below PADDING_HU: padding, whatever the tag.
     low = math.ceil((PADDING_HU - intercept) / slope)
     low = min(max(low, info.min), info.max)
-    explicit = None
     if padding is not None and padding[1] >= low:
         # The padding value is in the range of real values: only its mask knows.
         explicit = (
@@ -170,26 +170,36 @@ def fill_padding(
             if padding[0] == padding[1]
             else (frame >= padding[0]) & (frame <= padding[1])
         )
-        if not explicit.any():
-            explicit = None
-    out = np.empty_like(frame) if out is None else out
-    if explicit is not None:
-        real = (frame >= low) & ~explicit
-        if not real.any():
-            return frame
-        real_min = np.min(frame, where=real, initial=info.max)
-    elif frame.min() < low:
-        real_min = _min_at_or_above(frame, low, out)
-        if real_min is None:
-            return frame  # a blank slice: nothing real to fill with
-    else:
+        if explicit.any():
+            real = (frame >= low) & ~explicit
+            if not real.any():
+                return None, None
+            return np.min(frame, where=real, initial=info.max), explicit
+    if frame.min() >= low:
+        return None, None
+    return _min_at_or_above(frame, low, scratch), None
+
+
+def fill_padding(
+    frame: np.ndarray,
+    slope: float,
+    intercept: float,
+    padding: tuple[int, int] | None,
+) -> np.ndarray:
+    """The frame with outside-FOV padding replaced by the smallest real value."""
+    out = np.empty_like(frame)
+    floor, explicit = padding_fill(frame, slope, intercept, padding, out)
+    if floor is None:
         return frame
-    # Every real value is >= real_min, so everything below it is padding. (A row
-    # of the value, not a scalar: numpy's scalar path is 4x slower here.)
-    np.maximum(frame, np.full(frame.shape[-1], real_min, frame.dtype), out=out)
+    np.maximum(frame, _row(frame, floor), out=out)
     if explicit is not None:
-        np.putmask(out, explicit, real_min)
+        np.putmask(out, explicit, floor)
     return out
+
+
+def _row(frame: np.ndarray, value) -> np.ndarray:
+    """A row of `value`: numpy's scalar path of maximum is 4x slower here."""
+    return np.full(frame.shape[-1], value, frame.dtype)
 
 
 def _min_at_or_above(frame: np.ndarray, low: int, scratch: np.ndarray):
@@ -230,18 +240,25 @@ def resize_stored(frame: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(image.resize((size, size), method), dtype=np.float32)
 
 
-def _block_mean(frame: np.ndarray, k: int) -> np.ndarray:
+def _block_mean(frame: np.ndarray, k: int, floor=None) -> np.ndarray:
     """Mean of k x k blocks: the same as PIL's BOX filter for an integer factor.
 
-    Row-wise adds of strided views beat both PIL and `reshape(...).mean()` here.
+    Values below `floor` count as `floor` (the padding fill, done here slab by
+    slab rather than as a separate full-size pass). Row-wise adds of strided
+    views beat both PIL and `reshape(...).mean()`.
     """
     small = frame.itemsize <= 2 and k <= 128  # k*k*65535 fits in int32
     acc_type = np.int32 if small and frame.dtype.kind in "iu" else np.float64
     n = frame.shape[0] // k
     rows = frame.reshape(n, k, frame.shape[1])
-    acc = rows[:, 0, :].astype(acc_type)
-    for i in range(1, k):
-        acc += rows[:, i, :]
+    acc = np.zeros((n, frame.shape[1]), acc_type)
+    slab = np.empty((n, frame.shape[1]), frame.dtype)
+    floor_row = None if floor is None else _row(frame, floor)
+    for i in range(k):
+        if floor_row is None:
+            acc += rows[:, i, :]
+        else:
+            acc += np.maximum(rows[:, i, :], floor_row, out=slab)
     cols = acc.reshape(n, n, k)
     out = cols[:, :, 0].copy()
     for i in range(1, k):
@@ -257,11 +274,20 @@ def hu_slices(parsed: Parsed, header: Header, size: int) -> np.ndarray:
     padding = padding_range(ds, stored.dtype)
     out = np.empty((header.frames, size, size), np.float32)
     scratch = _scratch(stored.shape[1:], stored.dtype)
+    rows, cols = stored.shape[1:]
+    block = rows == cols and rows > size and rows % size == 0
     for index, (slope, intercept) in enumerate(rescales):
-        filled = fill_padding(stored[index], slope, intercept, padding, scratch)
-        out[index] = resize_stored(filled, size) * np.float32(slope) + np.float32(
-            intercept
-        )
+        frame = stored[index]
+        floor, explicit = padding_fill(frame, slope, intercept, padding, scratch)
+        if block and explicit is None:  # the common case: fill while shrinking
+            small = _block_mean(frame, rows // size, floor)
+        else:
+            if floor is not None:
+                frame = np.maximum(frame, _row(frame, floor), out=scratch)
+                if explicit is not None:
+                    np.putmask(frame, explicit, floor)
+            small = resize_stored(frame, size)
+        out[index] = small * np.float32(slope) + np.float32(intercept)
     return out
 
 

@@ -20,24 +20,26 @@ def walk(
     errors: dict[str, Skip] = {}
     excluded = {os.path.normpath(p) for p in exclude}
 
-    def on_error(err: OSError) -> None:
-        where = os.path.relpath(err.filename, root) if err.filename else "."
-        errors[where] = Skip(
-            "unreadable", f"folder cannot be read ({err.strerror or err})"
-        )
+    def visit(folder: str, prefix: str) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as err:
+            errors[prefix.rstrip("/") or "."] = Skip(
+                "unreadable", f"folder cannot be read ({err.strerror or err})"
+            )
+            return
+        for entry in entries:
+            rel = prefix + entry.name
+            if entry.is_dir(follow_symlinks=False):
+                visit(entry.path, rel + "/")
+            elif entry.path not in excluded:
+                try:
+                    st = entry.stat()  # follows links: a file's, not the link's
+                    files[rel] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+                except OSError:
+                    files[rel] = None
 
-    for folder, dirs, names in os.walk(root, onerror=on_error):
-        dirs.sort()
-        for name in sorted(names):
-            path = os.path.join(folder, name)
-            if os.path.normpath(path) in excluded:
-                continue
-            rel = os.path.relpath(path, root)
-            try:
-                st = os.stat(path)
-                files[rel] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-            except OSError:
-                files[rel] = None
+    visit(os.path.normpath(root), "")
     return dict(sorted(files.items())), errors
 
 

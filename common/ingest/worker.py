@@ -7,8 +7,6 @@ writes only into the cache's pack folder of the running ingest.
 from __future__ import annotations
 
 import os
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,10 +18,8 @@ from common.ingest.checks import check_usable
 from common.ingest.config import IngestConfig
 from common.ingest.headers import quiet_pydicom, read_dataset, summarize
 from common.ingest.pixels import hu_slices
-from common.ingest.policy import lung_fraction, to_unit_range
+from common.ingest.policy import intensity_range, to_unit
 from common.ingest.reasons import Skip, short_error
-
-READ_AHEAD = 2  # files read ahead of the one being decoded
 
 
 @dataclass(frozen=True)
@@ -48,7 +44,7 @@ class FileResult:
     record: dict[str, Any]
     pack: str | None = None  # set when frames were decoded by this call ...
     row: int = 0  # ... at this row of the pack
-    lung: list[float] | None = None  # lung share of each frame
+    ranges: list[list[float]] | None = None  # HU at -1 and 1, per frame
 
     @property
     def decoded(self) -> bool:
@@ -68,36 +64,16 @@ def content_key(data: bytes) -> str:
 def process_chunk(
     jobs: list[tuple[str, bool]], setup: WorkerSetup | None = None
 ) -> list[FileResult]:
-    """A batch of (path, decode) jobs; their frames share one pack file.
-
-    A thread reads the next files while this one is decoded: reads release the
-    GIL, and on the NAS or USB disk a PACS export often sits on they dominate.
-    """
+    """A batch of (path, decode) jobs; their frames share one pack file."""
     setup = setup or _SETUP
     if setup is None:  # pragma: no cover - the pool initializer sets it
         raise RuntimeError("worker used before init_worker")
     pack = PackWriter(setup.packs_dir, setup.config.image_size)
-    results = []
     try:
-        with quiet_pydicom(), ThreadPoolExecutor(1, "ingest-read") as reader:
-            queue: deque = deque()
-            for rel, decode in jobs:
-                queue.append((rel, decode, reader.submit(read_file, rel, setup)))
-                if len(queue) > READ_AHEAD:
-                    results.append(_finish_one(queue.popleft(), setup, pack))
-            while queue:
-                results.append(_finish_one(queue.popleft(), setup, pack))
+        with quiet_pydicom():
+            return [process_file(rel, setup, decode, pack) for rel, decode in jobs]
     finally:
         pack.close()
-    return results
-
-
-def _finish_one(job, setup: WorkerSetup, pack: PackWriter) -> FileResult:
-    rel, decode, future = job
-    loaded = future.result()
-    if isinstance(loaded, FileResult):
-        return loaded
-    return process_data(rel, *loaded, setup, decode, pack)
 
 
 def read_file(rel: str, setup: WorkerSetup) -> tuple[list[int], bytes] | FileResult:
@@ -169,10 +145,12 @@ def process_data(
         result.record["skip"] = skip_record(skip)
         return result
     unit = np.empty(hu.shape, PACK_DTYPE)
+    result.ranges = []
     for index, frame in enumerate(hu):
-        unit[index] = to_unit_range(frame, setup.config)
+        low, high = intensity_range(frame, setup.config)
+        unit[index] = to_unit(frame, low, high)
+        result.ranges.append([low, high])
     result.pack, result.row = pack.append(unit)
-    result.lung = [lung_fraction(frame) for frame in hu]
     return result
 
 
