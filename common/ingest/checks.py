@@ -179,22 +179,31 @@ def _check_pixels(h: Header, config: IngestConfig) -> None:
 
 
 def _check_transfer_syntax(h: Header) -> None:
-    uid = UID(h.transfer_syntax or ImplicitVRLittleEndian)
+    problem = transfer_syntax_problem(h.transfer_syntax or ImplicitVRLittleEndian)
+    if problem is not None:
+        raise Skip(*problem)
+
+
+@functools.lru_cache(maxsize=64)
+def transfer_syntax_problem(ts: str) -> tuple[str, str] | None:
+    """(code, detail) when pixels in this syntax cannot be decoded here."""
+    uid = UID(ts)
     name = f"{uid.name} ({uid})" if uid.name != str(uid) else str(uid)
     try:
         decoder = get_decoder(uid)
     except NotImplementedError:
-        raise Skip(
+        return (
             "transfer-syntax",
             f"transfer syntax {name} is not supported; export uncompressed or as "
             "JPEG, JPEG-LS, JPEG 2000 or RLE",
-        ) from None
+        )
     if not decoder.is_available:
         missing = "; ".join(decoder.missing_dependencies) or "a decoder plugin"
-        raise Skip(
+        return (
             "no-decoder",
             f"transfer syntax {name} needs a decoder that is not installed ({missing})",
         )
+    return None
 
 
 @functools.lru_cache(maxsize=256)

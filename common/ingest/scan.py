@@ -32,6 +32,11 @@ def walk(
             rel = prefix + entry.name
             if entry.is_dir(follow_symlinks=False):
                 visit(entry.path, rel + "/")
+            elif entry.is_symlink() and entry.is_dir():
+                # Not followed: a link can loop, or lead out of the export.
+                errors[rel] = Skip(
+                    "unreadable", "a link to a folder, not followed; copy the folder"
+                )
             elif entry.path not in excluded:
                 try:
                     st = entry.stat()  # follows links: a file's, not the link's
