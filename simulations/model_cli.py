@@ -32,6 +32,12 @@ def add_model_commands(sub, add_run_config) -> None:
     extract.add_argument(
         "--site-dir", type=Path, required=True, help="site folder with labels.csv"
     )
+    extract.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="the site's ingest cache (reused: unchanged files are not decoded)",
+    )
     extract.add_argument("--out", type=Path, required=True, help="features.npz")
     extract.add_argument("--batch", type=int, default=32)
     add_run_config(extract)
@@ -88,19 +94,25 @@ def _extract(args: argparse.Namespace, config: RunConfig) -> int:
     """Features of every slice with patient ids and labels (they stay at the site)."""
     import os
 
-    from client.site import Site, site_data
+    from client.site import ingest_config
     from common.checkpoint import load_model
+    from common.dataset import slices_from_ingest
+    from common.ingest import default_cache_dir, ingest_site
 
     model = load_model(args.model, devices=config.devices, seed=config.seed)
     config = dataclasses.replace(config, preset=model.preset.name)
-    site = Site(args.site_dir.name, args.site_dir, "external")
-    slices = site_data(site, config)["external"]
+    ingest = ingest_config(config)
+    result = ingest_site(
+        args.site_dir, None, args.cache or default_cache_dir(args.site_dir), ingest
+    )
+    patients = list(result.patients)
+    slices = slices_from_ingest(patients, ingest.image_size)
     features = model.encode_all(
         slices.images,
         batch=args.batch,
         outputs=("z_mean", "z_stdev", "z_sample", "avepool_feat", "bn_crelu_feat"),
     )
-    patient_ids = np.asarray(_patient_ids(args.site_dir))[slices.patient]
+    patient_ids = np.asarray([p.patient_id for p in patients])[slices.patient]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp")
     with tmp.open("wb") as handle:
@@ -112,13 +124,6 @@ def _extract(args: argparse.Namespace, config: RunConfig) -> int:
         )
     os.replace(tmp, args.out)
     shapes = json.dumps({k: list(v.shape) for k, v in features.items()})
-    print(f"{len(slices)} slices of {len(set(patient_ids))} patients -> {args.out}")
+    print(f"{len(slices)} slices of {len(patients)} patients -> {args.out}")
     print(shapes)
     return 0
-
-
-def _patient_ids(site_dir: Path) -> list[str]:
-    """Patient ids in the order `site_data` numbers them (sorted labelled ids)."""
-    from common.site_index import index_site
-
-    return [p.patient_id for p in index_site(site_dir).patients]

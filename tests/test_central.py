@@ -70,6 +70,8 @@ def test_extract_writes_every_output_with_patient_ids(central, study, tmp_path):
                 str(site),
                 "--out",
                 str(features),
+                "--cache",
+                str(tmp_path / "cache"),
             ]
         )
         == 0
@@ -84,3 +86,4 @@ def test_extract_writes_every_output_with_patient_ids(central, study, tmp_path):
     for pid, label in zip(data["patient_id"], data["label"], strict=True):
         assert labels[str(pid)] == label
     assert set(map(str, data["patient_id"])) == set(labels)
+    assert (tmp_path / "cache").is_dir()  # never inside the site folder
