@@ -9,17 +9,17 @@ the cached arrays. Every skipped file is explained in the cache's
 from __future__ import annotations
 
 import dataclasses
-import logging
 from dataclasses import dataclass
+from logging import INFO
 from pathlib import Path
+
+from flwr.common.logger import log
 
 from common.config import RunConfig
 from common.dataset import SliceSet, slices_from_ingest
 from common.ingest import IngestConfig, default_cache_dir, ingest_site
 from common.site_index import LABELS_FILE, SiteError
 from common.splits import split_patients
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,7 @@ def site_data(site: Site, config: RunConfig) -> dict[str, SliceSet]:
             ingest,
             progress=False,
         )
+        log(INFO, "%s", result.summary.text(result.report_path))
         if not result.patients:
             raise SiteError(
                 f"{site.path}: no labelled patient has a usable CT slice "

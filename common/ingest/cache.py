@@ -4,8 +4,8 @@ Layout of a cache folder (never inside the site folder):
 
     state.json                     per path: size, mtime, ctime, inode -> content key;
                                    per content key: header summary or skip reason
-    pixels/<pixel key>/index.json  per series array: (content key, frame, lung
-                                   share) of each row
+    pixels/<pixel key>/index.json  per series array, each row's content key,
+                                   frame, the HU mapped to -1 and 1, lung share
     pixels/<pixel key>/series/<series key>.npy   one series, [n, size, size] f16
     pixels/<pixel key>/packs/      frames decoded by the running ingest (deleted
                                    once they are in series arrays)
@@ -114,7 +114,7 @@ class Cache:
         return self.pixel_dir(pixel_key) / "series" / f"{series_key}.npy"
 
     def load_index(self, pixel_key: str) -> dict[str, list[list[Any]]]:
-        """Series arrays of this config: rows as [content key, frame, lung share].
+        """Series arrays of this config: rows as [key, frame, low, high, lung].
 
         An array that is missing or cannot be mapped with its expected rows (a
         disk that filled up, a copy cut short) is left out, so it is rebuilt.
