@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.ingest.config import IngestConfig
+
 Z_DIM = 120  # BigBiGAN's latent size; the paper's features are this z_mean
 
 
@@ -165,6 +167,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
     encoder_mode: str = "trained"  # "trained" (BigBiGAN rounds) or "frozen"
     hub_module: str = ""  # TF Hub handle or local copy to warm-start E from
     mixed_precision: str = "off"  # "off", "float16" or "bfloat16"
@@ -206,8 +209,13 @@ class RunConfig:
     @classmethod
     def from_flat(cls, flat: dict[str, Any]) -> RunConfig:
         """Build from Flower's flat run config; unknown keys are an error."""
-        sections = {"train": TrainConfig, "secagg": SecAggConfig, "split": SplitConfig}
-        prefixes = {"secagg": "secagg-", "split": "split-"}
+        sections = {
+            "train": TrainConfig,
+            "secagg": SecAggConfig,
+            "split": SplitConfig,
+            "ingest": IngestConfig,
+        }
+        prefixes = {"secagg": "secagg-", "split": "split-", "ingest": "ingest-"}
         values: dict[str, Any] = {}
         nested: dict[str, dict[str, Any]] = {k: {} for k in sections}
         top = {f.name for f in dataclasses.fields(cls)} - set(sections)
@@ -225,8 +233,13 @@ class RunConfig:
                         break
                 else:
                     raise ConfigError(f"run config key {key!r} is unknown")
+        if "image_size" in nested["ingest"]:
+            raise ConfigError("ingest-image-size is set by the preset's image size")
         for section, kind in sections.items():
-            values[section] = _typed(kind, nested[section], section)
+            try:
+                values[section] = _typed(kind, nested[section], section)
+            except ValueError as err:  # a section's own range checks
+                raise ConfigError(str(err)) from None
         config = _typed(cls, values, "run config")
         config.validate()
         return config
@@ -239,6 +252,8 @@ class RunConfig:
             if dataclasses.is_dataclass(value):
                 prefix = "" if f.name == "train" else f"{f.name}-"
                 for sub in dataclasses.fields(value):
+                    if (f.name, sub.name) == ("ingest", "image_size"):
+                        continue  # the preset decides it
                     key = prefix + sub.name.replace("_", "-")
                     flat[key] = getattr(value, sub.name)
             else:

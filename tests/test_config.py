@@ -1,0 +1,35 @@
+"""The run config: pyproject's table round-trips, bad values name the key."""
+
+import pytest
+
+from common.config import ConfigError, RunConfig
+from simulations.cli import _default_config
+
+
+def test_pyproject_run_config_round_trips_through_the_typed_config():
+    config = _default_config()
+    assert RunConfig.from_flat(config.to_flat()) == config
+    assert "ingest-image-size" not in config.to_flat()  # the preset decides it
+
+
+@pytest.mark.parametrize(
+    ("flat", "names"),
+    [
+        ({"no-such-key": 1}, "no-such-key"),
+        ({"ingest-slice-policy": "some"}, "slice-policy"),
+        ({"ingest-image-size": 128}, "ingest-image-size"),
+        ({"local-epochs": "3"}, "local-epochs"),
+        ({"encoder-mode": "half"}, "encoder-mode"),
+    ],
+)
+def test_bad_values_raise_a_config_error_naming_the_key(flat, names):
+    with pytest.raises(ConfigError, match=names):
+        RunConfig.from_flat(flat)
+
+
+def test_ingest_keys_reach_the_ingest_config():
+    config = RunConfig.from_flat(
+        {"ingest-intensity": "lung-window", "ingest-slice-policy": "lung"}
+    )
+    assert config.ingest.intensity == "lung-window"
+    assert config.ingest.slice_policy == "lung"
