@@ -243,13 +243,15 @@ def resize_stored(frame: np.ndarray, size: int) -> np.ndarray:
 def _block_mean(frame: np.ndarray, k: int, floor=None) -> np.ndarray:
     """Mean of k x k blocks: the same as PIL's BOX filter for an integer factor.
 
-    Values below `floor` count as `floor` (the padding fill, done here slab by
-    slab rather than as a separate full-size pass). Row-wise adds of strided
-    views beat both PIL and `reshape(...).mean()`.
+    Values below `floor` count as `floor` (the padding fill, done here in the
+    same pass). Row-wise adds of strided views beat both PIL and
+    `reshape(...).mean()`.
     """
+    n = frame.shape[0] // k
+    if frame.dtype.kind in "iu" and frame.itemsize <= 2 and k <= 16:
+        return _block_mean_exact(frame, k, n, floor)
     small = frame.itemsize <= 2 and k <= 128  # k*k*65535 fits in int32
     acc_type = np.int32 if small and frame.dtype.kind in "iu" else np.float64
-    n = frame.shape[0] // k
     rows = frame.reshape(n, k, frame.shape[1])
     acc = np.zeros((n, frame.shape[1]), acc_type)
     slab = np.empty((n, frame.shape[1]), frame.dtype)
@@ -264,6 +266,31 @@ def _block_mean(frame: np.ndarray, k: int, floor=None) -> np.ndarray:
     for i in range(1, k):
         out += cols[:, :, i]
     return (out * (1.0 / (k * k))).astype(np.float32)
+
+
+def _block_mean_exact(frame: np.ndarray, k: int, n: int, floor) -> np.ndarray:
+    """`_block_mean` of 8/16-bit integers with float32 sums, which are exact
+    here (k*k*65535 < 2**24), so the result is bit for bit the same, ~1.5x faster.
+
+    The fill is one full-size pass into the scratch buffer; summing float32
+    slabs avoids numpy's slow mixed int16 + int32 loops.
+    """
+    if floor is not None:
+        frame = np.maximum(
+            frame, _row(frame, floor), out=_scratch(frame.shape, frame.dtype)
+        )
+    rows = frame.reshape(n, k, frame.shape[1])
+    acc = rows[:, 0, :].astype(np.float32)
+    for i in range(1, k):
+        np.add(acc, rows[:, i, :], out=acc, casting="unsafe")
+    cols = acc.reshape(n, n, k)
+    out = np.add(cols[:, :, 0], cols[:, :, 1]) if k > 1 else cols[:, :, 0].copy()
+    for i in range(2, k):
+        out += cols[:, :, i]
+    if k & (k - 1) == 0:  # a power of two: the scale is exact in float32
+        out *= np.float32(1.0 / (k * k))
+        return out
+    return (out.astype(np.float64) * (1.0 / (k * k))).astype(np.float32)
 
 
 def hu_slices(parsed: Parsed, header: Header, size: int) -> np.ndarray:
