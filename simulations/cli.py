@@ -161,6 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     hub.add_argument("--preset", default="paper", help="our preset to map into")
     rep = sub.add_parser("report", help="write RUN_DIR/report.html with its figures")
     rep.add_argument("run_dir", type=Path, help="a run directory (simulate --out)")
+    pred = sub.add_parser(
+        "predict", help="a patient's COVID-19 score from DICOM with a trained run"
+    )
+    pred.add_argument("--model", type=Path, required=True, help="a run directory")
+    pred.add_argument("--dicom", type=Path, required=True, help="a series or study")
+    pred.add_argument("--cache", type=Path, default=None, help="ingest cache to reuse")
     add_model_commands(sub, _add_run_config)
     _add_ingest_command(sub)
     args = parser.parse_args(argv)
@@ -173,6 +179,18 @@ def main(argv: list[str] | None = None) -> int:
         return _ingest(args)
     if args.command == "hub-inspect":
         return _hub_inspect(args.module, args.preset)
+    if args.command == "predict":
+        from client.predict import predict_dicom
+
+        predictions, seconds = predict_dicom(args.model, args.dicom, args.cache)
+        for p in predictions:
+            decision = "COVID-19" if p.covid else "other pneumonia"
+            print(
+                f"{p.patient_id}: score {p.score:.3f} -> {decision} "
+                f"(cut-off {p.threshold:.3f} from validation; {p.n_slices} slices)"
+            )
+        print(f"{seconds:.1f} s")
+        return 0
     if args.command == "report":
         from server.report import write_report
 

@@ -1,0 +1,77 @@
+"""`fedbigbigan predict`: a score per patient from DICOM, as training saw it."""
+
+import json
+
+import numpy as np
+import pytest
+
+from client.predict import predict_dicom
+from client.site import Site, site_data
+from common.checkpoint import initial_model
+from common.config import RunConfig
+from common.linear_head import predict
+from server.run_dir import strict_json
+from simulations.cli import main
+from simulations.phantoms import write_study
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A run directory as the ServerApp writes it (weights, head, cut-off)."""
+    root = tmp_path_factory.mktemp("predict")
+    write_study(root / "data", scale=0.1, seed=0, slices_per_patient=2)
+    config = RunConfig(sim_data_root=str(root / "data"), out_dir=str(root / "out"))
+    model = initial_model(config)
+    head = np.random.default_rng(0).normal(0, 0.05, config.model.z_dim + 1)
+    head[0] = 0.5
+    run = root / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(config.to_flat()))
+    np.savez(run / "global_weights.npz", *model.get_weights(), head=head)
+    (run / "metrics.json").write_text(json.dumps(strict_json({"threshold": 0.5})))
+    return run, config, model, head
+
+
+def test_patient_score_is_the_mean_slice_score_of_the_training_preprocessing(
+    run_dir, tmp_path
+):
+    run, config, model, head = run_dir
+    site = Site("hospital_b", run.parent / "data" / "hospital_b", "external")
+    patient_dir = sorted((site.path / "dicom").iterdir())[0]
+    predictions, seconds = predict_dicom(run, patient_dir, tmp_path / "cache")
+    assert [p.patient_id for p in predictions] == [patient_dir.name]
+    (p,) = predictions
+    slices = site_data(site, config)["external"]
+    mine = slices.patient == 0  # sorted ids: the first patient of the site
+    expected = predict(head, model.encode(slices.images[mine])).mean()
+    assert p.n_slices == int(mine.sum())
+    assert p.score == pytest.approx(float(np.clip(expected, 0, 1)), abs=1e-5)
+    assert p.covid == (expected >= 0.5) and p.threshold == 0.5
+    assert seconds < 60
+
+
+def test_predict_command_prints_a_decision_and_fails_clearly_without_ct(
+    run_dir, tmp_path, capsys
+):
+    run, *_ = run_dir
+    patient_dir = sorted((run.parent / "data" / "hospital_b" / "dicom").iterdir())[1]
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(run),
+                "--dicom",
+                str(patient_dir),
+                "--cache",
+                str(tmp_path / "c1"),
+            ]
+        )
+        == 0
+    )
+    assert f"{patient_dir.name}: score" in capsys.readouterr().out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "note.txt").write_text("not a DICOM file")
+    with pytest.raises(ValueError, match="no usable axial CT slice"):
+        predict_dicom(run, empty, tmp_path / "c2")
