@@ -18,6 +18,7 @@ from test_ingest_support import (
 
 from common.dicom_io import DicomReadError, read_hu, resize, to_model_input
 from common.ingest import IngestConfig, ingest_site
+from common.ingest.cache import to_pack_dtype
 from common.ingest.headers import read_dataset, summarize
 from common.ingest.pixels import hu_full, hu_slices, stored_frames
 from common.ingest.policy import lung_fraction, paper_unit_range, to_unit_range
@@ -206,3 +207,22 @@ def test_lung_share_counts_lungs_not_outside_air():
     abdomen = lung_fraction(chest_hu(seed=1, lung=False).astype(np.float32))
     assert 0.05 < with_lungs < 0.3
     assert abdomen == 0.0
+
+
+def test_pack_conversion_is_numpys_float16_cast():
+    """The bit-level float16 cast gives numpy's bits (rounding ties, subnormals,
+    signed zeros, overflow, nan); it was also checked on every float32 below
+    65520 in magnitude."""
+    rng = np.random.default_rng(0)
+    bits = rng.integers(0, 2**32, 1_000_000, dtype=np.uint64).astype(np.uint32)
+    edges = np.arange(0, 1 << 16, dtype=np.uint32) << np.uint32(13)  # ties/steps
+    edges = np.concatenate([edges, edges + 1, edges - 1, edges + 0x1000])
+    values = np.concatenate([bits, edges, edges | np.uint32(1 << 31)])
+    for x in (values.view(np.float32), rng.uniform(-1, 1, 100_000).astype(np.float32)):
+        finite = x[np.abs(x) < 65504]
+        for sample in (finite, finite.reshape(-1, 4)[:, :3], x):
+            with np.errstate(over="ignore"):
+                expected = sample.astype(np.float16)
+                got = to_pack_dtype(sample)
+            assert got.dtype == np.float16 and got.shape == sample.shape
+            assert np.array_equal(got.view(np.uint16), expected.view(np.uint16))

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from common.ingest.cache import PACK_DTYPE, PackWriter
+from common.ingest.cache import PackWriter, to_pack_dtype
 from common.ingest.checks import check_usable
 from common.ingest.config import IngestConfig
 from common.ingest.headers import quiet_pydicom, read_dataset, summarize
@@ -144,13 +144,13 @@ def process_data(
     except Skip as skip:  # the bytes themselves are bad: remember it
         result.record["skip"] = skip_record(skip)
         return result
-    unit = np.empty(hu.shape, PACK_DTYPE)
+    unit = np.empty(hu.shape, np.float32)
     result.ranges = []
     for index, frame in enumerate(hu):
         low, high = intensity_range(frame, setup.config)
         unit[index] = to_unit(frame, low, high)
         result.ranges.append([low, high])
-    result.pack, result.row = pack.append(unit)
+    result.pack, result.row = pack.append(to_pack_dtype(unit))
     return result
 
 
