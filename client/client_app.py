@@ -13,7 +13,7 @@ from flwr.common import Context
 from client.site import resolve_site, site_data
 from common.config import RunConfig
 from common.linear_head import predict, sufficient_statistics
-from common.metrics import histogram
+from common.metrics import histogram, histogram_keys
 
 _MODELS: dict[tuple, object] = {}
 SERVER_KEYS = ("phase", "head-clip", "server-round")  # not part of the run config
@@ -82,30 +82,45 @@ class HospitalClient(NumPyClient):
             stats = sufficient_statistics(model.encode(train.images), train.labels)
             stats, clipped = clip_for_secagg(stats, float(config["head-clip"]))
             return stats, len(train), {"clipped": clipped}
+        if config["phase"] == "eval":
+            hist = _histograms(run, parameters, data)
+            arrays = [hist[k].astype(np.float64) for k in histogram_keys()]
+            arrays, clipped = clip_for_secagg(arrays, float(config["head-clip"]))
+            return arrays, 1, {"clipped": clipped}  # weight 1: the server sums
         raise ValueError(f"unknown phase {config['phase']!r}")
 
     def evaluate(self, parameters, config):
+        """Histograms of an external site only: a training site's go through the
+        secure "eval" round, so the server sees only their sum."""
         run, site, data = self._setup(config)
-        model = _model(run)
-        model.set_weights(parameters[:-1])
-        coef = parameters[-1]
-        metrics: dict = {}
-        for split, slices in data.items():
-            scores = predict(coef, model.encode(slices.images))
-            n_patients = int(slices.patient.max()) + 1 if len(slices) else 0
-            patient = np.array(
-                [scores[slices.patient == i].mean() for i in range(n_patients)]
-            )
-            patient_label = np.array(
-                [slices.labels[slices.patient == i][0] for i in range(n_patients)]
-            )
-            for level, s, y in (
-                ("slice", scores, slices.labels),
-                ("patient", patient, patient_label),
-            ):
-                metrics[f"{split}/{level}/pos"] = histogram(s[y == 1]).tolist()
-                metrics[f"{split}/{level}/neg"] = histogram(s[y == 0]).tolist()
+        if site.role != "external":
+            return 0.0, 0, {}
+        metrics = {k: v.tolist() for k, v in _histograms(run, parameters, data).items()}
         return 0.0, sum(len(s) for s in data.values()), metrics
+
+
+def _histograms(run: RunConfig, parameters: list, data: dict) -> dict[str, np.ndarray]:
+    """Per split and level, per-class counts of head scores on the fixed grid."""
+    model = _model(run)
+    model.set_weights(parameters[:-1])
+    coef = parameters[-1]
+    out = {}
+    for split, slices in data.items():
+        scores = predict(coef, model.encode(slices.images))
+        n_patients = int(slices.patient.max()) + 1 if len(slices) else 0
+        patient = np.array(
+            [scores[slices.patient == i].mean() for i in range(n_patients)]
+        )
+        patient_label = np.array(
+            [slices.labels[slices.patient == i][0] for i in range(n_patients)]
+        )
+        for level, s, y in (
+            ("slice", scores, slices.labels),
+            ("patient", patient, patient_label),
+        ):
+            out[f"{split}/{level}/pos"] = histogram(s[y == 1])
+            out[f"{split}/{level}/neg"] = histogram(s[y == 0])
+    return out
 
 
 def client_fn(context: Context):

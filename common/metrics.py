@@ -12,6 +12,20 @@ from scipy import stats
 GRID_LOW, GRID_HIGH, GRID_BINS = -1.0, 2.0, 3000
 
 
+TRAIN_SITE_SPLITS = ("train", "val", "test")
+LEVELS = ("slice", "patient")
+
+
+def histogram_keys(splits: tuple[str, ...] = TRAIN_SITE_SPLITS) -> list[str]:
+    """The fixed order in which a site's histograms travel as arrays."""
+    return [
+        f"{split}/{level}/{cls}"
+        for split in splits
+        for level in LEVELS
+        for cls in ("pos", "neg")
+    ]
+
+
 def histogram(scores: np.ndarray) -> np.ndarray:
     """Counts of `scores` on the fixed grid (values outside go to the end bins)."""
     clipped = np.clip(scores, GRID_LOW, GRID_HIGH - 1e-9)

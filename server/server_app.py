@@ -21,11 +21,15 @@ from flwr.serverapp import Grid, ServerApp
 
 from common.config import RunConfig
 from common.grids import save_samples
+from common.metrics import histogram_keys
 from server.evaluation import summarise
 from server.phase_strategy import PhaseStrategy
 from server.run_dir import write_run
 
 log = logging.getLogger("flwr")
+# score-histogram counts never reach 2**20 per bin; with 28-bit quantisation the
+# SecAgg+ step is 2**-7 per count, so the rounded sum is exact
+EVAL_CLIP = float(2**20)
 
 
 def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -> dict:
@@ -105,8 +109,28 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
         from common.linear_head import solve
 
         coef = solve(stats[0], stats[1], config.head_ridge)
-        site_hist = _evaluate_all(grid, weights + [coef], flat)
+        # training sites' histograms: summed by SecAgg+, never seen one by one
+        strategy.config = {**flat, "phase": "eval", "head-clip": EVAL_CLIP}
+        mean_hist = _secure_round(
+            grid,
+            legacy,
+            gan_rounds + 2,
+            weights + [coef],
+            config,
+            clip=EVAL_CLIP,
+            max_weight=1,
+        )
+        secure_rounds += 1
+        n_sites = len(strategy.site_metrics)  # sites that completed the round
+        secure_hist = {
+            key: np.rint(np.asarray(h, np.float64) * n_sites).astype(np.int64)
+            for key, h in zip(histogram_keys(), mean_hist, strict=True)
+        }
+        plain_hist = _evaluate_all(grid, weights + [coef], flat)  # external only
+        site_hist = {"training sites (SecAgg+ sum)": secure_hist, **plain_hist}
         metrics = summarise(site_hist)
+        metrics["secure_eval_sites"] = n_sites
+        metrics["plain_eval_roles"] = sorted({roles[n][0] for n in plain_hist})
         metrics["rounds"] = history
         metrics["secagg_rounds"] = secure_rounds
         metrics["train_message_roles"] = sorted(
@@ -184,7 +208,8 @@ def _secure_round(grid, legacy, rnd, weights, config, clip, max_weight):
 
 
 def _evaluate_all(grid: Grid, arrays: list[np.ndarray], flat: dict) -> dict:
-    """Evaluate messages to every node (external too); replies are histograms."""
+    """Evaluate messages to every node; only external sites reply with histograms
+    (a lone site's histogram cannot be hidden in a sum)."""
     ins = EvaluateIns(ndarrays_to_parameters(arrays), dict(flat))
     out = {}
     for reply in _ask_every_node(
@@ -194,7 +219,10 @@ def _evaluate_all(grid: Grid, arrays: list[np.ndarray], flat: dict) -> dict:
     ):
         # histograms are lists, which legacy EvaluateRes cannot hold: read the record
         metrics = reply.content.config_records["evaluateres.metrics"]
-        out[reply.metadata.src_node_id] = {k: np.asarray(v) for k, v in metrics.items()}
+        if metrics:  # training sites answer empty: theirs went through SecAgg+
+            out[reply.metadata.src_node_id] = {
+                k: np.asarray(v) for k, v in metrics.items()
+            }
     return out
 
 

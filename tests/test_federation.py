@@ -21,7 +21,18 @@ def test_whole_chain_two_training_sites_and_one_external(tmp_path):
         assert 0.0 <= m["sensitivity"] <= 1.0 and 0.0 <= m["specificity"] <= 1.0
         assert np.isfinite(m["auc"]), split
     assert metrics["weights_changed"] > 0
-    assert metrics["secagg_rounds"] == 3  # two BigBiGAN rounds and the head
+    assert metrics["secagg_rounds"] == 4  # two BigBiGAN rounds, the head, the eval
+    # training sites' histograms only as a SecAgg+ sum; the external one alone
+    assert metrics["secure_eval_sites"] == 2
+    assert metrics["plain_eval_roles"] == ["external"]
+    # the SecAgg+ sum of counts is exact: every hospital A patient and slice, once
+    data = tmp_path / "data"
+    a_sites = [data / "hospital_a_ge", data / "hospital_a_neuviz"]
+    patients = sum(len((s / "labels.csv").read_text().split()) - 1 for s in a_sites)
+    slices = sum(len(list(s.rglob("*.dcm"))) for s in a_sites)
+    splits = [metrics["splits"][k] for k in ("train", "val", "test")]
+    assert sum(m["n_patients"] for m in splits) == patients
+    assert sum(m["n_slices"] for m in splits) == slices
     assert metrics["train_message_roles"] == ["train"]  # external never trained
     assert [r["round"] for r in metrics["rounds"]] == [1, 2]
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
