@@ -384,9 +384,12 @@ def _notes(run: RunContents, results: dict[str, dict]) -> str:
         "was chosen on the validation split by Youden's J and applied unchanged to "
         "the other splits; only the validation row's sensitivity and specificity "
         "were measured on the data that chose it.",
-        "Each site returned per-class histograms of its scores on a "
-        f"{GRID_BINS}-bin grid, not a list of scores; the curves, AUCs and DeLong "
-        "intervals are computed from the counts pooled over sites (exactly as from "
+        "Sites returned per-class histograms of their scores on a "
+        f"{GRID_BINS}-bin grid, not lists of scores: the training sites' through a "
+        "SecAgg+ round, so the server saw only their sum; the external site's in "
+        "the clear, as a single site's counts cannot be hidden in a sum (with few "
+        "patients a fine grid still locates each one's score). The curves, AUCs "
+        "and DeLong intervals are computed from the pooled counts (exactly as from "
         "the binned scores themselves).",
     ]
     small = [
