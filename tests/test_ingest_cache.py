@@ -10,6 +10,7 @@ from test_ingest_support import chest_hu, ct_dataset, save, tree_hashes, write_s
 
 from common.ingest import IngestConfig, IngestError, ingest_site
 from common.ingest import pixels as pixels_module
+from common.ingest.cache import copy_rows, row_source, write_array
 
 CONFIG = IngestConfig(image_size=32)
 
@@ -145,3 +146,26 @@ def test_training_reads_memory_mapped_arrays(site, tmp_path):
     result = ingest_site(site, cache_dir=tmp_path / "cache", config=CONFIG)
     array = result.patients[0].series[0].load()
     assert isinstance(array, np.memmap) and array.dtype == np.float16
+
+
+def test_series_arrays_are_copied_file_to_file_as_numpy_writes_them(tmp_path):
+    size = 4
+    rng = np.random.default_rng(0)
+    frames = rng.uniform(-1, 1, (7, size, size)).astype(np.float16)
+    pack = tmp_path / "pack-1.f16"
+    pack.write_bytes(frames[:5].tobytes())
+    older = tmp_path / "old.npy"
+    write_array(older, frames[5:])
+    assert row_source(pack, size) == (0, 5)
+    rows = [(str(pack), 0, row) for row in (3, 4, 0)]
+    rows.append((str(older), row_source(older, size)[0], 1))
+    copy_rows(tmp_path / "series.npy", rows, size)
+    expected = tmp_path / "expected.npy"
+    write_array(expected, frames[[3, 4, 0, 6]])
+    assert (tmp_path / "series.npy").read_bytes() == expected.read_bytes()
+    assert row_source(older, size)[1] == 2
+    pack.write_bytes(frames[:2].tobytes()[:-1])  # cut short: not whole rows
+    with pytest.raises(ValueError):
+        row_source(pack, size)
+    with pytest.raises(ValueError):  # a different size
+        row_source(older, size * 2)

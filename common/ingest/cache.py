@@ -260,3 +260,87 @@ def to_pack_dtype(values: np.ndarray) -> np.ndarray:
     sign >>= np.uint32(16)
     out |= sign
     return out.astype(np.uint16).view(PACK_DTYPE)
+
+
+def row_source(path: Path | str, size: int) -> tuple[int, int]:
+    """(offset of row 0, rows) of a pack or a series array of `size` slices.
+
+    Raises OSError or ValueError when the file is missing, cut short or holds
+    something else, as reading it would.
+    """
+    row_bytes = size * size * np.dtype(PACK_DTYPE).itemsize
+    with open(path, "rb") as handle:
+        length = os.fstat(handle.fileno()).st_size
+        if not str(path).endswith(".npy"):
+            if length % row_bytes:
+                raise ValueError(f"pack of {length} bytes is not whole rows")
+            return 0, length // row_bytes
+        version = np.lib.format.read_magic(handle)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran, dtype = read_header(handle)
+        offset = handle.tell()
+    if fortran or dtype != PACK_DTYPE or len(shape) != 3 or shape[1:] != (size, size):
+        raise ValueError(f"holds {dtype} {shape}, not [n, {size}, {size}] float16")
+    if length < offset + shape[0] * row_bytes:
+        raise ValueError("array file is cut short")
+    return offset, shape[0]
+
+
+def copy_rows(path: Path, rows: list[tuple[str, int, int]], size: int) -> None:
+    """Write a series array from (source file, offset of row 0, row) triples.
+
+    Bytes go file to file in the kernel (copy_file_range; runs of consecutive
+    rows in one call), so the process assembling the cache copies nothing; the
+    result is the .npy that `write_array` writes for the same rows. Atomic.
+    """
+    row_bytes = size * size * np.dtype(PACK_DTYPE).itemsize
+    header = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(PACK_DTYPE)),
+        "fortran_order": False,
+        "shape": (len(rows), size, size),
+    }
+    runs: list[list] = []  # [source, first byte, bytes]
+    for source, base, row in rows:
+        start = base + row * row_bytes
+        last = runs[-1] if runs else None
+        if last is not None and last[0] == source and last[1] + last[2] == start:
+            last[2] += row_bytes
+        else:
+            runs.append([source, start, row_bytes])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
+    sources: dict[str, int] = {}
+    try:
+        with os.fdopen(fd, "wb") as out:
+            np.lib.format.write_array_header_1_0(out, header)
+            out.flush()
+            for source, start, count in runs:
+                if source not in sources:
+                    sources[source] = os.open(source, os.O_RDONLY)
+                _copy_range(sources[source], out.fileno(), start, count)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    finally:
+        for source_fd in sources.values():
+            os.close(source_fd)
+
+
+def _copy_range(src: int, dst: int, start: int, count: int) -> None:
+    """`count` bytes of `src` from `start` to `dst` at its current position."""
+    while count > 0:
+        try:
+            done = os.copy_file_range(src, dst, count, start)
+        except (AttributeError, OSError):  # no such call, or not between these
+            data = os.pread(src, count, start)
+            done = os.write(dst, data)
+        if done <= 0:
+            raise OSError(f"source ended {count} bytes early")
+        start += done
+        count -= done

@@ -16,11 +16,10 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-import numpy as np
 import xxhash
 from tqdm import tqdm
 
-from common.ingest.cache import Cache, State, read_array, read_pack, write_array
+from common.ingest.cache import Cache, State, copy_rows, read_array, row_source
 from common.ingest.checks import check_usable
 from common.ingest.config import IngestConfig
 from common.ingest.headers import DICOM_SUFFIXES, Header
@@ -353,12 +352,11 @@ class _Run:
             source, row, _, _ = self.stored[(ref.key, ref.frame)]
             try:
                 if source not in opened:
-                    opened[source] = (
-                        read_array(Path(source))
-                        if source.endswith(".npy")
-                        else read_pack(source, self.config.image_size)
-                    )
-                rows.append(np.asarray(opened[source][row]))
+                    opened[source] = row_source(source, self.config.image_size)
+                base, count = opened[source]
+                if not 0 <= row < count:
+                    raise IndexError(f"row {row} of {count}")
+                rows.append((source, base, row))
             except (OSError, ValueError, IndexError) as err:
                 log.warning(
                     "%s: cached array unreadable (%s); decoding again", source, err
@@ -367,7 +365,7 @@ class _Run:
                 self.index.pop(Path(source).stem, None)
                 Path(source).unlink(missing_ok=True)
                 return False
-        write_array(path, np.stack(rows))
+        copy_rows(path, rows, self.config.image_size)
         return True
 
     def _series_key(self, plan: SeriesPlan) -> str:
