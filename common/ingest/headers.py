@@ -16,6 +16,7 @@ from io import BytesIO
 from typing import Any
 
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
@@ -265,12 +266,27 @@ class Fields:
 
     def __init__(self, ds: Dataset):
         self.ds = ds
+        # pydicom's own tag -> element map: a lookup there costs a tenth of
+        # `get_item` (which converts the tag first); `get_item` stays the way
+        # for anything unusual (a deferred read, another pydicom).
+        self._elements = getattr(ds, "_dict", None)
+        if not isinstance(self._elements, dict):
+            self._elements = None
+
+    def element(self, tag: int):
+        """`ds.get_item(tag)`, faster."""
+        if self._elements is None:
+            return self.ds.get_item(tag)
+        elem = self._elements.get(tag)
+        if elem is not None and isinstance(elem, RawDataElement) and elem.value is None:
+            return self.ds.get_item(tag)  # a deferred read: pydicom reads it
+        return elem
 
     def has(self, tag: int) -> bool:
-        return self.ds.get_item(tag) is not None
+        return self.element(tag) is not None
 
     def text(self, tag: int) -> str:
-        elem = self.ds.get_item(tag)
+        elem = self.element(tag)
         value = None if elem is None else elem.value
         if value is None:
             return ""
@@ -282,7 +298,7 @@ class Fields:
         return "" if value is None else str(value).strip()
 
     def texts(self, tag: int) -> list[str]:
-        elem = self.ds.get_item(tag)
+        elem = self.element(tag)
         value = None if elem is None else elem.value
         if value is None:
             return []
@@ -303,7 +319,7 @@ class Fields:
 
     def us(self, tag: int, signed: bool = False) -> int | None:
         """A US (or, if `signed`, SS) value such as Rows; None when absent."""
-        elem = self.ds.get_item(tag)
+        elem = self.element(tag)
         value = None if elem is None else elem.value
         if isinstance(value, bytes):
             if len(value) < 2:
