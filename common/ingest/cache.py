@@ -19,9 +19,9 @@ whose size, mtime, ctime and inode are unchanged keeps its key (ctime and inode
 change on any rewrite, even one that restores mtime); a changed stat re-hashes,
 and an unchanged hash still decodes nothing. `rehash=True` trusts no stat.
 
-Decoded frames are appended to one pack file per batch of files (creating a
-file per slice costs more than decoding it) and copied into one array per series
-at the end of the run; a series that gains a file is rebuilt from the old array
+Decoded frames are appended to one pack file per process of the run (creating
+a file per slice costs more than decoding it) and copied, file to file in the
+kernel, into one array per series at the end of the run; a series that gains a file is rebuilt from the old array
 plus the new frames. Arrays and JSON are written to a temporary name in the same
 folder and renamed, so a reader (or a crash) never sees half a file.
 """
@@ -228,6 +228,10 @@ class PackWriter:
         self._handle.write(np.ascontiguousarray(frames, dtype=PACK_DTYPE).tobytes())
         self.rows += len(frames)
         return str(self.path), first
+
+    def flush(self) -> None:
+        if self._handle is not None:
+            self._handle.flush()
 
     def close(self) -> None:
         if self._handle is not None:

@@ -19,7 +19,14 @@ from pathlib import Path
 import xxhash
 from tqdm import tqdm
 
-from common.ingest.cache import Cache, State, copy_rows, read_array, row_source
+from common.ingest.cache import (
+    Cache,
+    PackWriter,
+    State,
+    copy_rows,
+    read_array,
+    row_source,
+)
 from common.ingest.checks import check_usable
 from common.ingest.config import IngestConfig
 from common.ingest.headers import DICOM_SUFFIXES, Header
@@ -529,14 +536,18 @@ class _Run:
         )
         try:
             workers = min(self.config.workers, len(jobs))
-            # One pack per chunk; small chunks keep two workers busy to the end.
+            # One pack per process; small chunks keep two workers busy to the end.
             size = 64 if workers <= 1 else max(1, min(16, len(jobs) // (workers * 4)))
             chunks = [jobs[i : i + size] for i in range(0, len(jobs), size)]
             if workers <= 1:
-                for chunk in chunks:
-                    results = process_chunk(chunk, setup)
-                    yield from results
-                    bar.update(len(results))
+                pack = PackWriter(setup.packs_dir, self.config.image_size)
+                try:
+                    for chunk in chunks:
+                        results = process_chunk(chunk, setup, pack)
+                        yield from results
+                        bar.update(len(results))
+                finally:
+                    pack.close()
                 return
             with ProcessPoolExecutor(
                 workers,

@@ -62,18 +62,35 @@ def content_key(data: bytes) -> str:
 
 
 def process_chunk(
-    jobs: list[tuple[str, bool]], setup: WorkerSetup | None = None
+    jobs: list[tuple[str, bool]],
+    setup: WorkerSetup | None = None,
+    pack: PackWriter | None = None,
 ) -> list[FileResult]:
-    """A batch of (path, decode) jobs; their frames share one pack file."""
-    setup = setup or _SETUP
-    if setup is None:  # pragma: no cover - the pool initializer sets it
-        raise RuntimeError("worker used before init_worker")
-    pack = PackWriter(setup.packs_dir, setup.config.image_size)
+    """A batch of (path, decode) jobs; their frames are appended to `pack`.
+
+    In a worker process (no `setup`), one pack serves all of the process's
+    batches: a file per batch costs more to create, read and delete than the
+    batch's IPC. Called in-process without a `pack`, the batch gets its own.
+    """
+    global _PACK
+    own = False
+    if setup is None:
+        setup = _SETUP
+        if setup is None:  # pragma: no cover - the pool initializer sets it
+            raise RuntimeError("worker used before init_worker")
+        if _PACK is None:
+            _PACK = PackWriter(setup.packs_dir, setup.config.image_size)
+        pack = _PACK
+    elif pack is None:
+        pack, own = PackWriter(setup.packs_dir, setup.config.image_size), True
     try:
         with quiet_pydicom():
             return [process_file(rel, setup, decode, pack) for rel, decode in jobs]
     finally:
-        pack.close()
+        if own:
+            pack.close()
+        else:
+            pack.flush()  # the parent reads the pack once every batch is back
 
 
 def read_file(rel: str, setup: WorkerSetup) -> tuple[list[int], bytes] | FileResult:
@@ -155,12 +172,13 @@ def process_data(
 
 
 _SETUP: WorkerSetup | None = None
+_PACK: PackWriter | None = None  # this worker process's pack (see process_chunk)
 
 
 def init_worker(setup: WorkerSetup) -> None:
     """Pool initializer: keep the run's shared setup in the worker process."""
-    global _SETUP
-    _SETUP = setup
+    global _SETUP, _PACK
+    _SETUP, _PACK = setup, None
 
 
 def _unread(rel: str, stat: list[int], skip: Skip) -> FileResult:
