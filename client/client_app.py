@@ -12,7 +12,7 @@ from flwr.common import Context
 
 from client.site import resolve_site, site_data
 from common.config import RunConfig
-from common.linear_head import predict, sufficient_statistics
+from common.linear_head import feature_moments, predict, standardized_statistics
 from common.metrics import histogram, histogram_keys
 
 _MODELS: dict[tuple, object] = {}
@@ -77,10 +77,16 @@ class HospitalClient(NumPyClient):
                 "clipped": clipped,
             }
             return delta, len(train), metrics
-        if config["phase"] == "head":
+        if config["phase"] == "moments":
             model.set_weights(parameters)
-            stats = sufficient_statistics(model.encode(train.images), train.labels)
-            stats, clipped = clip_for_secagg(stats, float(config["head-clip"]))
+            moments = feature_moments(model.encode(train.images))
+            moments, clipped = clip_for_secagg(moments, float(config["head-clip"]))
+            return moments, len(train), {"clipped": clipped}
+        if config["phase"] == "head":  # parameters: weights, pooled mean, pooled std
+            model.set_weights(parameters[:-2])
+            stats, clipped = standardized_statistics(
+                model.encode(train.images), train.labels, *parameters[-2:]
+            )
             return stats, len(train), {"clipped": clipped}
         if config["phase"] == "eval":
             hist = _histograms(run, parameters, data)

@@ -3,6 +3,12 @@
 Sites send the normalised sufficient statistics (X'X / n, X'y / n) of their features
 with an intercept column; the pooled n-weighted average of those is exactly the
 statistics of the pooled data, so solving it equals a centralised fit.
+
+Through SecAgg+ every value is clipped to a range and quantised, so precision is
+range / 2**bits. Raw features have no known range; hence two secure rounds: the
+pooled mean and variance of each feature first, then the statistics of features
+standardised with them (|x| <= Z_CLIP, so every statistic lies in [-Z_CLIP**2,
+Z_CLIP**2]). The solution is mapped back to raw features exactly.
 """
 
 from __future__ import annotations
@@ -19,6 +25,49 @@ def sufficient_statistics(features: np.ndarray, labels: np.ndarray) -> list[np.n
     x = with_intercept(features)
     n = max(len(x), 1)
     return [x.T @ x / n, x.T @ labels.astype(np.float64) / n]
+
+
+Z_CLIP = 8.0  # standardised features beyond 8 SD are clipped (and counted)
+STATS_CLIP = Z_CLIP**2  # the SecAgg+ clipping range of standardised statistics
+
+
+def feature_moments(features: np.ndarray) -> list[np.ndarray]:
+    """[mean, mean of squares] of each feature at one site (round 1)."""
+    x = np.asarray(features, np.float64)
+    n = max(len(x), 1)
+    return [x.sum(0) / n, (x**2).sum(0) / n]
+
+
+def pooled_scale(
+    mean: np.ndarray, mean_sq: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled mean and standard deviation (1 where a feature is constant)."""
+    std = np.sqrt(np.maximum(mean_sq - mean**2, 0.0))
+    return mean, np.where(std > 1e-12, std, 1.0)
+
+
+def standardized_statistics(
+    features: np.ndarray, labels: np.ndarray, mean: np.ndarray, std: np.ndarray
+) -> tuple[list[np.ndarray], int]:
+    """Round 2: statistics of (x - mean) / std, clipped to +-Z_CLIP; and how many
+    feature values were clipped."""
+    z = (np.asarray(features, np.float64) - mean) / std
+    clipped = int((np.abs(z) > Z_CLIP).sum())
+    return sufficient_statistics(np.clip(z, -Z_CLIP, Z_CLIP), labels), clipped
+
+
+def solve_standardized(
+    gram: np.ndarray,
+    moment: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    ridge: float = 0.0,
+) -> np.ndarray:
+    """Solve in standardised space (ridge on standardised weights), return the
+    coefficients for raw features (intercept first)."""
+    beta = solve(gram, moment, ridge)
+    weights = beta[1:] / std
+    return np.concatenate([[beta[0] - weights @ mean], weights])
 
 
 def solve(gram: np.ndarray, moment: np.ndarray, ridge: float = 0.0) -> np.ndarray:

@@ -30,6 +30,8 @@ log = logging.getLogger("flwr")
 # score-histogram counts never reach 2**20 per bin; with 28-bit quantisation the
 # SecAgg+ step is 2**-7 per count, so the rounded sum is exact
 EVAL_CLIP = float(2**20)
+# raw feature moments: only their scale matters (any shared mean/std standardises)
+MOMENTS_CLIP = 1e4
 
 
 def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -> dict:
@@ -93,28 +95,16 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
             model.set_weights(weights)  # samples G(z): no patient data involved
             save_samples(out / "samples" / f"round_{rnd:03d}.png", model)
             log.info("round %d losses %s", rnd, losses)
-        # head: pooled normalised statistics; bound: |stat * n_k / max_n| <= max|x|^2
-        head_clip = 1e4
-        strategy.config = {**flat, "phase": "head", "head-clip": head_clip}
-        stats = _secure_round(
-            grid,
-            legacy,
-            gan_rounds + 1,
-            weights,
-            config,
-            clip=head_clip,
-            max_weight=max(sizes),
+        coef = _federated_lm(
+            grid, legacy, strategy, config, flat, gan_rounds + 1, weights, max(sizes)
         )
-        secure_rounds += 1
-        from common.linear_head import solve
-
-        coef = solve(stats[0], stats[1], config.head_ridge)
+        secure_rounds += 2
         # training sites' histograms: summed by SecAgg+, never seen one by one
         strategy.config = {**flat, "phase": "eval", "head-clip": EVAL_CLIP}
         mean_hist = _secure_round(
             grid,
             legacy,
-            gan_rounds + 2,
+            gan_rounds + 3,
             weights + [coef],
             config,
             clip=EVAL_CLIP,
@@ -144,6 +134,36 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
     finally:
         stop.set()
         thread.join()
+
+
+def _federated_lm(grid, legacy, strategy, config, flat, rnd, weights, max_weight):
+    """The paper's least-squares head in two SecAgg+ rounds (see linear_head):
+    pooled feature moments, then statistics of standardised features."""
+    from common.linear_head import (
+        STATS_CLIP,
+        pooled_scale,
+        solve_standardized,
+    )
+
+    strategy.config = {**flat, "phase": "moments", "head-clip": MOMENTS_CLIP}
+    moments = _secure_round(
+        grid, legacy, rnd, weights, config, clip=MOMENTS_CLIP, max_weight=max_weight
+    )
+    mean, std = pooled_scale(*(np.asarray(m, np.float64) for m in moments))
+    strategy.config = {**flat, "phase": "head"}
+    stats = _secure_round(
+        grid,
+        legacy,
+        rnd + 1,
+        weights + [mean, std],
+        config,
+        clip=STATS_CLIP,
+        max_weight=max_weight,
+    )
+    clipped = sum(int(m["clipped"]) for m in strategy.site_metrics)
+    if clipped:
+        log.warning("head: %d standardised feature values clipped at 8 SD", clipped)
+    return solve_standardized(stats[0], stats[1], mean, std, config.head_ridge)
 
 
 def _wait_for_nodes(grid: Grid, expected: int, timeout: float) -> None:

@@ -21,7 +21,7 @@ def test_whole_chain_two_training_sites_and_one_external(tmp_path):
         assert 0.0 <= m["sensitivity"] <= 1.0 and 0.0 <= m["specificity"] <= 1.0
         assert np.isfinite(m["auc"]), split
     assert metrics["weights_changed"] > 0
-    assert metrics["secagg_rounds"] == 4  # two BigBiGAN rounds, the head, the eval
+    assert metrics["secagg_rounds"] == 5  # 2 BigBiGAN, 2 head (moments, stats), eval
     # training sites' histograms only as a SecAgg+ sum; the external one alone
     assert metrics["secure_eval_sites"] == 2
     assert metrics["plain_eval_roles"] == ["external"]

@@ -70,3 +70,78 @@ def test_secagg_plus_equals_plain_weighted_average():
     for i, got in enumerate(result["aggregate"]):
         expected = sum(n * site_update(p)[i] for p, n in enumerate(SIZES)) / total
         np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+D = 20  # feature width of the head test (z is 120-d; fewer keeps lstsq well posed)
+
+
+def site_features(partition: int) -> tuple[np.ndarray, np.ndarray]:
+    """Features far from standardised (mean 40, SD 7), labels from a linear rule."""
+    rng = np.random.default_rng(10 + partition)
+    x = rng.normal(40.0, 7.0, (SIZES[partition], D))
+    y = (x @ np.linspace(-1, 1, D) + rng.normal(0, 5, len(x)) > 0).astype(float)
+    return x, y
+
+
+class _HeadSite(NumPyClient):
+    """A site that runs the two head phases with the library the ClientApp uses."""
+
+    def __init__(self, partition: int):
+        self.x, self.y = site_features(partition)
+
+    def fit(self, parameters, config):
+        from common.linear_head import feature_moments, standardized_statistics
+
+        if config["phase"] == "moments":
+            return feature_moments(self.x), len(self.x), {"clipped": 0}
+        stats, clipped = standardized_statistics(self.x, self.y, *parameters[-2:])
+        return stats, len(self.x), {"clipped": clipped}
+
+
+@pytest.mark.slow
+def test_federated_lm_equals_centralised_least_squares():
+    from sklearn.metrics import roc_auc_score
+
+    from common.linear_head import predict, with_intercept
+    from server.server_app import _federated_lm
+
+    client = ClientApp(
+        client_fn=lambda c: _HeadSite(int(c.node_config["partition-id"])).to_client(),
+        mods=[secaggplus_mod],
+    )
+    result = {}
+    server = ServerApp()
+
+    @server.main()
+    def _main(grid, context):
+        strategy = PhaseStrategy(set())
+        legacy = LegacyContext(context, ServerConfig(num_rounds=1), strategy=strategy)
+        thread, stop, ready = start_update_client_manager_thread(
+            grid, legacy.client_manager
+        )
+        ready.wait()
+        _wait_for_nodes(grid, len(SIZES), 60)
+        strategy.train_node_ids = {int(n) for n in grid.get_node_ids()}
+        legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord()
+        config = RunConfig(head_ridge=0.0)
+        result["coef"] = _federated_lm(
+            grid, legacy, strategy, config, {}, 1, [np.zeros(1)], max(SIZES)
+        )
+        stop.set()
+        thread.join()
+
+    run_simulation(
+        server_app=server,
+        client_app=client,
+        num_supernodes=len(SIZES),
+        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
+    )
+    x = np.concatenate([site_features(p)[0] for p in range(len(SIZES))])
+    y = np.concatenate([site_features(p)[1] for p in range(len(SIZES))])
+    central, *_ = np.linalg.lstsq(with_intercept(x), y, rcond=None)
+    coef = result["coef"]
+    relative = np.abs(coef - central).max() / np.abs(central).max()
+    assert relative < 1e-4, relative
+    auc_secure = roc_auc_score(y, predict(coef, x))
+    auc_central = roc_auc_score(y, predict(central, x))
+    assert round(auc_secure, 3) == round(auc_central, 3)
