@@ -314,7 +314,8 @@ def hu_slices(parsed: Parsed, header: Header, size: int) -> np.ndarray:
                 if explicit is not None:
                     np.putmask(frame, explicit, floor)
             small = resize_stored(frame, size)
-        out[index] = small * np.float32(slope) + np.float32(intercept)
+        np.multiply(small, np.float32(slope), out=out[index])
+        out[index] += np.float32(intercept)
     return out
 
 

@@ -51,8 +51,8 @@ class FileResult:
         return self.pack is not None
 
 
-def file_stat(path: str) -> list[int]:
-    """What says a file is unchanged since it was hashed."""
+def file_stat(path: str | int) -> list[int]:
+    """What says a file is unchanged since it was hashed (of a path or an fd)."""
     st = os.stat(path)
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
@@ -97,19 +97,23 @@ def read_file(rel: str, setup: WorkerSetup) -> tuple[list[int], bytes] | FileRes
     """(stat, bytes) of one file, or the result saying why it cannot be read."""
     path = os.path.join(setup.site_dir, rel)
     try:
-        stat = file_stat(path)
-        if stat[0] > setup.config.max_file_mb * 2**20:
-            return _unread(
-                rel,
-                stat,
-                Skip(
-                    "too-large",
-                    f"file is {stat[0] / 2**20:.0f} MB, above the "
-                    f"{setup.config.max_file_mb} MB limit (max-file-mb)",
-                ),
-            )
-        with open(path, "rb") as handle:
-            return stat, handle.read()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        try:
+            stat = file_stat(fd)  # of what is read, not of the path again
+            if stat[0] > setup.config.max_file_mb * 2**20:
+                return _unread(
+                    rel,
+                    stat,
+                    Skip(
+                        "too-large",
+                        f"file is {stat[0] / 2**20:.0f} MB, above the "
+                        f"{setup.config.max_file_mb} MB limit (max-file-mb)",
+                    ),
+                )
+            with open(fd, "rb", closefd=False) as handle:
+                return stat, handle.read()
+        finally:
+            os.close(fd)
     except OSError as err:
         return _unread(
             rel,
