@@ -21,9 +21,10 @@ and an unchanged hash still decodes nothing. `rehash=True` trusts no stat.
 
 Decoded frames are appended to one pack file per process of the run (creating
 a file per slice costs more than decoding it) and copied, file to file in the
-kernel, into one array per series at the end of the run; a series that gains a file is rebuilt from the old array
-plus the new frames. Arrays and JSON are written to a temporary name in the same
-folder and renamed, so a reader (or a crash) never sees half a file.
+kernel, into one array per series at the end of the run; a series that gains a
+file is rebuilt from the old array plus the new frames. Arrays and JSON are
+written to a temporary name in the same folder and renamed, so a reader (or a
+crash) never sees half a file.
 """
 
 from __future__ import annotations
@@ -250,7 +251,7 @@ def to_pack_dtype(values: np.ndarray) -> np.ndarray:
     bits = x.view(np.uint32)
     sign = bits & np.uint32(0x80000000)
     mag = bits ^ sign
-    if mag.size == 0 or mag.max() >= _F16_OVERFLOW:
+    if mag.size < 16384 or mag.max() >= _F16_OVERFLOW:  # small: numpy is faster
         return x.astype(PACK_DTYPE)
     out = mag >> np.uint32(13)  # the lowest kept mantissa bit: ties go to even
     out &= np.uint32(1)
