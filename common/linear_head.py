@@ -39,10 +39,18 @@ def feature_moments(features: np.ndarray) -> list[np.ndarray]:
 
 
 def pooled_scale(
-    mean: np.ndarray, mean_sq: np.ndarray
+    mean: np.ndarray, mean_sq: np.ndarray, variance_floor: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled mean and standard deviation (1 where a feature is constant)."""
-    std = np.sqrt(np.maximum(mean_sq - mean**2, 0.0))
+    """Pooled mean and standard deviation (1 where a feature is constant).
+
+    `variance_floor` covers the error of moments that went through SecAgg+'s
+    quantisation: an overestimated SD costs a little precision, an
+    underestimated one would clip real values at Z_CLIP.
+    """
+    variance = np.maximum(mean_sq - mean**2, 0.0) + variance_floor * (
+        1.0 + 2.0 * np.abs(mean)
+    )
+    std = np.sqrt(variance)
     return mean, np.where(std > 1e-12, std, 1.0)
 
 

@@ -67,6 +67,7 @@ def write_run(
     weights: list,
     coef: np.ndarray,
     site_hist: dict,
+    head_scale: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
     _atomic_write(
@@ -82,7 +83,10 @@ def write_run(
 
     def save_weights(p: Path) -> None:
         with p.open("wb") as handle:
-            np.savez(handle, *weights, head=coef)
+            scale = {}
+            if head_scale is not None:  # the standardisation the head was fitted in
+                scale = {"head_mean": head_scale[0], "head_std": head_scale[1]}
+            np.savez(handle, *weights, head=coef, **scale)
 
     _atomic_write(out / "global_weights.npz", save_weights)
     _atomic_write(out / HISTOGRAMS, lambda p: save_pooled_histograms(p, site_hist))

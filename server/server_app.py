@@ -95,7 +95,7 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
             model.set_weights(weights)  # samples G(z): no patient data involved
             save_samples(out / "samples" / f"round_{rnd:03d}.png", model)
             log.info("round %d losses %s", rnd, losses)
-        coef = _federated_lm(
+        coef, head_scale = _federated_lm(
             grid, legacy, strategy, config, flat, gan_rounds + 1, weights, max(sizes)
         )
         secure_rounds += 2
@@ -129,7 +129,7 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
         metrics["weights_changed"] = float(
             max(np.abs(a - b).max() for a, b in zip(weights, initial, strict=True))
         )
-        write_run(out, config, metrics, weights, coef, site_hist)
+        write_run(out, config, metrics, weights, coef, site_hist, head_scale)
         return metrics
     finally:
         stop.set()
@@ -149,7 +149,12 @@ def _federated_lm(grid, legacy, strategy, config, flat, rnd, weights, max_weight
     moments = _secure_round(
         grid, legacy, rnd, weights, config, clip=MOMENTS_CLIP, max_weight=max_weight
     )
-    mean, std = pooled_scale(*(np.asarray(m, np.float64) for m in moments))
+    # the variance comes from a difference of quantised moments: floor it at
+    # the quantisation error, so a feature's SD is never underestimated
+    step = 2 * MOMENTS_CLIP / 2**config.secagg.quantization_bits
+    mean, std = pooled_scale(
+        *(np.asarray(m, np.float64) for m in moments), variance_floor=8 * step
+    )
     strategy.config = {**flat, "phase": "head"}
     stats = _secure_round(
         grid,
@@ -163,7 +168,8 @@ def _federated_lm(grid, legacy, strategy, config, flat, rnd, weights, max_weight
     clipped = sum(int(m["clipped"]) for m in strategy.site_metrics)
     if clipped:
         log.warning("head: %d standardised feature values clipped at 8 SD", clipped)
-    return solve_standardized(stats[0], stats[1], mean, std, config.head_ridge)
+    coef = solve_standardized(stats[0], stats[1], mean, std, config.head_ridge)
+    return coef, (mean, std)
 
 
 def _wait_for_nodes(grid: Grid, expected: int, timeout: float) -> None:

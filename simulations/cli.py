@@ -213,5 +213,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{split:9s} AUC {m['auc']:.3f}  sens {m['sensitivity']:.2f}  "
             f"spec {m['specificity']:.2f}  patients {m['n_patients']}"
         )
+    comparisons = metrics["comparisons"]["table"]
+    targets = list(next(iter(comparisons.values())))
+    print("patient AUC by head (rows) and test data (columns):")
+    print(f"{'':34s}" + "".join(f"{t[:16]:>17s}" for t in targets))
+    for head, row in comparisons.items():
+        print(f"{head[:34]:34s}" + "".join(f"{row[t]['auc']:17.3f}" for t in targets))
     print(f"run directory: {args.out}")
     return 0

@@ -49,4 +49,7 @@ def simulate(
     )
     if not result:
         raise RuntimeError("the federated run did not complete; see the log above")
+    from simulations.comparisons import add_to_run
+
+    result["comparisons"] = add_to_run(out, config)
     return result

@@ -41,6 +41,17 @@ def test_whole_chain_two_training_sites_and_one_external(tmp_path):
         for key in ("auc_ci", "sensitivity_ci", "specificity_ci"):
             assert len(on_disk["splits"][split][key]) == 2, (split, key)
     assert on_disk["threshold_split"] == "val"
+    # comparisons (simulation only): the SecAgg+ head equals the pooled fit
+    table = on_disk["comparisons"]["table"]
+    assert {
+        "federated lm",
+        "pooled lm (not federated)",
+        "pooled SVM (not federated)",
+        "pooled KNN (not federated)",
+    } <= set(table)
+    for target, m in table["federated lm"].items():
+        pooled_m = table["pooled lm (not federated)"][target]
+        assert round(m["auc"], 3) == round(pooled_m["auc"], 3), target
     samples = sorted(p.name for p in (tmp_path / "samples").iterdir())
     assert samples == ["round_001.png", "round_002.png"]  # G(z), no patient data
     files = ("config.json", "global_weights.npz", "histograms.npz", "roc.png")

@@ -124,7 +124,7 @@ def test_federated_lm_equals_centralised_least_squares():
         strategy.train_node_ids = {int(n) for n in grid.get_node_ids()}
         legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord()
         config = RunConfig(head_ridge=0.0)
-        result["coef"] = _federated_lm(
+        result["coef"], _ = _federated_lm(
             grid, legacy, strategy, config, {}, 1, [np.zeros(1)], max(SIZES)
         )
         stop.set()

@@ -1,0 +1,112 @@
+"""What federation bought, in simulation: the federated head against heads a
+single site or a pooled dataset would have, on the same federated encoder.
+
+Only a simulation holds every site's data in one place, so only it can compute
+these; they are labelled "not federated". Rows:
+- federated lm: the head the SecAgg+ rounds produced;
+- pooled lm / SVM / KNN: fitted on all training sites' train splits together (the
+  paper's three classifiers; SVM and KNN cannot be fitted from pooled statistics);
+- local lm (site): each training site's own head.
+Columns: each training site's test split, their union, and every external site
+(patient-level AUC with DeLong 95% CI). EXAM-style generalisability of a local
+head is its mean AUC on the test data of the sites it did not train on.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from common.config import RunConfig
+from common.linear_head import (
+    predict,
+    solve_standardized,
+    standardized_statistics,
+)
+from common.roc_stats import auc_ci, patient_scores
+from simulations.central import concat, pooled_data
+
+
+def _auc(scores: np.ndarray, data) -> dict:
+    patient, labels = patient_scores(scores, data.patient, data.labels)
+    auc, low, high = auc_ci(patient, labels)
+    return {"auc": auc, "ci": [low, high], "n_patients": len(labels)}
+
+
+def compare(run_dir: Path, config: RunConfig) -> dict:
+    """Comparison table of a finished simulated run (added to its metrics.json)."""
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    from common.checkpoint import load_model
+
+    model = load_model(run_dir, devices=config.devices, seed=config.seed)
+    with np.load(run_dir / "global_weights.npz") as weights:
+        federated = weights["head"]
+        scale = (weights["head_mean"], weights["head_std"])
+    sites = pooled_data(config)
+    roster = dict(config.site_roster())
+    train_sites = [n for n, role in roster.items() if role == "train"]
+    targets = {f"{n} test": sites[n]["test"] for n in train_sites}
+    targets["all test"] = concat([sites[n]["test"] for n in train_sites])
+    targets.update({n: d["external"] for n, d in sites.items() if "external" in d})
+    features = {name: model.encode(data.images) for name, data in targets.items()}
+    train = {n: sites[n]["train"] for n in train_sites}
+    train_x = {n: model.encode(d.images) for n, d in train.items()}
+    pooled_x = np.concatenate(list(train_x.values()))
+    pooled_y = np.concatenate([d.labels for d in train.values()])
+
+    def lm(x, y):
+        # the federated solve in the run's standardisation (the ridge acts on
+        # standardised weights): the centralised counterpart of the SecAgg+ head
+        stats, _ = standardized_statistics(x, y, *scale)
+        coef = solve_standardized(*stats, *scale, config.head_ridge)
+        return lambda f: predict(coef, f)
+
+    scaled = (StandardScaler(),)
+    svm = make_pipeline(*scaled, SVC(kernel="rbf")).fit(pooled_x, pooled_y)
+    knn = make_pipeline(*scaled, KNeighborsClassifier(5)).fit(pooled_x, pooled_y)
+    heads = {
+        "federated lm": lambda f: predict(federated, f),
+        "pooled lm (not federated)": lm(pooled_x, pooled_y),
+        "pooled SVM (not federated)": svm.decision_function,
+        "pooled KNN (not federated)": lambda f: knn.predict_proba(f)[:, 1],
+    }
+    for n in train_sites:
+        heads[f"local lm ({n})"] = lm(train_x[n], train[n].labels)
+    table = {
+        head: {t: _auc(score(features[t]), targets[t]) for t in targets}
+        for head, score in heads.items()
+    }
+    generalisability = {
+        n: float(
+            np.nanmean(
+                [
+                    table[f"local lm ({n})"][t]["auc"]
+                    for t in targets
+                    if t.endswith(" test") and t != f"{n} test"
+                ]
+                + [table[f"local lm ({n})"][e]["auc"] for e in roster if e in targets]
+            )
+        )
+        for n in train_sites
+    }
+    return {"table": table, "generalisability": generalisability}
+
+
+def add_to_run(run_dir: Path, config: RunConfig) -> dict:
+    """Compute the comparisons and store them in the run's metrics.json."""
+    from server.run_dir import revive_json, strict_json
+
+    comparisons = compare(run_dir, config)
+    path = run_dir / "metrics.json"
+    metrics = revive_json(json.loads(path.read_text()))
+    metrics["comparisons"] = comparisons
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(strict_json(metrics), indent=2, allow_nan=False))
+    tmp.replace(path)
+    return comparisons
