@@ -442,6 +442,7 @@ def render_html(run: RunContents, figures: dict[str, bytes]) -> str:
         "Slices of one patient are correlated, so these intervals are too narrow; "
         f"quote the {level} level.</p>",
         slice_table(results),
+        *comparison_section(run.metrics.get("comparisons")),
         "<h2>ROC curves</h2>",
     ]
     if "roc" in figures:
@@ -501,6 +502,36 @@ def render_html(run: RunContents, figures: dict[str, bytes]) -> str:
         "</body></html>",
     ]
     return "\n".join(parts)
+
+
+def comparison_section(comparisons: dict | None) -> list[str]:
+    """Heads x test data (simulation only): what federation bought."""
+    if not comparisons:
+        return []
+    table = comparisons["table"]
+    targets = list(next(iter(table.values())))
+    head = "".join(f"<th>{html.escape(t)}</th>" for t in targets)
+    rows = []
+    for name, row in table.items():
+        cells = "".join(
+            f"<td>{_num(row[t]['auc'])} {_ci(row[t]['ci'])}</td>" for t in targets
+        )
+        rows.append(f"<tr><th>{html.escape(name)}</th>{cells}</tr>")
+    general = ", ".join(
+        f"{html.escape(site)} {_num(auc)}"
+        for site, auc in comparisons.get("generalisability", {}).items()
+    )
+    return [
+        "<h2>Federated, pooled and local heads (simulation only)</h2>",
+        "<p>Patient-level AUC with DeLong 95% CI of heads fitted on the federated "
+        "encoder's features: the SecAgg+ head, heads fitted on all training sites' "
+        "data pooled (lm, and the paper's SVM and KNN, which cannot be fitted from "
+        "pooled statistics), and each site's own head. Only a simulation holds "
+        "every site's data, so only it can compute these rows; they are not "
+        "federated. Mean AUC of each local head on the other sites' test data "
+        f"(EXAM-style generalisability): {general or 'n/a'}.</p>",
+        f"<table><tr><th>head</th>{head}</tr>{''.join(rows)}</table>",
+    ]
 
 
 def write_report(run_dir: Path) -> Path:

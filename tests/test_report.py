@@ -134,3 +134,22 @@ def test_metrics_json_is_strict_json_and_round_trips_non_finite_values():
     text = json.dumps(strict_json(metrics), allow_nan=False)  # raises if not strict
     back = revive_json(json.loads(text))
     assert back["threshold"] == float("inf") and np.isnan(back["splits"]["val"]["auc"])
+
+
+def test_report_shows_the_comparison_table_of_a_simulated_run(run_dir):
+    path = run_dir / "metrics.json"
+    metrics = json.loads(path.read_text())
+    assert "Federated, pooled and local heads" not in write_report(run_dir).read_text()
+    cell = {"auc": 0.812, "ci": [0.701, 0.923], "n_patients": 30}
+    metrics["comparisons"] = {
+        "table": {
+            "federated lm": {"all test": cell, "hospital_b": cell},
+            "local lm (a)": {"all test": cell, "hospital_b": {**cell, "auc": 0.5}},
+        },
+        "generalisability": {"a": 0.55},
+    }
+    path.write_text(json.dumps(metrics))
+    page = write_report(run_dir).read_text(encoding="utf-8")
+    assert "Federated, pooled and local heads (simulation only)" in page
+    assert "<th>local lm (a)</th>" in page and "0.812 (0.701–0.923)" in page
+    assert "a 0.550" in page
