@@ -12,7 +12,13 @@ from flwr.common import Context
 
 from client.site import resolve_site, site_data
 from common.config import RunConfig
-from common.linear_head import feature_moments, predict, standardized_statistics
+from common.linear_head import (
+    feature_moments,
+    logistic_steps,
+    predict,
+    standardize,
+    standardized_statistics,
+)
 from common.metrics import histogram, histogram_keys
 
 _MODELS: dict[tuple, object] = {}
@@ -88,6 +94,15 @@ class HospitalClient(NumPyClient):
                 model.encode(train.images), train.labels, *parameters[-2:]
             )
             return stats, len(train), {"clipped": clipped}
+        if config["phase"] == "logit":  # weights, mean, std, current logistic head
+            model.set_weights(parameters[:-3])
+            mean, std, beta = parameters[-3:]
+            z = standardize(model.encode(train.images), mean, std)
+            new = logistic_steps(
+                beta, z, train.labels, run.logit_steps, run.logit_lr, run.head_ridge
+            )
+            delta, clipped = clip_for_secagg([new - beta], run.secagg.delta_clip)
+            return delta, len(train), {"clipped": clipped}
         if config["phase"] == "eval":
             hist = _histograms(run, parameters, data)
             arrays = [hist[k].astype(np.float64) for k in histogram_keys()]

@@ -73,9 +73,7 @@ def solve_standardized(
 ) -> np.ndarray:
     """Solve in standardised space (ridge on standardised weights), return the
     coefficients for raw features (intercept first)."""
-    beta = solve(gram, moment, ridge)
-    weights = beta[1:] / std
-    return np.concatenate([[beta[0] - weights @ mean], weights])
+    return to_raw(solve(gram, moment, ridge), mean, std)
 
 
 def solve(gram: np.ndarray, moment: np.ndarray, ridge: float = 0.0) -> np.ndarray:
@@ -87,3 +85,34 @@ def solve(gram: np.ndarray, moment: np.ndarray, ridge: float = 0.0) -> np.ndarra
 
 def predict(coef: np.ndarray, features: np.ndarray) -> np.ndarray:
     return with_intercept(features) @ coef
+
+
+def to_raw(beta: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Coefficients on standardised features -> the same model on raw features."""
+    weights = beta[1:] / std
+    return np.concatenate([[beta[0] - weights @ mean], weights])
+
+
+def logistic_steps(
+    beta: np.ndarray,
+    z: np.ndarray,
+    labels: np.ndarray,
+    steps: int,
+    lr: float,
+    l2: float,
+) -> np.ndarray:
+    """Full-batch gradient descent on the mean logistic loss (+ l2 on weights) of
+    standardised features `z`, from `beta` (intercept first)."""
+    x = with_intercept(z)
+    y = labels.astype(np.float64)
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-np.clip(x @ beta, -30, 30)))
+        grad = x.T @ (p - y) / max(len(y), 1)
+        grad[1:] += l2 * beta[1:]
+        beta = beta - lr * grad
+    return beta
+
+
+def standardize(features: np.ndarray, mean: np.ndarray, std: np.ndarray):
+    """(x - mean) / std clipped at +-Z_CLIP, as every site does it."""
+    return np.clip((np.asarray(features, np.float64) - mean) / std, -Z_CLIP, Z_CLIP)

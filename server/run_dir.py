@@ -68,6 +68,7 @@ def write_run(
     coef: np.ndarray,
     site_hist: dict,
     head_scale: tuple[np.ndarray, np.ndarray] | None = None,
+    logit: np.ndarray | None = None,
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
     _atomic_write(
@@ -86,6 +87,8 @@ def write_run(
             scale = {}
             if head_scale is not None:  # the standardisation the head was fitted in
                 scale = {"head_mean": head_scale[0], "head_std": head_scale[1]}
+            if logit is not None:  # the federated logistic head, for comparison
+                scale["logit_head"] = logit
             np.savez(handle, *weights, head=coef, **scale)
 
     _atomic_write(out / "global_weights.npz", save_weights)

@@ -99,12 +99,24 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
             grid, legacy, strategy, config, flat, gan_rounds + 1, weights, max(sizes)
         )
         secure_rounds += 2
+        logit = _federated_logistic(
+            grid,
+            legacy,
+            strategy,
+            config,
+            flat,
+            gan_rounds + 3,
+            weights,
+            max(sizes),
+            head_scale,
+        )
+        secure_rounds += config.logit_rounds
         # training sites' histograms: summed by SecAgg+, never seen one by one
         strategy.config = {**flat, "phase": "eval", "head-clip": EVAL_CLIP}
         mean_hist = _secure_round(
             grid,
             legacy,
-            gan_rounds + 3,
+            gan_rounds + 3 + config.logit_rounds,
             weights + [coef],
             config,
             clip=EVAL_CLIP,
@@ -129,7 +141,9 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
         metrics["weights_changed"] = float(
             max(np.abs(a - b).max() for a, b in zip(weights, initial, strict=True))
         )
-        write_run(out, config, metrics, weights, coef, site_hist, head_scale)
+        write_run(
+            out, config, metrics, weights, coef, site_hist, head_scale, logit=logit
+        )
         return metrics
     finally:
         stop.set()
@@ -170,6 +184,31 @@ def _federated_lm(grid, legacy, strategy, config, flat, rnd, weights, max_weight
         log.warning("head: %d standardised feature values clipped at 8 SD", clipped)
     coef = solve_standardized(stats[0], stats[1], mean, std, config.head_ridge)
     return coef, (mean, std)
+
+
+def _federated_logistic(
+    grid, legacy, strategy, config, flat, rnd, weights, max_weight, scale
+):
+    """Logistic regression on the standardised features, for comparison with the
+    paper's lm: each round, sites take local gradient steps from the global head
+    and SecAgg+ averages their changes (FedAvg). Returns raw-feature coefficients."""
+    from common.linear_head import to_raw
+
+    mean, std = scale
+    beta = np.zeros(len(mean) + 1)
+    strategy.config = {**flat, "phase": "logit"}
+    for i in range(config.logit_rounds):
+        delta = _secure_round(
+            grid,
+            legacy,
+            rnd + i,
+            weights + [mean, std, beta],
+            config,
+            clip=config.secagg.delta_clip,
+            max_weight=max_weight,
+        )
+        beta = beta + np.asarray(delta[0], np.float64)
+    return to_raw(beta, mean, std)
 
 
 def _wait_for_nodes(grid: Grid, expected: int, timeout: float) -> None:

@@ -6,7 +6,7 @@ these; they are labelled "not federated". Rows:
 - federated lm: the head the SecAgg+ rounds produced;
 - pooled lm / SVM / KNN: fitted on all training sites' train splits together (the
   paper's three classifiers; SVM and KNN cannot be fitted from pooled statistics);
-- local lm (site): each training site's own head.
+- local lm / SVM / KNN (site): each training site's own heads.
 Columns: each training site's test split, their union, and every external site
 (patient-level AUC with DeLong 95% CI). EXAM-style generalisability of a local
 head is its mean AUC on the test data of the sites it did not train on.
@@ -21,9 +21,12 @@ import numpy as np
 
 from common.config import RunConfig
 from common.linear_head import (
+    logistic_steps,
     predict,
     solve_standardized,
+    standardize,
     standardized_statistics,
+    to_raw,
 )
 from common.roc_stats import auc_ci, patient_scores
 from simulations.central import concat, pooled_data
@@ -48,6 +51,7 @@ def compare(run_dir: Path, config: RunConfig) -> dict:
     with np.load(run_dir / "global_weights.npz") as weights:
         federated = weights["head"]
         scale = (weights["head_mean"], weights["head_std"])
+        logit = weights.get("logit_head")
     sites = pooled_data(config)
     roster = dict(config.site_roster())
     train_sites = [n for n, role in roster.items() if role == "train"]
@@ -67,17 +71,43 @@ def compare(run_dir: Path, config: RunConfig) -> dict:
         coef = solve_standardized(*stats, *scale, config.head_ridge)
         return lambda f: predict(coef, f)
 
-    scaled = (StandardScaler(),)
-    svm = make_pipeline(*scaled, SVC(kernel="rbf")).fit(pooled_x, pooled_y)
-    knn = make_pipeline(*scaled, KNeighborsClassifier(5)).fit(pooled_x, pooled_y)
+    def svm(x, y):
+        return make_pipeline(StandardScaler(), SVC()).fit(x, y).decision_function
+
+    def knn(x, y):
+        fitted = make_pipeline(StandardScaler(), KNeighborsClassifier(5)).fit(x, y)
+        return lambda f: fitted.predict_proba(f)[:, 1]
+
     heads = {
         "federated lm": lambda f: predict(federated, f),
+        **(
+            {"federated logistic": lambda f: predict(logit, f)}
+            if logit is not None
+            else {}
+        ),
         "pooled lm (not federated)": lm(pooled_x, pooled_y),
-        "pooled SVM (not federated)": svm.decision_function,
-        "pooled KNN (not federated)": lambda f: knn.predict_proba(f)[:, 1],
+        "pooled SVM (not federated)": svm(pooled_x, pooled_y),
+        "pooled KNN (not federated)": knn(pooled_x, pooled_y),
     }
+    if logit is not None:
+        # the same gradient steps on the pooled data: the centralised counterpart
+        steps = config.logit_rounds * config.logit_steps
+        z = standardize(pooled_x, *scale)
+        beta = logistic_steps(
+            np.zeros(z.shape[1] + 1),
+            z,
+            pooled_y,
+            steps,
+            config.logit_lr,
+            config.head_ridge,
+        )
+        pooled_logit = to_raw(beta, *scale)
+        heads["pooled logistic (not federated)"] = lambda f: predict(pooled_logit, f)
     for n in train_sites:
-        heads[f"local lm ({n})"] = lm(train_x[n], train[n].labels)
+        x, y = train_x[n], train[n].labels
+        heads[f"local lm ({n})"] = lm(x, y)
+        heads[f"local SVM ({n})"] = svm(x, y)
+        heads[f"local KNN ({n})"] = knn(x, y)
     table = {
         head: {t: _auc(score(features[t]), targets[t]) for t in targets}
         for head, score in heads.items()

@@ -12,7 +12,7 @@ from simulations.simulate import simulate
 
 @pytest.mark.slow
 def test_whole_chain_two_training_sites_and_one_external(tmp_path):
-    config = RunConfig(gan_rounds=2)
+    config = RunConfig(gan_rounds=2, logit_rounds=2)
     metrics = simulate(tmp_path, config, scale=0.3, slices_per_patient=2)
 
     for split in ("train", "val", "test", "external"):
@@ -21,7 +21,8 @@ def test_whole_chain_two_training_sites_and_one_external(tmp_path):
         assert 0.0 <= m["sensitivity"] <= 1.0 and 0.0 <= m["specificity"] <= 1.0
         assert np.isfinite(m["auc"]), split
     assert metrics["weights_changed"] > 0
-    assert metrics["secagg_rounds"] == 5  # 2 BigBiGAN, 2 head (moments, stats), eval
+    # 2 BigBiGAN, 2 lm head (moments, statistics), 2 logistic head, 1 evaluation
+    assert metrics["secagg_rounds"] == 7
     # training sites' histograms only as a SecAgg+ sum; the external one alone
     assert metrics["secure_eval_sites"] == 2
     assert metrics["plain_eval_roles"] == ["external"]
@@ -52,6 +53,8 @@ def test_whole_chain_two_training_sites_and_one_external(tmp_path):
     for target, m in table["federated lm"].items():
         pooled_m = table["pooled lm (not federated)"][target]
         assert round(m["auc"], 3) == round(pooled_m["auc"], 3), target
+    for name in ("federated logistic", "pooled logistic (not federated)"):
+        assert np.isfinite(table[name]["all test"]["auc"]), name
     samples = sorted(p.name for p in (tmp_path / "samples").iterdir())
     assert samples == ["round_001.png", "round_002.png"]  # G(z), no patient data
     files = ("config.json", "global_weights.npz", "histograms.npz", "roc.png")
