@@ -226,7 +226,7 @@ class PackWriter:
             self._handle = os.fdopen(fd, "wb")
             self.path = Path(name)
         first = self.rows
-        self._handle.write(np.ascontiguousarray(frames, dtype=PACK_DTYPE).tobytes())
+        self._handle.write(np.ascontiguousarray(frames, dtype=PACK_DTYPE).data)
         self.rows += len(frames)
         return str(self.path), first
 
