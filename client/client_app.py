@@ -20,6 +20,7 @@ from common.linear_head import (
     standardized_statistics,
 )
 from common.metrics import histogram, histogram_keys
+from common.roc_stats import patient_score
 
 _MODELS: dict[tuple, object] = {}
 SERVER_KEYS = ("phase", "head-clip", "server-round")  # not part of the run config
@@ -130,7 +131,10 @@ def _histograms(run: RunConfig, parameters: list, data: dict) -> dict[str, np.nd
         scores = predict(coef, model.encode(slices.images))
         n_patients = int(slices.patient.max()) + 1 if len(slices) else 0
         patient = np.array(
-            [scores[slices.patient == i].mean() for i in range(n_patients)]
+            [
+                patient_score(scores[slices.patient == i], run.patient_score)
+                for i in range(n_patients)
+            ]
         )
         patient_label = np.array(
             [slices.labels[slices.patient == i][0] for i in range(n_patients)]

@@ -38,6 +38,7 @@ def predict_dicom(run_dir: Path, dicom_dir: Path, cache_dir: Path | None = None)
     from common.dataset import slices_from_ingest
     from common.ingest import default_cache_dir, ingest_site
     from common.linear_head import predict
+    from common.roc_stats import patient_score
     from server.run_dir import revive_json
 
     start = time.perf_counter()
@@ -59,13 +60,14 @@ def predict_dicom(run_dir: Path, dicom_dir: Path, cache_dir: Path | None = None)
         for patient in result.patients:
             slices = slices_from_ingest([patient], ingest.image_size)
             scores = predict(coef, model.encode(slices.images))
-            score = float(np.clip(scores.mean(), 0.0, 1.0))
+            raw = patient_score(scores, config.patient_score)
+            score = float(np.clip(raw, 0.0, 1.0))
             predictions.append(
                 Prediction(
                     patient.patient_id,
                     len(slices),
                     score,
-                    bool(scores.mean() >= threshold),
+                    bool(raw >= threshold),
                     threshold,
                 )
             )

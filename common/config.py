@@ -164,6 +164,7 @@ class RunConfig:
     seed: int = 0
     gan_rounds: int = 3
     head_ridge: float = 1e-3
+    patient_score: str = "mean"  # a patient's score from its slices': mean/median/max
     logit_rounds: int = 5  # SecAgg+ rounds of the logistic head (0 = none)
     logit_steps: int = 20  # local gradient steps per round
     logit_lr: float = 0.5
@@ -281,6 +282,10 @@ class RunConfig:
             (self.train.batch_size >= 2, "batch-size must be >= 2"),
             (self.train.d_steps >= 1, "d-steps must be >= 1"),
             (self.head_ridge >= 0, "head-ridge must be >= 0"),
+            (
+                self.patient_score in ("mean", "median", "max"),
+                "patient-score must be 'mean', 'median' or 'max'",
+            ),
             (self.logit_rounds >= 0, "logit-rounds must be >= 0"),
             (self.logit_steps >= 1, "logit-steps must be >= 1"),
             (self.logit_lr > 0, "logit-lr must be > 0"),

@@ -42,12 +42,28 @@ def auc_ci(
     return auc, max(0.0, auc - half), min(1.0, auc + half)
 
 
+PATIENT_SCORES = {"mean": np.mean, "median": np.median, "max": np.max}
+
+
+def patient_score(slice_scores: np.ndarray, how: str = "mean") -> float:
+    """One patient's score from its slices' (the paper: the mean)."""
+    try:
+        return float(PATIENT_SCORES[how](slice_scores))
+    except KeyError:
+        raise ValueError(
+            f"patient-score={how!r}: use one of {sorted(PATIENT_SCORES)}"
+        ) from None
+
+
 def patient_scores(
-    slice_scores: np.ndarray, patient: np.ndarray, labels: np.ndarray
+    slice_scores: np.ndarray,
+    patient: np.ndarray,
+    labels: np.ndarray,
+    how: str = "mean",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Mean slice score per patient (the paper's patient-level score) and label."""
+    """Score per patient (`how` over its slices; the paper: mean) and label."""
     ids = np.unique(patient)
     return (
-        np.array([slice_scores[patient == i].mean() for i in ids]),
+        np.array([patient_score(slice_scores[patient == i], how) for i in ids]),
         np.array([labels[patient == i][0] for i in ids]),
     )

@@ -32,8 +32,8 @@ from common.roc_stats import auc_ci, patient_scores
 from simulations.central import concat, pooled_data
 
 
-def _auc(scores: np.ndarray, data) -> dict:
-    patient, labels = patient_scores(scores, data.patient, data.labels)
+def _auc(scores: np.ndarray, data, how: str) -> dict:
+    patient, labels = patient_scores(scores, data.patient, data.labels, how)
     auc, low, high = auc_ci(patient, labels)
     return {"auc": auc, "ci": [low, high], "n_patients": len(labels)}
 
@@ -109,7 +109,10 @@ def compare(run_dir: Path, config: RunConfig) -> dict:
         heads[f"local SVM ({n})"] = svm(x, y)
         heads[f"local KNN ({n})"] = knn(x, y)
     table = {
-        head: {t: _auc(score(features[t]), targets[t]) for t in targets}
+        head: {
+            t: _auc(score(features[t]), targets[t], config.patient_score)
+            for t in targets
+        }
         for head, score in heads.items()
     }
     generalisability = {

@@ -20,6 +20,7 @@ def test_pyproject_run_config_round_trips_through_the_typed_config():
         ({"ingest-image-size": 128}, "ingest-image-size"),
         ({"local-epochs": "3"}, "local-epochs"),
         ({"encoder-mode": "half"}, "encoder-mode"),
+        ({"patient-score": "mode"}, "patient-score"),
     ],
 )
 def test_bad_values_raise_a_config_error_naming_the_key(flat, names):
@@ -33,3 +34,16 @@ def test_ingest_keys_reach_the_ingest_config():
     )
     assert config.ingest.intensity == "lung-window"
     assert config.ingest.slice_policy == "lung"
+
+
+def test_patient_score_is_configurable():
+    import numpy as np
+
+    from common.roc_stats import patient_scores
+
+    scores = np.array([0.1, 0.2, 0.9, 0.4, 0.5])
+    patient, labels = np.array([0, 0, 0, 1, 1]), np.array([1, 1, 1, 0, 0])
+    for how, first in (("mean", 0.4), ("median", 0.2), ("max", 0.9)):
+        got, y = patient_scores(scores, patient, labels, how)
+        assert got[0] == pytest.approx(first) and list(y) == [1, 0]
+    assert RunConfig.from_flat({"patient-score": "max"}).patient_score == "max"
