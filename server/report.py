@@ -321,9 +321,6 @@ def detail_table(results: dict[str, dict], level: str) -> str:
         name = SPLIT_TITLES[split]
         if split == "val":
             name += " (cut-off chosen here: optimistic)"
-        counts = "–"
-        if "tp" in m:
-            counts = f"{m['tp']} / {m['fn']} / {m['fp']} / {m['tn']}"
         rows.append(
             [
                 name,
@@ -333,10 +330,17 @@ def detail_table(results: dict[str, dict], level: str) -> str:
                 _with_ci(m, "auc"),
                 _with_ci(m, "sensitivity", _pct),
                 _with_ci(m, "specificity", _pct),
-                counts,
+                _counts(m),
             ]
         )
     return _table(header, rows)
+
+
+def _counts(m: dict) -> str:
+    """Confusion counts at the cut-off, or a dash when there is no operating point."""
+    if "tp" not in m:
+        return "–"
+    return f"{m['tp']} / {m['fn']} / {m['fp']} / {m['tn']}"
 
 
 def slice_table(results: dict[str, dict]) -> str:
@@ -357,9 +361,6 @@ def slice_table(results: dict[str, dict]) -> str:
             "auc": m.get("slice_auc"),
             "auc_ci": m.get("slice_auc_ci"),
         }
-        counts = "–"
-        if "tp" in sl:
-            counts = f"{sl['tp']} / {sl['fn']} / {sl['fp']} / {sl['tn']}"
         name = SPLIT_TITLES[split]
         if split == "val" and "tp" in sl:
             name += " (cut-off chosen here: optimistic)"
@@ -370,7 +371,7 @@ def slice_table(results: dict[str, dict]) -> str:
                 _with_ci(sl, "auc"),
                 _with_ci(sl, "sensitivity", _pct),
                 _with_ci(sl, "specificity", _pct),
-                counts,
+                _counts(sl),
             ]
         )
     return _table(header, rows)

@@ -33,10 +33,11 @@ class _Site(NumPyClient):
         return site_update(self.partition), SIZES[self.partition], {}
 
 
-@pytest.mark.slow
-def test_secagg_plus_equals_plain_weighted_average():
+def run_secure(site_class, server_step):
+    """Run `server_step(grid, legacy, strategy)` in a ServerApp over SIZES sites of
+    `site_class`, each behind the SecAgg+ mod, in the Simulation Engine."""
     client = ClientApp(
-        client_fn=lambda ctx: _Site(int(ctx.node_config["partition-id"])).to_client(),
+        client_fn=lambda c: site_class(int(c.node_config["partition-id"])).to_client(),
         mods=[secaggplus_mod],
     )
     result = {}
@@ -50,15 +51,14 @@ def test_secagg_plus_equals_plain_weighted_average():
             grid, legacy.client_manager
         )
         ready.wait()
-        _wait_for_nodes(grid, len(SIZES), 60)
-        strategy.train_node_ids = {int(n) for n in grid.get_node_ids()}
-        legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord()
-        zeros = [np.zeros((40, 3)), np.zeros(5)]
-        result["aggregate"] = _secure_round(
-            grid, legacy, 1, zeros, RunConfig(), clip=32.0, max_weight=max(SIZES)
-        )
-        stop.set()
-        thread.join()
+        try:
+            _wait_for_nodes(grid, len(SIZES), 60)
+            strategy.train_node_ids = {int(n) for n in grid.get_node_ids()}
+            legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord()
+            result["value"] = server_step(grid, legacy, strategy)
+        finally:
+            stop.set()
+            thread.join()
 
     run_simulation(
         server_app=server,
@@ -66,8 +66,20 @@ def test_secagg_plus_equals_plain_weighted_average():
         num_supernodes=len(SIZES),
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
     )
+    return result["value"]
+
+
+@pytest.mark.slow
+def test_secagg_plus_equals_plain_weighted_average():
+    zeros = [np.zeros((40, 3)), np.zeros(5)]
+    aggregate = run_secure(
+        _Site,
+        lambda grid, legacy, _: _secure_round(
+            grid, legacy, 1, zeros, RunConfig(), clip=32.0, max_weight=max(SIZES)
+        ),
+    )
     total = sum(SIZES)
-    for i, got in enumerate(result["aggregate"]):
+    for i, got in enumerate(aggregate):
         expected = sum(n * site_update(p)[i] for p, n in enumerate(SIZES)) / total
         np.testing.assert_allclose(got, expected, atol=1e-5)
 
@@ -105,41 +117,22 @@ def test_federated_lm_equals_centralised_least_squares():
     from common.linear_head import predict, with_intercept
     from server.server_app import _federated_lm
 
-    client = ClientApp(
-        client_fn=lambda c: _HeadSite(int(c.node_config["partition-id"])).to_client(),
-        mods=[secaggplus_mod],
-    )
-    result = {}
-    server = ServerApp()
-
-    @server.main()
-    def _main(grid, context):
-        strategy = PhaseStrategy(set())
-        legacy = LegacyContext(context, ServerConfig(num_rounds=1), strategy=strategy)
-        thread, stop, ready = start_update_client_manager_thread(
-            grid, legacy.client_manager
-        )
-        ready.wait()
-        _wait_for_nodes(grid, len(SIZES), 60)
-        strategy.train_node_ids = {int(n) for n in grid.get_node_ids()}
-        legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord()
-        config = RunConfig(head_ridge=0.0)
-        result["coef"], _ = _federated_lm(
-            grid, legacy, strategy, config, {}, 1, [np.zeros(1)], max(SIZES)
-        )
-        stop.set()
-        thread.join()
-
-    run_simulation(
-        server_app=server,
-        client_app=client,
-        num_supernodes=len(SIZES),
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
+    coef, _ = run_secure(
+        _HeadSite,
+        lambda grid, legacy, strategy: _federated_lm(
+            grid,
+            legacy,
+            strategy,
+            RunConfig(head_ridge=0.0),
+            {},
+            1,
+            [np.zeros(1)],
+            max(SIZES),
+        ),
     )
     x = np.concatenate([site_features(p)[0] for p in range(len(SIZES))])
     y = np.concatenate([site_features(p)[1] for p in range(len(SIZES))])
     central, *_ = np.linalg.lstsq(with_intercept(x), y, rcond=None)
-    coef = result["coef"]
     relative = np.abs(coef - central).max() / np.abs(central).max()
     assert relative < 1e-4, relative
     auc_secure = roc_auc_score(y, predict(coef, x))
