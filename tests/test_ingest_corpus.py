@@ -6,16 +6,21 @@ ingest never writes into, or changes, the folder it reads.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from test_ingest_support import tree_hashes, write_labels
 
 from common.ingest import IngestConfig, ingest_site
-from common.ingest.reasons import REASONS
+from common.ingest.checks import check_slice
+from common.ingest.headers import quiet_pydicom, read_complete, read_dataset, summarize
+from common.ingest.pixels import hu_slices
+from common.ingest.reasons import REASONS, Skip
 
 CONFIG = IngestConfig(image_size=32, series="all")
 
@@ -69,3 +74,37 @@ def test_the_bundled_ct_files_are_ingested(tmp_path):
     assert entries["dicomdirtests/DICOMDIR"]["code"] == "dicomdir"
     assert entries["rtplan.dcm"]["code"] in ("sop-class", "modality")
     assert entries["test-SR.dcm"]["code"] in ("sop-class", "modality")
+
+
+def _outcome(read, data: bytes, name: str):
+    """(header, HU at 32 px) of one file, or the reason it is skipped."""
+    try:
+        parsed = read(data, name)
+        header = summarize(parsed)
+        check_slice(header, CONFIG)
+        return header, hu_slices(parsed, header, 32)
+    except Skip as skip:
+        return skip.code, skip.detail
+
+
+@pytest.mark.parametrize("folder", _corpora(), ids=lambda p: p.parent.name)
+def test_the_usual_file_reader_agrees_with_dcmread(folder):
+    """`read_dataset` reads only the elements ingest uses, without `dcmread`:
+    the same header summary, the same reason or the same HU for every file."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    usual = 0
+    with quiet_pydicom():
+        for path in files:
+            data = path.read_bytes()
+            with contextlib.suppress(Skip):
+                usual += len(read_dataset(data, path.name).ds) < len(
+                    read_complete(data, path.name).ds
+                )
+            fast = _outcome(read_dataset, data, path.name)
+            full = _outcome(read_complete, data, path.name)
+            assert fast[0] == full[0], path
+            if isinstance(fast[1], np.ndarray):
+                np.testing.assert_array_equal(fast[1], full[1], err_msg=str(path))
+            else:
+                assert fast[1] == full[1], path
+    assert usual > len(files) // 3  # many took the short way
