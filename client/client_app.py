@@ -1,6 +1,7 @@
-"""Flower ClientApp: a hospital node. Trains locally, sends only masked weights
-deltas, pooled statistics and score histograms (never pixels, tags or per-patient
-scores). SecAgg+ wraps every train message."""
+"""Flower ClientApp: a hospital node. Trains locally, sends only masked weight
+deltas, pooled statistics and score histograms through SecAgg+ (every train
+message), and, at the external site alone, its metrics as aggregates. Never
+pixels, tags or per-patient scores."""
 
 from __future__ import annotations
 
@@ -21,9 +22,11 @@ from common.linear_head import (
 )
 from common.metrics import histogram, histogram_keys
 from common.roc_stats import patient_score
+from common.site_evaluation import site_report
 
 _MODELS: dict[tuple, object] = {}
-SERVER_KEYS = ("phase", "head-clip", "server-round")  # not part of the run config
+# not part of the run config: set by the server per message
+SERVER_KEYS = ("phase", "head-clip", "server-round", "threshold", "slice-threshold")
 
 
 def _model(config: RunConfig):
@@ -112,12 +115,18 @@ class HospitalClient(NumPyClient):
         raise ValueError(f"unknown phase {config['phase']!r}")
 
     def evaluate(self, parameters, config):
-        """Histograms of an external site only: a training site's go through the
-        secure "eval" round, so the server sees only their sum."""
+        """An external site's own metrics at the server's validation cut-offs, as
+        aggregates (see common.site_evaluation); a training site answers nothing:
+        its histograms went through the secure "eval" round."""
         run, site, data = self._setup(config)
         if site.role != "external":
             return 0.0, 0, {}
-        metrics = {k: v.tolist() for k, v in _histograms(run, parameters, data).items()}
+        thresholds = {
+            "patient": float(config["threshold"]),
+            "slice": float(config["slice-threshold"]),
+        }
+        hists = _histograms(run, parameters, data)  # fine: they stay here
+        metrics = site_report(hists, "external", thresholds)
         return 0.0, sum(len(s) for s in data.values()), metrics
 
 

@@ -36,7 +36,6 @@ def predict_dicom(run_dir: Path, dicom_dir: Path, cache_dir: Path | None = None)
     from client.site import ingest_config
     from common.checkpoint import load_model
     from common.dataset import slices_from_ingest
-    from common.ingest import default_cache_dir, ingest_site
     from common.linear_head import predict
     from common.roc_stats import patient_score
     from server.run_dir import revive_json
@@ -49,34 +48,48 @@ def predict_dicom(run_dir: Path, dicom_dir: Path, cache_dir: Path | None = None)
     with np.load(run_dir / "global_weights.npz") as weights:
         coef = weights["head"]
     model = load_model(run_dir, devices=config.devices, seed=config.seed)
-    ingest = ingest_config(config)
-    with tempfile.TemporaryDirectory(prefix="fedbigbigan-predict-") as tmp:
+    result = ingest_unlabelled(dicom_dir, config, cache_dir)
+    size = ingest_config(config).image_size
+    predictions = []
+    for patient in result.patients:
+        slices = slices_from_ingest([patient], size)
+        scores = predict(coef, model.encode(slices.images))
+        raw = patient_score(scores, config.patient_score)
+        score = float(np.clip(raw, 0.0, 1.0))
+        predictions.append(
+            Prediction(
+                patient.patient_id,
+                len(slices),
+                score,
+                bool(raw >= threshold),
+                threshold,
+            )
+        )
+    if not predictions:
+        raise ValueError(
+            f"{dicom_dir}: no usable axial CT slice found; see "
+            f"{result.report_path} for why each file was skipped"
+        )
+    return predictions, time.perf_counter() - start
+
+
+def ingest_unlabelled(dicom_dir: Path, config: RunConfig, cache_dir: Path | None):
+    """Ingest a DICOM folder that has no labels file, as the run preprocesses.
+
+    The cache (default: the user cache folder, never inside `dicom_dir`) outlives
+    the call, so the patients' slices can be loaded afterwards.
+    """
+    from client.site import ingest_config
+    from common.ingest import default_cache_dir, ingest_site
+
+    with tempfile.TemporaryDirectory(prefix="fedbigbigan-ingest-") as tmp:
         # ingest needs a labels file; the labels are unknown here and never used
         labels = Path(tmp) / "labels.csv"
         _write_placeholder_labels(labels, dicom_dir)
-        cache = cache_dir or default_cache_dir(dicom_dir)  # outlives this call
-        result = ingest_site(dicom_dir, labels, cache, ingest, progress=False)
-        predictions = []
-        for patient in result.patients:
-            slices = slices_from_ingest([patient], ingest.image_size)
-            scores = predict(coef, model.encode(slices.images))
-            raw = patient_score(scores, config.patient_score)
-            score = float(np.clip(raw, 0.0, 1.0))
-            predictions.append(
-                Prediction(
-                    patient.patient_id,
-                    len(slices),
-                    score,
-                    bool(raw >= threshold),
-                    threshold,
-                )
-            )
-        if not predictions:
-            raise ValueError(
-                f"{dicom_dir}: no usable axial CT slice found; see "
-                f"{result.report_path} for why each file was skipped"
-            )
-    return predictions, time.perf_counter() - start
+        cache = cache_dir or default_cache_dir(dicom_dir)
+        return ingest_site(
+            dicom_dir, labels, cache, ingest_config(config), progress=False
+        )
 
 
 def _write_placeholder_labels(path: Path, dicom_dir: Path) -> None:

@@ -30,9 +30,35 @@ def save_samples(path: Path, model, n: int = 8, seed: int = 0) -> None:
     save_png(path, [np.asarray(model.generator(z.astype(np.float32)))])
 
 
-def save_reconstructions(path: Path, model, images: np.ndarray) -> None:
-    """Top row: real slices at G's size; bottom row: G(E(x))."""
+def reconstruction_rows(model, images: np.ndarray) -> list[np.ndarray]:
+    """Two rows: the real slices at G's size, then G(E(x))."""
     from common.bigbigan import downsample_for_d
 
     real = np.asarray(downsample_for_d(images, model.preset))
-    save_png(path, [real, model.reconstruct(images)])
+    return [real, np.asarray(model.reconstruct(images))]
+
+
+def save_reconstructions(path: Path, model, images: np.ndarray) -> None:
+    """Top row: real slices at G's size; bottom row: G(E(x))."""
+    save_png(path, reconstruction_rows(model, images))
+
+
+def save_reconstruction_groups(path: Path, model, groups: dict[str, np.ndarray]):
+    """A pair of rows (real, G(E(x))) per group, e.g. per site, in one PNG;
+    shorter groups are padded with black."""
+    width = max(len(images) for images in groups.values())
+    rows = []
+    for images in groups.values():
+        for row in reconstruction_rows(model, images):
+            pad = np.full((width - len(row), *row.shape[1:]), -1.0, row.dtype)
+            rows.append(np.concatenate([row, pad]))
+    save_png(path, rows)
+
+
+def one_slice_per_patient(slices, n: int) -> np.ndarray:
+    """The middle slice of each of the first `n` patients of a SliceSet."""
+    picked = []
+    for patient in np.unique(slices.patient)[:n]:
+        rows = np.flatnonzero(slices.patient == patient)
+        picked.append(rows[len(rows) // 2])
+    return slices.images[np.asarray(picked, dtype=int)]

@@ -10,10 +10,9 @@ from common.metrics import (
     GRID_BINS,
     auc_ci_from_histograms,
     auc_from_histograms,
-    operating_point,
-    wilson_ci,
     youden_threshold,
 )
+from common.site_evaluation import split_metrics
 
 SPLITS = ("train", "val", "test", "external")
 CUTOFF_SPLIT = "val"  # the only split the cut-off may be chosen on
@@ -42,30 +41,30 @@ def pooled(site_hist: dict, split: str, level: str) -> tuple[np.ndarray, np.ndar
     return np.asarray(pos), np.asarray(neg)
 
 
-def split_metrics(pos: np.ndarray, neg: np.ndarray, threshold: float) -> dict:
-    """AUC with DeLong CI and the operating point at `threshold` with Wilson CIs."""
-    auc, low, high = auc_ci_from_histograms(pos, neg)
-    point = operating_point(pos, neg, threshold)
+def cutoffs(site_hist: dict, level: str = "patient") -> dict[str, float]:
+    """Youden's J cut-off per level, from the pooled validation split alone."""
     return {
-        "auc": auc,
-        "auc_ci": [low, high],
-        **point,
-        "sensitivity_ci": list(wilson_ci(point["tp"], point["tp"] + point["fn"])),
-        "specificity_ci": list(wilson_ci(point["tn"], point["tn"] + point["fp"])),
+        lvl: youden_threshold(*pooled(site_hist, CUTOFF_SPLIT, lvl))
+        for lvl in dict.fromkeys((level, "slice"))
     }
 
 
-def summarise(site_hist: dict, level: str = "patient") -> dict:
+def summarise(
+    site_hist: dict, level: str = "patient", external: dict | None = None
+) -> dict:
     """Metrics per split at `level` (patient by default), plus the slice level.
 
     Each level's cut-off comes from the validation split alone; on val itself the
     operating point is therefore optimistic, on train/test/external it is honest.
     Slice-level CIs treat slices as independent, which slices of one patient are
     not, so they are too narrow; the patient level is the one to quote.
+
+    `external`, if given, is the external site's own metrics at these cut-offs
+    (`common.site_evaluation.read_site_report`): a lone site sends aggregates,
+    not histograms, and they stand for the external split.
     """
-    val_pos, val_neg = pooled(site_hist, CUTOFF_SPLIT, level)
-    threshold = youden_threshold(val_pos, val_neg)
-    slice_threshold = youden_threshold(*pooled(site_hist, CUTOFF_SPLIT, "slice"))
+    cuts = cutoffs(site_hist, level)
+    threshold, slice_threshold = cuts[level], cuts["slice"]
     out: dict = {
         "level": level,
         "threshold": threshold,
@@ -74,6 +73,9 @@ def summarise(site_hist: dict, level: str = "patient") -> dict:
         "splits": {},
     }
     for split in SPLITS:
+        if split == "external" and external is not None:
+            out["splits"][split] = external
+            continue
         pos, neg = pooled(site_hist, split, level)
         s_pos, s_neg = pooled(site_hist, split, "slice")
         out["splits"][split] = {

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from common.config import RunConfig
 from common.metrics import GRID_BINS, roc_from_histograms
 from server.evaluation import SPLITS
-from server.run_dir import HISTOGRAMS, revive_json
+from server.run_dir import HISTOGRAMS, RECONSTRUCTIONS, revive_json
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class RunContents:
     metrics: dict
     histograms: dict[str, np.ndarray] | None
     samples: list[Path]
+    reconstructions: Path | None  # real slices and G(E(x)): simulations only
 
 
 def load_run(run_dir: Path) -> RunContents:
@@ -73,6 +75,9 @@ def load_run(run_dir: Path) -> RunContents:
         metrics=revive_json(json.loads((run_dir / "metrics.json").read_text())),
         histograms=histograms,
         samples=sorted((run_dir / "samples").glob("round_*.png")),
+        reconstructions=(
+            run_dir / RECONSTRUCTIONS if (run_dir / RECONSTRUCTIONS).is_file() else None
+        ),
     )
 
 
@@ -82,6 +87,12 @@ def _histogram(run: RunContents, split: str, level: str) -> tuple | None:
     if run.histograms is None or f"{key}/pos" not in run.histograms:
         return None
     return run.histograms[f"{key}/pos"], run.histograms[f"{key}/neg"]
+
+
+def _is_coarse(run: RunContents, split: str) -> bool:
+    """True when the split's counts are a lone site's coarse bins (the external
+    site releases no fine histogram), so its curve is drawn as such."""
+    return run.histograms is not None and f"{split}/coarse" in run.histograms
 
 
 def split_results(run: RunContents) -> dict[str, dict]:
@@ -169,9 +180,13 @@ def plot_roc(path: Path, run: RunContents, results: dict[str, dict]) -> bool:
         if slices is not None and slices[0].sum() and slices[1].sum():
             fpr, tpr, _ = roc_from_histograms(*slices)
             ax.plot(fpr, tpr, color="0.55", lw=1, ls="--", label="slices")
+        coarse = _is_coarse(run, split)
         if counts is not None and counts[0].sum() and counts[1].sum():
             fpr, tpr, _ = roc_from_histograms(*counts)
-            ax.plot(fpr, tpr, color="C0", lw=2, label=f"{level}s")
+            label = f"{level}s" + (" (coarse: 0.05 score bins)" if coarse else "")
+            ax.plot(
+                fpr, tpr, color="C0", lw=2, label=label, marker="." if coarse else None
+            )
             x, y = 1 - m["specificity"], m["sensitivity"]
             ax.plot([x], [y], "o", color="C3", ms=8, label="cut-off from validation")
             ax.annotate(
@@ -385,13 +400,15 @@ def _notes(run: RunContents, results: dict[str, dict]) -> str:
         "was chosen on the validation split by Youden's J and applied unchanged to "
         "the other splits; only the validation row's sensitivity and specificity "
         "were measured on the data that chose it.",
-        "Sites returned per-class histograms of their scores on a "
-        f"{GRID_BINS}-bin grid, not lists of scores: the training sites' through a "
-        "SecAgg+ round, so the server saw only their sum; the external site's in "
-        "the clear, as a single site's counts cannot be hidden in a sum (with few "
-        "patients a fine grid still locates each one's score). The curves, AUCs "
-        "and DeLong intervals are computed from the pooled counts (exactly as from "
-        "the binned scores themselves).",
+        "Training sites returned per-class histograms of their scores on a "
+        f"{GRID_BINS}-bin grid, not lists of scores, through a SecAgg+ round: the "
+        "server saw only their sum, and computed the curves, AUCs and DeLong "
+        "intervals from the pooled counts (exactly as from the binned scores). "
+        "The external site, alone in its role, has no sum to hide in (with few "
+        "patients a fine grid would locate each one's score), so it computed its "
+        "own AUC, intervals and confusion counts at the validation cut-off and "
+        "sent only those and coarse counts (0.05-wide score bins), from which its "
+        "ROC curve is drawn.",
     ]
     small = [
         f"{SPLIT_TITLES[s].lower()} ({results[s].get('n_pos', '?')} positive, "
@@ -479,9 +496,7 @@ def render_html(run: RunContents, figures: dict[str, bytes]) -> str:
     if sample_names:
         parts.append(
             "<p>The same eight latent vectors z after the last and the first round. "
-            "G(z) holds no patient data, so the server may draw it. Real slices and "
-            "reconstructions G(E(x)) show patients and stay at the sites "
-            "(<code>fedbigbigan train-central</code> writes them for pooled data).</p>"
+            "G(z) holds no patient data, so the server may draw it.</p>"
         )
         for name in sample_names:
             rnd = int(name.split("_")[-1].split(".")[0])
@@ -495,6 +510,7 @@ def render_html(run: RunContents, figures: dict[str, bytes]) -> str:
             )
     else:
         parts.append("<p>No samples were saved in this run.</p>")
+    parts += _reconstruction_section(run, figures)
     parts += [
         "<h2>Configuration</h2>",
         f"<p>From <code>config.json</code>; the cut-off source split is "
@@ -503,6 +519,33 @@ def render_html(run: RunContents, figures: dict[str, bytes]) -> str:
         "</body></html>",
     ]
     return "\n".join(parts)
+
+
+def _reconstruction_section(run: RunContents, figures: dict[str, bytes]) -> list[str]:
+    """Real slices and G(E(x)): present only for a simulated run."""
+    parts = ["<h2>Real slices and reconstructions G(E(x))</h2>"]
+    if "reconstructions" not in figures:
+        return parts + [
+            "<p>Real slices show patients, so a federated run's server never has "
+            "them. Each hospital can draw its own grid, on its own machine: "
+            "<code>fedbigbigan reconstruct --model RUN_DIR --dicom DIR --out "
+            "grid.png</code>.</p>"
+        ]
+    sites = ", ".join(
+        html.escape(name) for name, _ in RunConfig.from_flat(run.config).site_roster()
+    )
+    return parts + [
+        "<p>Simulation only (a simulation holds every site's slices): for each "
+        f"site in turn ({sites}), the middle slice of a few held-out patients, "
+        "and below them their reconstructions by the final G and E. What survives "
+        "the round trip is what the 120-d code keeps.</p>",
+        _figure(
+            figures["reconstructions"],
+            "real slices and their reconstructions G(E(x)), per site",
+            "Rows in pairs per site: real slices at G's resolution, then G(E(x)).",
+            "samples",
+        ),
+    ]
 
 
 def comparison_section(comparisons: dict | None) -> list[str]:
@@ -549,6 +592,8 @@ def write_report(run_dir: Path) -> Path:
     # the last round shows what training reached, the first where it started
     for sample in dict.fromkeys([*run.samples[-1:], *run.samples[:1]]):
         figures[f"samples/{sample.name}"] = sample.read_bytes()
+    if run.reconstructions is not None:
+        figures["reconstructions"] = run.reconstructions.read_bytes()
     page = run.path / "report.html"
     tmp = page.with_name(page.name + ".tmp")
     tmp.write_text(render_html(run, figures), encoding="utf-8")

@@ -13,17 +13,27 @@ from common.metrics import roc_from_histograms
 from server.evaluation import SPLITS, pooled
 
 HISTOGRAMS = "histograms.npz"
+RECONSTRUCTIONS = "reconstructions.png"  # written by simulations only (shows slices)
 
 
-def save_pooled_histograms(path: Path, site_hist: dict) -> None:
-    """Pooled per-class score histograms per split and level, for the report's ROC
-    curves; pooled over sites, so no site's own counts are kept (except a split
-    only one site has, such as the external one)."""
+def pooled_histograms(site_hist: dict, coarse: dict | None = None) -> dict:
+    """Per-class score counts per split and level, keyed "split/level/pos|neg",
+    pooled over sites, so no training site's own counts are kept. A split in
+    `coarse` (the external site's, {split: {"level/pos": counts}}) has only its
+    coarse bins, and "split/coarse" marks it."""
     arrays = {}
     for split in SPLITS:
         for level in ("patient", "slice"):
             pos, neg = pooled(site_hist, split, level)
             arrays[f"{split}/{level}/pos"], arrays[f"{split}/{level}/neg"] = pos, neg
+    for split, counts in (coarse or {}).items():
+        arrays |= {f"{split}/{key}": value for key, value in counts.items()}
+        arrays[f"{split}/coarse"] = np.array(True)
+    return arrays
+
+
+def save_pooled_histograms(path: Path, arrays: dict) -> None:
+    """`pooled_histograms` as the run's histograms.npz, for the report's ROC curves."""
     with path.open("wb") as handle:
         np.savez_compressed(handle, **arrays)
 
@@ -69,6 +79,7 @@ def write_run(
     site_hist: dict,
     head_scale: tuple[np.ndarray, np.ndarray] | None = None,
     logit: np.ndarray | None = None,
+    coarse: dict | None = None,
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
     _atomic_write(
@@ -92,8 +103,9 @@ def write_run(
             np.savez(handle, *weights, head=coef, **scale)
 
     _atomic_write(out / "global_weights.npz", save_weights)
-    _atomic_write(out / HISTOGRAMS, lambda p: save_pooled_histograms(p, site_hist))
-    _atomic_write(out / "roc.png", lambda p: _plot_roc(p, metrics, site_hist))
+    hists = pooled_histograms(site_hist, coarse)
+    _atomic_write(out / HISTOGRAMS, lambda p: save_pooled_histograms(p, hists))
+    _atomic_write(out / "roc.png", lambda p: _plot_roc(p, metrics, hists))
     if metrics.get("rounds"):
         _atomic_write(out / "losses.png", lambda p: _plot_losses(p, metrics["rounds"]))
 
@@ -115,7 +127,7 @@ def _plot_losses(path: Path, rounds: list[dict]) -> None:
     plt.close(fig)
 
 
-def _plot_roc(path: Path, metrics: dict, site_hist: dict) -> None:
+def _plot_roc(path: Path, metrics: dict, hists: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -123,8 +135,8 @@ def _plot_roc(path: Path, metrics: dict, site_hist: dict) -> None:
 
     fig, ax = plt.subplots(figsize=(5, 5))
     for split in SPLITS:
-        pos, neg = pooled(site_hist, split, metrics["level"])
-        fpr, tpr, _ = roc_from_histograms(pos, neg)
+        key = f"{split}/{metrics['level']}"
+        fpr, tpr, _ = roc_from_histograms(hists[f"{key}/pos"], hists[f"{key}/neg"])
         auc = metrics["splits"][split]["auc"]
         ax.plot(fpr, tpr, label=f"{split} (AUC {auc:.3f})")
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)

@@ -22,7 +22,8 @@ from flwr.serverapp import Grid, ServerApp
 from common.config import RunConfig
 from common.grids import save_samples
 from common.metrics import histogram_keys
-from server.evaluation import summarise
+from common.site_evaluation import read_site_report
+from server.evaluation import cutoffs, summarise
 from server.phase_strategy import PhaseStrategy
 from server.run_dir import write_run
 
@@ -128,11 +129,19 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
             key: np.rint(np.asarray(h, np.float64) * n_sites).astype(np.int64)
             for key, h in zip(histogram_keys(), mean_hist, strict=True)
         }
-        plain_hist = _evaluate_all(grid, weights + [coef], flat)  # external only
-        site_hist = {"training sites (SecAgg+ sum)": secure_hist, **plain_hist}
-        metrics = summarise(site_hist)
+        site_hist = {"training sites (SecAgg+ sum)": secure_hist}
+        # the external site: its own metrics at the validation cut-offs, as aggregates
+        cuts = cutoffs(site_hist)
+        eval_config = {
+            **flat,
+            "threshold": cuts["patient"],
+            "slice-threshold": cuts["slice"],
+        }
+        reports = _evaluate_all(grid, weights + [coef], eval_config)
+        external, coarse = _external_split(reports)
+        metrics = summarise(site_hist, external=external)
         metrics["secure_eval_sites"] = n_sites
-        metrics["plain_eval_roles"] = sorted({roles[n][0] for n in plain_hist})
+        metrics["plain_eval_roles"] = sorted({roles[n][0] for n in reports})
         metrics["rounds"] = history
         metrics["secagg_rounds"] = secure_rounds
         metrics["train_message_roles"] = sorted(
@@ -142,7 +151,15 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
             max(np.abs(a - b).max() for a, b in zip(weights, initial, strict=True))
         )
         write_run(
-            out, config, metrics, weights, coef, site_hist, head_scale, logit=logit
+            out,
+            config,
+            metrics,
+            weights,
+            coef,
+            site_hist,
+            head_scale,
+            logit=logit,
+            coarse={"external": coarse} if coarse else None,
         )
         return metrics
     finally:
@@ -272,23 +289,39 @@ def _secure_round(grid, legacy, rnd, weights, config, clip, max_weight):
     return legacy.strategy.aggregate
 
 
-def _evaluate_all(grid: Grid, arrays: list[np.ndarray], flat: dict) -> dict:
-    """Evaluate messages to every node; only external sites reply with histograms
-    (a lone site's histogram cannot be hidden in a sum)."""
-    ins = EvaluateIns(ndarrays_to_parameters(arrays), dict(flat))
+def _evaluate_all(grid: Grid, arrays: list[np.ndarray], config: dict) -> dict:
+    """Evaluate messages to every node; only external sites reply, each with its
+    own metrics as aggregates (a lone site's histogram cannot hide in a sum)."""
+    ins = EvaluateIns(ndarrays_to_parameters(arrays), dict(config))
     out = {}
     for reply in _ask_every_node(
         grid,
         lambda: compat.evaluateins_to_recorddict(ins, True),
         MessageType.EVALUATE,
     ):
-        # histograms are lists, which legacy EvaluateRes cannot hold: read the record
+        # reports hold lists, which legacy EvaluateRes cannot: read the record
         metrics = reply.content.config_records["evaluateres.metrics"]
         if metrics:  # training sites answer empty: theirs went through SecAgg+
-            out[reply.metadata.src_node_id] = {
-                k: np.asarray(v) for k, v in metrics.items()
-            }
+            out[reply.metadata.src_node_id] = dict(metrics)
     return out
+
+
+def _external_split(reports: dict) -> tuple[dict | None, dict]:
+    """The external split's metrics and coarse histograms from the one external
+    site's report; (None, {}) for a federation without an external site."""
+    if not reports:
+        return None, {}
+    if len(reports) > 1:
+        raise RuntimeError(
+            f"{len(reports)} external sites answered (nodes {sorted(reports)}); "
+            "one external site per run is supported: their metrics cannot be "
+            "pooled without their scores"
+        )
+    ((node, record),) = reports.items()
+    try:
+        return read_site_report(record)
+    except ValueError as err:
+        raise RuntimeError(f"external site (node {node}): {err}") from err
 
 
 app = ServerApp()

@@ -167,6 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     pred.add_argument("--model", type=Path, required=True, help="a run directory")
     pred.add_argument("--dicom", type=Path, required=True, help="a series or study")
     pred.add_argument("--cache", type=Path, default=None, help="ingest cache to reuse")
+    rec = sub.add_parser(
+        "reconstruct",
+        help="a site's own real slices and G(E(x)) under a trained run (stays local)",
+    )
+    rec.add_argument("--model", type=Path, required=True, help="a run directory")
+    rec.add_argument("--dicom", type=Path, required=True, help="the site's DICOM")
+    rec.add_argument("--out", type=Path, required=True, help="PNG to write")
+    rec.add_argument("--patients", type=int, default=8, help="patients to show")
+    rec.add_argument("--cache", type=Path, default=None, help="ingest cache to reuse")
     add_model_commands(sub, _add_run_config)
     _add_ingest_command(sub)
     args = parser.parse_args(argv)
@@ -190,6 +199,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"(cut-off {p.threshold:.3f} from validation; {p.n_slices} slices)"
             )
         print(f"{seconds:.1f} s")
+        return 0
+    if args.command == "reconstruct":
+        from client.reconstruct import site_reconstructions
+
+        print(
+            site_reconstructions(
+                args.model, args.dicom, args.out, args.patients, args.cache
+            )
+        )
         return 0
     if args.command == "report":
         from server.report import write_report

@@ -52,4 +52,7 @@ def simulate(
     from simulations.comparisons import add_to_run
 
     result["comparisons"] = add_to_run(out, config)
+    from simulations.reconstructions import write_reconstructions
+
+    write_reconstructions(out, config)  # shows slices: simulation only
     return result

@@ -60,5 +60,13 @@ def test_whole_chain_two_training_sites_and_one_external(tmp_path):
     files = ("config.json", "global_weights.npz", "histograms.npz", "roc.png")
     for name in (*files, "losses.png"):
         assert (tmp_path / name).stat().st_size > 0
+    # the external site sent aggregates and coarse counts, no fine histogram
+    with np.load(tmp_path / "histograms.npz") as hists:
+        assert hists["external/coarse"]
+        assert (
+            hists["external/patient/pos"].sum() + hists["external/patient/neg"].sum()
+            == (on_disk["splits"]["external"]["n_patients"])
+        )
+    assert (tmp_path / "reconstructions.png").stat().st_size > 0  # simulation only
     weights = np.load(tmp_path / "global_weights.npz")
     assert weights["head"].shape == (config.model.z_dim + 1,)

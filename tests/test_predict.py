@@ -75,3 +75,35 @@ def test_predict_command_prints_a_decision_and_fails_clearly_without_ct(
     (empty / "note.txt").write_text("not a DICOM file")
     with pytest.raises(ValueError, match="no usable axial CT slice"):
         predict_dicom(run, empty, tmp_path / "c2")
+
+
+def test_reconstruct_command_draws_a_sites_slices_and_their_reconstructions(
+    run_dir, tmp_path
+):
+    from PIL import Image
+
+    from common.grids import reconstruction_rows
+
+    run, config, model, _ = run_dir
+    site_dir = run.parent / "data" / "hospital_b" / "dicom"
+    before = {p: p.stat().st_mtime_ns for p in site_dir.rglob("*") if p.is_file()}
+    out = tmp_path / "grid.png"
+    args = ["reconstruct", "--model", str(run), "--dicom", str(site_dir)]
+    assert main([*args, "--out", str(out), "--patients", "3"]) == 0
+    grid = np.asarray(Image.open(out), dtype=np.float32) / 127.5 - 1.0
+    side = config.model.gd_size
+    assert grid.shape == (2 * side, 3 * side)  # real row, G(E(x)) row; 3 patients
+    # the bottom row is G(E(x)) of the top row's slices (8-bit PNG rounding)
+    slices = site_data(Site("hospital_b", site_dir.parent, "external"), config)
+    images = slices["external"].images
+    middle = [
+        np.flatnonzero(slices["external"].patient == p)[
+            (slices["external"].patient == p).sum() // 2
+        ]
+        for p in range(3)
+    ]
+    real, recon = reconstruction_rows(model, images[middle])
+    assert np.abs(grid[:side] - np.concatenate(list(real[..., 0]), 1)).max() < 0.01
+    assert np.abs(grid[side:] - np.concatenate(list(recon[..., 0]), 1)).max() < 0.01
+    after = {p: p.stat().st_mtime_ns for p in site_dir.rglob("*") if p.is_file()}
+    assert after == before and not list(site_dir.rglob("*.png"))  # nothing written

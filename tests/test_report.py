@@ -15,7 +15,8 @@ from PIL import Image
 from common.config import RunConfig
 from common.grids import save_png
 from common.metrics import histogram
-from server.evaluation import summarise
+from common.site_evaluation import read_site_report, site_report
+from server.evaluation import cutoffs, summarise
 from server.report import write_report
 from server.run_dir import HISTOGRAMS, write_run
 from simulations.cli import main
@@ -38,12 +39,12 @@ def run_dir(tmp_path):
     """What the ServerApp leaves: write_run's files plus G(z) sample grids."""
     rng = np.random.default_rng(0)
     inside = {"train": (33, 33, 0.3), "val": (4, 4, 0.25), "test": (4, 5, 0.25)}
-    site_hist = {
-        1: _site(rng, inside),
-        2: _site(rng, inside),
-        3: _site(rng, {"external": (15, 20, 0.15)}),
-    }
-    metrics = summarise(site_hist)
+    site_hist = {1: _site(rng, inside), 2: _site(rng, inside)}
+    # the external site reports its own metrics at the validation cut-offs
+    external_hist = _site(rng, {"external": (15, 20, 0.15)})
+    report = site_report(external_hist, "external", cutoffs(site_hist))
+    external, coarse = read_site_report(report)
+    metrics = summarise(site_hist, external=external)
     metrics["rounds"] = [
         {
             "round": r,
@@ -57,7 +58,13 @@ def run_dir(tmp_path):
     metrics["secagg_rounds"] = 4
     out = tmp_path / "run"
     write_run(
-        out, RunConfig(gan_rounds=3), metrics, [np.zeros(3)], np.zeros(121), site_hist
+        out,
+        RunConfig(gan_rounds=3),
+        metrics,
+        [np.zeros(3)],
+        np.zeros(121),
+        site_hist,
+        coarse={"external": coarse},
     )
     for r in (1, 2, 3):
         save_png(
@@ -153,3 +160,28 @@ def test_report_shows_the_comparison_table_of_a_simulated_run(run_dir):
     assert "Federated, pooled and local heads (simulation only)" in page
     assert "<th>local lm (a)</th>" in page and "0.812 (0.701–0.923)" in page
     assert "a 0.550" in page
+
+
+def test_reconstructions_appear_only_when_the_run_has_them(run_dir):
+    page = write_report(run_dir).read_text(encoding="utf-8")
+    assert "fedbigbigan reconstruct --model" in page  # a site draws its own
+    n_without = len(_embedded_pngs(page))
+    rng = np.random.default_rng(1)
+    rows = [rng.uniform(-1, 1, (6, 32, 32, 1)) for _ in range(6)]  # 3 sites x 2
+    save_png(run_dir / "reconstructions.png", rows)
+    page = write_report(run_dir).read_text(encoding="utf-8")
+    embedded = _embedded_pngs(page)
+    assert len(embedded) == n_without + 1
+    assert (run_dir / "reconstructions.png").read_bytes() in embedded
+    assert "Simulation only" in page and "hospital_a_ge, hospital_a_neuviz" in page
+
+
+def test_external_roc_is_drawn_from_the_sites_coarse_counts(run_dir):
+    with np.load(run_dir / HISTOGRAMS) as npz:
+        assert npz["external/coarse"]
+        assert npz["external/patient/pos"].size < npz["test/patient/pos"].size
+        ext = int(npz["external/patient/pos"].sum() + npz["external/patient/neg"].sum())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert ext == metrics["splits"]["external"]["n_patients"] == 35
+    page = write_report(run_dir).read_text(encoding="utf-8")
+    assert "0.05-wide score bins" in page
