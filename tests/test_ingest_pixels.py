@@ -226,3 +226,23 @@ def test_pack_conversion_is_numpys_float16_cast():
                 got = to_pack_dtype(sample)
             assert got.dtype == np.float16 and got.shape == sample.shape
             assert np.array_equal(got.view(np.uint16), expected.view(np.uint16))
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16])
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 8])
+def test_shrink_in_the_stored_integer_type_is_bit_identical(dtype, k):
+    """Block sums in int16/uint16 (when they cannot overflow) == float32 sums."""
+    from common.ingest.pixels import _block_mean_exact, _block_mean_native
+
+    rng = np.random.default_rng(k)
+    info = np.iinfo(dtype)
+    n = 24
+    for bound in (info.max // (k * k), info.max // k):  # columns in float32 too
+        low = 0 if info.min == 0 else -bound
+        frame = rng.integers(low, bound + 1, (n * k, n * k)).astype(dtype)
+        frame[: k + 1] = low  # some padding below the floor
+        floor = None if k == 3 else dtype(low + 7)
+        expected = _block_mean_exact(frame, k, n, floor)
+        got = _block_mean_native(frame, k, n, floor, bound)
+        assert got.dtype == np.float32
+        assert np.array_equal(got.view(np.uint32), expected.view(np.uint32))

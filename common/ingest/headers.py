@@ -138,6 +138,7 @@ class Parsed:
     name: str
     pixels: memoryview | None = None  # native Pixel Data value (may be short)
     has_pixel_element: bool = False
+    stored_range: tuple[int, int] | None = None  # (min, max), once measured
 
     def full(self) -> Dataset:
         """The dataset with its Pixel Data, for pydicom's decoders."""
@@ -221,7 +222,10 @@ def _after_meta(tag: int, vr: str | None, length: int) -> bool:
 
 def _at_pixel_data(tag: int, vr: str | None, length: int) -> bool:
     """Where `dcmread(stop_before_pixels=True)` stops."""
-    return tag in (0x7FE00010, 0x7FE00009, 0x7FE00008)
+    return tag in _PIXEL_TAGS  # a set: pydicom's tags compare slowly with ==
+
+
+_PIXEL_TAGS = frozenset((0x7FE00010, 0x7FE00009, 0x7FE00008))
 
 
 def _raw_uid(elem) -> str:

@@ -63,6 +63,9 @@ def _native_frames(
     dtype = np.dtype(f"<{'i' if signed else 'u'}{header.bits_allocated // 8}")
     count = shape[0] * shape[1] * shape[2]
     arr = np.frombuffer(parsed.pixels, dtype=dtype, count=count).reshape(shape)
+    # The range is measured once: it also says whether there is padding and
+    # how the shrink can sum (see `hu_slices`).
+    smallest, largest = int(arr.min()), int(arr.max())
     bits = fields.us(0x00280101) or header.bits_allocated  # BitsStored
     if 0 < bits < header.bits_allocated:
         low, high = (
@@ -74,10 +77,12 @@ def _native_frames(
             )
         )
         # Most vendors sign-extend; some leave overlay or garbage bits above
-        # BitsStored. Clear them only when they are there (a cheap min/max).
-        if arr.min() < low or arr.max() > high:
+        # BitsStored. Clear them only when they are there.
+        if smallest < low or largest > high:
             shift = header.bits_allocated - bits
             arr = np.right_shift(np.left_shift(arr, shift), shift)
+            smallest, largest = int(arr.min()), int(arr.max())
+    parsed.stored_range = (smallest, largest)
     return arr
 
 
@@ -152,12 +157,14 @@ def padding_fill(
     intercept: float,
     padding: tuple[int, int] | None,
     scratch: np.ndarray,
+    smallest: int | None = None,
 ) -> tuple[int | None, np.ndarray | None]:
     """How to fill outside-FOV padding: (floor, explicit).
 
     `floor` is the smallest real stored value: every value below it is padding
     and becomes it; `explicit` marks padding inside the real range (it becomes
-    the floor too). (None, None): no padding, or a blank slice.
+    the floor too). (None, None): no padding, or a blank slice. `smallest` is
+    the frame's minimum, when known.
     """
     info = np.iinfo(frame.dtype)
     # Stored values below `low` map below PADDING_HU: padding, whatever the tag.
@@ -175,7 +182,7 @@ def padding_fill(
             if not real.any():
                 return None, None
             return np.min(frame, where=real, initial=info.max), explicit
-    if frame.min() >= low:
+    if (frame.min() if smallest is None else smallest) >= low:
         return None, None
     return _min_at_or_above(frame, low, scratch), None
 
@@ -240,15 +247,19 @@ def resize_stored(frame: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(image.resize((size, size), method), dtype=np.float32)
 
 
-def _block_mean(frame: np.ndarray, k: int, floor=None) -> np.ndarray:
+def _block_mean(
+    frame: np.ndarray, k: int, floor=None, bound: int | None = None
+) -> np.ndarray:
     """Mean of k x k blocks: the same as PIL's BOX filter for an integer factor.
 
     Values below `floor` count as `floor` (the padding fill, done here in the
-    same pass). Row-wise adds of strided views beat both PIL and
-    `reshape(...).mean()`.
+    same pass). `bound`: no value's magnitude exceeds it. Row-wise adds of
+    strided views beat both PIL and `reshape(...).mean()`.
     """
     n = frame.shape[0] // k
     if frame.dtype.kind in "iu" and frame.itemsize <= 2 and k <= 16:
+        if bound is not None and k * bound <= np.iinfo(frame.dtype).max:
+            return _block_mean_native(frame, k, n, floor, bound)
         return _block_mean_exact(frame, k, n, floor)
     small = frame.itemsize <= 2 and k <= 128  # k*k*65535 fits in int32
     acc_type = np.int32 if small and frame.dtype.kind in "iu" else np.float64
@@ -293,6 +304,33 @@ def _block_mean_exact(frame: np.ndarray, k: int, n: int, floor) -> np.ndarray:
     return (out.astype(np.float64) * (1.0 / (k * k))).astype(np.float32)
 
 
+def _block_mean_native(frame: np.ndarray, k: int, n: int, floor, bound: int):
+    """`_block_mean_exact` summing rows in the frame's own integer type, which
+    cannot overflow (k * `bound` fits): half the bytes of float32 sums and no
+    casts; columns too when k * k * `bound` fits. The sums are the same
+    integers, so the result is bit for bit the same.
+    """
+    if floor is not None:
+        frame = np.maximum(
+            frame, _row(frame, floor), out=_scratch(frame.shape, frame.dtype)
+        )
+    rows = frame.reshape(n, k, frame.shape[1])
+    acc = rows[:, 0, :].copy() if k == 1 else np.add(rows[:, 0, :], rows[:, 1, :])
+    for i in range(2, k):
+        acc += rows[:, i, :]
+    if k * k * bound > np.iinfo(frame.dtype).max:
+        acc = acc.astype(np.float32)  # exact: k*k*65535 < 2**24
+    cols = acc.reshape(n, n, k)
+    out = np.add(cols[:, :, 0], cols[:, :, 1]) if k > 1 else cols[:, :, 0].copy()
+    for i in range(2, k):
+        out += cols[:, :, i]
+    out = out.astype(np.float32, copy=False)
+    if k & (k - 1) == 0:  # a power of two: the scale is exact in float32
+        out *= np.float32(1.0 / (k * k))
+        return out
+    return (out.astype(np.float64) * (1.0 / (k * k))).astype(np.float32)
+
+
 def hu_slices(parsed: Parsed, header: Header, size: int) -> np.ndarray:
     """All frames as [frames, size, size] float32 HU, padding filled."""
     ds = parsed.ds
@@ -303,11 +341,20 @@ def hu_slices(parsed: Parsed, header: Header, size: int) -> np.ndarray:
     scratch = _scratch(stored.shape[1:], stored.dtype)
     rows, cols = stored.shape[1:]
     block = rows == cols and rows > size and rows % size == 0
+    # (min, max) of all frames: one frame's own minimum, and a bound on the
+    # magnitude of every frame's values.
+    span = parsed.stored_range
     for index, (slope, intercept) in enumerate(rescales):
         frame = stored[index]
-        floor, explicit = padding_fill(frame, slope, intercept, padding, scratch)
+        if span is None:
+            span = (int(stored.min()), int(stored.max()))
+        smallest = span[0] if len(stored) == 1 else None
+        floor, explicit = padding_fill(
+            frame, slope, intercept, padding, scratch, smallest
+        )
         if block and explicit is None:  # the common case: fill while shrinking
-            small = _block_mean(frame, rows // size, floor)
+            bound = max(abs(span[0] if floor is None else floor), abs(span[1]))
+            small = _block_mean(frame, rows // size, floor, bound)
         else:
             if floor is not None:
                 frame = np.maximum(frame, _row(frame, floor), out=scratch)
