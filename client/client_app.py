@@ -5,6 +5,8 @@ pixels, tags or per-patient scores."""
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 from flwr.client import NumPyClient
 from flwr.client.mod import secaggplus_mod
@@ -65,6 +67,7 @@ class HospitalClient(NumPyClient):
         run, site, data = self._setup(config)
         if site.role != "train":
             raise RuntimeError(f"{site.name} is an external site and never trains")
+        _seed_secagg_rounding(run.seed, site.name, config)
         model = _model(run)
         train = data["train"]
         if config["phase"] == "gan":
@@ -155,6 +158,14 @@ def _histograms(run: RunConfig, parameters: list, data: dict) -> dict[str, np.nd
             out[f"{split}/{level}/pos"] = histogram(s[y == 1])
             out[f"{split}/{level}/neg"] = histogram(s[y == 0])
     return out
+
+
+def _seed_secagg_rounding(seed: int, site: str, config: dict) -> None:
+    """SecAgg+ quantises our reply with stochastic rounding from NumPy's global
+    generator; seed it per (run seed, site, phase, round), so that a resumed run
+    sends exactly what the uninterrupted one did. The masks use their own keys."""
+    key = (site, str(config["phase"]), str(config.get("server-round", 0)))
+    np.random.seed([seed, *(zlib.crc32(part.encode()) for part in key)])
 
 
 def client_fn(context: Context):

@@ -181,6 +181,7 @@ class RunConfig:
     sim_data_root: str = "runs/demo/data"
     sim_sites: str = "hospital_a_ge:train,hospital_a_neuviz:train,hospital_b:external"
     out_dir: str = "runs/flwr"
+    resume: str = ""  # a run directory whose checkpoint.npz to continue from
 
     @property
     def model(self) -> ModelPreset:

@@ -213,12 +213,17 @@ class BigBiGAN:
 
         `first_epoch` counts epochs already trained in earlier rounds, so the
         learning-rate schedule continues across a federation's rounds. A round
-        starts with fresh Adam moments unless `keep_optimizer_state` (central runs).
+        starts with fresh Adam moments and a noise stream seeded by `seed` unless
+        `keep_optimizer_state` (central runs).
         """
         if self._step is None or self._train_config != config:
             self._build_step(config)
         elif not keep_optimizer_state:
             self.reset_optimizers()
+        if not keep_optimizer_state:
+            # a federated round is a function of (weights, data, seed) alone, so
+            # a resumed run repeats what an uninterrupted one would have done
+            self._seed_gen.reset_from_seed(seed)
         batch = min(config.batch_size, len(images))
         if batch < 2:
             raise ValueError("training needs at least 2 slices")

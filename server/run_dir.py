@@ -70,6 +70,16 @@ def revive_json(value):
     return value
 
 
+def write_config(out: Path, config: RunConfig) -> None:
+    """RUN_DIR/config.json: written when a run starts (so an interrupted run can
+    be resumed with its own config) and again with the results."""
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(
+        out / "config.json",
+        lambda p: p.write_text(json.dumps(config.to_flat(), indent=2)),
+    )
+
+
 def write_run(
     out: Path,
     config: RunConfig,
@@ -81,11 +91,7 @@ def write_run(
     logit: np.ndarray | None = None,
     coarse: dict | None = None,
 ) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(
-        out / "config.json",
-        lambda p: p.write_text(json.dumps(config.to_flat(), indent=2)),
-    )
+    write_config(out, config)
     _atomic_write(
         out / "metrics.json",
         lambda p: p.write_text(

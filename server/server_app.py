@@ -23,9 +23,15 @@ from common.config import RunConfig
 from common.grids import save_samples
 from common.metrics import histogram_keys
 from common.site_evaluation import read_site_report
+from server.checkpointing import (
+    ServerCheckpoint,
+    config_hash,
+    load_checkpoint,
+    save_checkpoint,
+)
 from server.evaluation import cutoffs, summarise
 from server.phase_strategy import PhaseStrategy
-from server.run_dir import write_run
+from server.run_dir import write_config, write_run
 
 log = logging.getLogger("flwr")
 # score-histogram counts never reach 2**20 per bin; with 28-bit quantisation the
@@ -48,7 +54,7 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
     ready.wait()
     try:
         _wait_for_nodes(grid, len(config.site_roster()), config.secagg.timeout)
-        roles = _query_roles(grid, flat)
+        roles = _query_roles(grid, flat, config.secagg.timeout)
         strategy.train_node_ids = {n for n, (r, _) in roles.items() if r == "train"}
         sizes = [n for r, n in roles.values() if r == "train"]
         if len(strategy.train_node_ids) < 2:
@@ -62,10 +68,12 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
         weights = model.get_weights()
         initial = [w.copy() for w in weights]
         legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord()
-        history = []
-        secure_rounds = 0
+        weights, history, done = _resume(config, weights)
+        write_config(out, config)
+        secure_rounds = done
         gan_rounds = config.gan_rounds if config.trains_encoder else 0
-        for rnd in range(1, gan_rounds + 1):
+        fingerprint = config_hash(config)
+        for rnd in range(done + 1, gan_rounds + 1):
             strategy.config = {**flat, "phase": "gan", "server-round": rnd}
             delta = _secure_round(
                 grid,
@@ -92,7 +100,15 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
                     clipped,
                     config.secagg.delta_clip,
                 )
-            history.append({"round": rnd, **losses, "clipped": clipped})
+            history.append(
+                {
+                    "round": rnd,
+                    **losses,
+                    "clipped": clipped,
+                    "sites": len(strategy.site_metrics),
+                }
+            )
+            save_checkpoint(out, ServerCheckpoint(rnd, weights, history, fingerprint))
             model.set_weights(weights)  # samples G(z): no patient data involved
             save_samples(out / "samples" / f"round_{rnd:03d}.png", model)
             log.info("round %d losses %s", rnd, losses)
@@ -137,7 +153,9 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
             "threshold": cuts["patient"],
             "slice-threshold": cuts["slice"],
         }
-        reports = _evaluate_all(grid, weights + [coef], eval_config)
+        reports = _evaluate_all(
+            grid, weights + [coef], eval_config, config.secagg.timeout
+        )
         external, coarse = _external_split(reports)
         metrics = summarise(site_hist, external=external)
         metrics["secure_eval_sites"] = n_sites
@@ -165,6 +183,21 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
     finally:
         stop.set()
         thread.join()
+
+
+def _resume(config: RunConfig, weights: list[np.ndarray]):
+    """(weights, round history, BigBiGAN rounds done) to start from: the initial
+    weights for a new run, the checkpoint of `config.resume` otherwise."""
+    if not config.resume:
+        return weights, [], 0
+    checkpoint = load_checkpoint(Path(config.resume), config)
+    if [w.shape for w in checkpoint.weights] != [w.shape for w in weights]:
+        raise ValueError(
+            f"{config.resume}: the checkpoint's weights do not fit the "
+            f"{config.preset} model"
+        )
+    log.info("resuming %s after BigBiGAN round %d", config.resume, checkpoint.round)
+    return checkpoint.weights, checkpoint.history, checkpoint.round
 
 
 def _federated_lm(grid, legacy, strategy, config, flat, rnd, weights, max_weight):
@@ -240,20 +273,31 @@ def _wait_for_nodes(grid: Grid, expected: int, timeout: float) -> None:
         time.sleep(1.0)
 
 
-def _ask_every_node(grid: Grid, make_content, message_type: str) -> list[Message]:
-    """Send one message to every node; any node's error stops the run, named."""
+def _ask_every_node(
+    grid: Grid, make_content, message_type: str, timeout: float
+) -> list[Message]:
+    """Send one message to every node and wait at most `timeout` seconds; a node
+    that errs or stays silent stops the run, named (no waiting forever)."""
     messages = [
         Message(content=make_content(), dst_node_id=n, message_type=message_type)
         for n in grid.get_node_ids()
     ]
-    replies = list(grid.send_and_receive(messages))
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
     for reply in replies:
         if reply.has_error():
             raise RuntimeError(f"node {reply.metadata.src_node_id}: {reply.error}")
+    silent = {m.metadata.dst_node_id for m in messages} - {
+        r.metadata.src_node_id for r in replies
+    }
+    if silent:
+        raise RuntimeError(
+            f"node(s) {sorted(silent)} did not answer a {message_type} message "
+            f"within secagg-timeout = {timeout:.0f} s"
+        )
     return replies
 
 
-def _query_roles(grid: Grid, flat: dict) -> dict[int, tuple[str, int]]:
+def _query_roles(grid: Grid, flat: dict, timeout: float) -> dict[int, tuple[str, int]]:
     """Ask each node its role (train/external) and training-set size."""
     ins = GetPropertiesIns(dict(flat))
     roles = {}
@@ -261,6 +305,7 @@ def _query_roles(grid: Grid, flat: dict) -> dict[int, tuple[str, int]]:
         grid,
         lambda: compat.getpropertiesins_to_recorddict(ins),
         MessageTypeLegacy.GET_PROPERTIES,
+        timeout,
     ):
         props = compat.recorddict_to_getpropertiesres(reply.content).properties
         roles[reply.metadata.src_node_id] = (str(props["role"]), int(props["n_train"]))
@@ -285,11 +330,20 @@ def _secure_round(grid, legacy, rnd, weights, config, clip, max_weight):
     )
     workflow(grid, legacy)
     if legacy.strategy.aggregate is None:
-        raise RuntimeError(f"round {rnd}: secure aggregation did not complete")
+        raise RuntimeError(
+            f"round {rnd}: secure aggregation did not complete: fewer training "
+            "sites answered than SecAgg+ needs to unmask the sum (reconstruction "
+            f"threshold {config.secagg.reconstruction_threshold} of the sites, at "
+            f"least 2) within secagg-timeout = {config.secagg.timeout:.0f} s; "
+            "see the log for the sites that dropped. The last completed round is "
+            "in checkpoint.npz: fix the sites and resume."
+        )
     return legacy.strategy.aggregate
 
 
-def _evaluate_all(grid: Grid, arrays: list[np.ndarray], config: dict) -> dict:
+def _evaluate_all(
+    grid: Grid, arrays: list[np.ndarray], config: dict, timeout: float
+) -> dict:
     """Evaluate messages to every node; only external sites reply, each with its
     own metrics as aggregates (a lone site's histogram cannot hide in a sum)."""
     ins = EvaluateIns(ndarrays_to_parameters(arrays), dict(config))
@@ -298,6 +352,7 @@ def _evaluate_all(grid: Grid, arrays: list[np.ndarray], config: dict) -> dict:
         grid,
         lambda: compat.evaluateins_to_recorddict(ins, True),
         MessageType.EVALUATE,
+        timeout,
     ):
         # reports hold lists, which legacy EvaluateRes cannot: read the record
         metrics = reply.content.config_records["evaluateres.metrics"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
@@ -149,6 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--scale", type=float, default=1.0)
     sim.add_argument("--slices", type=int, default=6)
     sim.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --out from its checkpoint.npz",
+    )
+    sim.add_argument(
         "--run-config",
         nargs="*",
         default=[],
@@ -222,7 +228,15 @@ def main(argv: list[str] | None = None) -> int:
         ).items():
             print(f"{name}: {path}")
         return 0
-    flat = {**_default_config().to_flat(), **_parse_overrides(args.run_config)}
+    base = _default_config().to_flat()
+    if args.resume:  # the interrupted run's own config, written when it started
+        if not (args.out / "config.json").is_file():
+            parser.error(
+                f"--resume: {args.out} holds no run to resume (no config.json)"
+            )
+        base = json.loads((args.out / "config.json").read_text())
+        base["resume"] = str(args.out.resolve())
+    flat = {**base, **_parse_overrides(args.run_config)}
     from simulations.simulate import simulate
 
     metrics = simulate(args.out, RunConfig.from_flat(flat), args.scale, args.slices)

@@ -1,19 +1,39 @@
 """The whole chain in Flower's Simulation Engine: phantom DICOM sites, SecAgg+
 BigBiGAN rounds, SecAgg+ linear head, evaluation of all four splits."""
 
+import contextlib
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from common.config import RunConfig
+from server.checkpointing import CHECKPOINT, load_checkpoint
+from simulations.cli import main
 from simulations.simulate import simulate
+
+CONFIG = RunConfig(gan_rounds=2, logit_rounds=2)
+SCALE, SLICES = 0.3, 2
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """One uninterrupted run, shared: the chain's checks and the resume's target."""
+    out = tmp_path_factory.mktemp("reference")
+    return out, simulate(out, CONFIG, scale=SCALE, slices_per_patient=SLICES)
 
 
 @pytest.mark.slow
-def test_whole_chain_two_training_sites_and_one_external(tmp_path):
-    config = RunConfig(gan_rounds=2, logit_rounds=2)
-    metrics = simulate(tmp_path, config, scale=0.3, slices_per_patient=2)
+def test_whole_chain_two_training_sites_and_one_external(reference_run):
+    tmp_path, metrics = reference_run
+    config = CONFIG
 
     for split in ("train", "val", "test", "external"):
         m = metrics["splits"][split]
@@ -70,3 +90,75 @@ def test_whole_chain_two_training_sites_and_one_external(tmp_path):
     assert (tmp_path / "reconstructions.png").stat().st_size > 0  # simulation only
     weights = np.load(tmp_path / "global_weights.npz")
     assert weights["head"].shape == (config.model.z_dim + 1,)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Ray's daemons and workers), from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    for pid in [*_descendants(proc.pid), proc.pid]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_a_run_killed_after_round_1_resumes_and_ends_where_an_unbroken_one_does(
+    reference_run, tmp_path
+):
+    reference, ref_metrics = reference_run
+    shutil.copytree(reference / "data", tmp_path / "data")
+    run = (
+        "import sys; from pathlib import Path; from common.config import RunConfig; "
+        "from simulations.simulate import simulate; "
+        "simulate(Path(sys.argv[1]), RunConfig(gan_rounds=2, logit_rounds=2), "
+        f"scale={SCALE}, slices_per_patient={SLICES})"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", run, str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 600
+        while not (tmp_path / CHECKPOINT).exists():
+            assert proc.poll() is None, "the run ended before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
+            time.sleep(0.5)
+    finally:
+        _kill_tree(proc)  # the server, Ray and its workers, mid round 2
+    assert not (tmp_path / "metrics.json").exists()
+    assert load_checkpoint(tmp_path, CONFIG).round == 1
+
+    assert main(["simulate", "--out", str(tmp_path), "--resume"]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert [r["round"] for r in metrics["rounds"]] == [1, 2]
+    assert metrics["secagg_rounds"] == ref_metrics["secagg_rounds"]
+    # round 1 from the checkpoint, round 2 trained again, as the unbroken run did:
+    # each round is a function of the weights, the data and the seed (fresh
+    # optimisers, seeded noise, seeded SecAgg+ rounding)
+    with (
+        np.load(tmp_path / "global_weights.npz") as resumed,
+        np.load(reference / "global_weights.npz") as unbroken,
+    ):
+        assert resumed.files == unbroken.files
+        for key in unbroken.files:
+            assert np.array_equal(resumed[key], unbroken[key]), key
+    assert (
+        metrics["splits"]
+        == json.loads((reference / "metrics.json").read_text())["splits"]
+    )

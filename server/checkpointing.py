@@ -1,0 +1,94 @@
+"""The ServerApp's state after each completed BigBiGAN round, for `resume`.
+
+One file, RUN_DIR/checkpoint.npz, rewritten after every round (written to a
+temporary name, then renamed: a crash leaves the previous round's file whole).
+It holds the global weights, the round reached, the per-round history and a hash
+of the run config, so a resumed run continues at the next round and refuses a
+checkpoint written under another configuration.
+
+Nothing else needs saving: each round starts the sites' optimisers afresh (see
+`BigBiGAN.train_epochs`) and the strategy is plain averaging of SecAgg+ sums,
+so the weights and the round number are the whole server state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common.config import RunConfig
+
+CHECKPOINT = "checkpoint.npz"
+# keys that may differ between the interrupted and the resumed run: where
+# things are, and the resume request itself
+VOLATILE_KEYS = ("out-dir", "sim-data-root", "resume")
+
+
+@dataclass
+class ServerCheckpoint:
+    round: int  # the last completed BigBiGAN round
+    weights: list[np.ndarray]
+    history: list[dict]
+    config_hash: str
+
+
+def config_hash(config: RunConfig) -> str:
+    """SHA-256 of the run config without its volatile keys."""
+    flat = {k: v for k, v in config.to_flat().items() if k not in VOLATILE_KEYS}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()
+
+
+def save_checkpoint(run_dir: Path, checkpoint: ServerCheckpoint) -> Path:
+    """Write RUN_DIR/checkpoint.npz atomically; return its path."""
+    path = Path(run_dir) / CHECKPOINT
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with tmp.open("wb") as handle:
+            np.savez(
+                handle,
+                *checkpoint.weights,
+                round=np.int64(checkpoint.round),
+                history=np.array(json.dumps(checkpoint.history)),
+                config_hash=np.array(checkpoint.config_hash),
+            )
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left over if writing failed
+    return path
+
+
+def load_checkpoint(run_dir: Path, config: RunConfig) -> ServerCheckpoint:
+    """The checkpoint of RUN_DIR, checked against `config`.
+
+    Raises FileNotFoundError when there is none and ValueError when it was
+    written under another configuration (naming how to start afresh instead).
+    """
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no checkpoint to resume from (a run writes one after each "
+            "completed BigBiGAN round)"
+        )
+    with np.load(path) as data:
+        n_arrays = sum(1 for k in data.files if k.startswith("arr_"))
+        checkpoint = ServerCheckpoint(
+            round=int(data["round"]),
+            weights=[data[f"arr_{i}"] for i in range(n_arrays)],
+            history=json.loads(str(data["history"])),
+            config_hash=str(data["config_hash"]),
+        )
+    if checkpoint.config_hash != config_hash(config):
+        raise ValueError(
+            f"{path} was written under another run configuration; resume with "
+            "the same run config (only out-dir and sim-data-root may change), or "
+            "start a new run without resume"
+        )
+    return checkpoint
