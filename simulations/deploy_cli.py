@@ -132,20 +132,34 @@ def _pki_add_site(args) -> int:
 
 
 def _pki_register(args) -> int:
-    from common.pki import list_pki, register_command
+    """`flwr supernode register` for each allow-list key; one already on the
+    SuperLink's list counts as registered (so this can run at every start)."""
+    import json
 
-    names = args.names or [s.name for s in list_pki(args.pki).sites]
+    from common.pki import ALLOW_LIST_DIR, register_command
+
+    allow = Path(args.pki) / ALLOW_LIST_DIR
+    names = args.names or sorted(p.stem for p in allow.glob("*.pub"))
+    if not names:
+        print(f"error: no public keys in {allow}", file=sys.stderr)
+        return 2
     failed = 0
     for name in names:
-        cmd = register_command(args.pki, name, args.federation)
+        cmd = [*register_command(args.pki, name, args.federation), "--format", "json"]
         done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode == 0:
-            print(f"{name}: registered")
+        try:
+            answer = json.loads(done.stdout)
+        except json.JSONDecodeError:
+            answer = {"success": False, "error-message": done.stderr or done.stdout}
+        message = str(answer.get("error-message", "")).strip().splitlines()
+        if answer.get("success"):
+            print(f"{name}: registered as node {answer.get('node-id')}")
+        elif message and "already in use" in message[-1]:
+            print(f"{name}: already registered")
         else:
             failed += 1
-            reason = (done.stderr or done.stdout).strip().splitlines()
             print(
-                f"{name}: not registered: {reason[-1] if reason else done.returncode}"
+                f"{name}: not registered: {message[-1] if message else done.returncode}"
             )
     return 1 if failed else 0
 
