@@ -17,7 +17,7 @@ from typing import Any
 
 import pydicom
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset as read_elements
 from pydicom.uid import UID
@@ -107,7 +107,7 @@ class Header:
 
     def to_json(self) -> dict[str, Any]:
         # Not dataclasses.asdict: it deep-copies every value, 5x slower here.
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {name: getattr(self, name) for name in _HEADER_FIELDS}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Header:
@@ -121,6 +121,9 @@ class Header:
             tuple(ref) for ref in values.get("referenced_files", ())
         )
         return cls(**values)
+
+
+_HEADER_FIELDS = tuple(f.name for f in dataclasses.fields(Header))
 
 
 @dataclass
@@ -139,6 +142,7 @@ class Parsed:
     pixels: memoryview | None = None  # native Pixel Data value (may be short)
     has_pixel_element: bool = False
     stored_range: tuple[int, int] | None = None  # (min, max), once measured
+    meta: Dataset | None = None  # the file meta group; else ds.file_meta
 
     def full(self) -> Dataset:
         """The dataset with its Pixel Data, for pydicom's decoders."""
@@ -209,11 +213,11 @@ def _read_usual(data: bytes, name: str) -> Parsed | None:
         offset = stream.tell()
         if data[offset : offset + 4] != PIXEL_TAG or not ds._dict:
             return None
-        ds.file_meta = FileMetaDataset(meta)
     except Exception:
         return None
-    ts = str(ds.file_meta.TransferSyntaxUID)
-    return Parsed(ds, data, name, _native_pixels(ts, data, offset), True)
+    ts = _raw_uid(meta.get_item(0x00020010))
+    pixels = _native_pixels(ts, data, offset)
+    return Parsed(ds, data, name, pixels, True, meta=meta)
 
 
 def _after_meta(tag: int, vr: str | None, length: int) -> bool:
@@ -325,7 +329,11 @@ def summarize(parsed: Parsed) -> Header:
 
 def _summarize(parsed: Parsed) -> Header:
     ds = parsed.ds
-    meta = Fields(getattr(ds, "file_meta", None) or Dataset())
+    meta = Fields(
+        parsed.meta
+        if parsed.meta is not None
+        else getattr(ds, "file_meta", None) or Dataset()
+    )
     f = Fields(ds)
     sop_class = f.text(0x00080016) or meta.text(0x00020002)
     if sop_class == DICOMDIR_SOP_CLASS or f.has(0x00041220):
