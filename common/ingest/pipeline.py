@@ -13,7 +13,7 @@ import math
 import multiprocessing
 import os
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import xxhash
@@ -298,17 +298,21 @@ class _Run:
     ) -> list[tuple[SeriesPlan, list[int], Path]] | None:
         """One array per series (kept ones, and complete dropped ones so that a
         policy change needs no decoding); None if a cached array was unreadable."""
-        kept, index, opened = [], {}, {}
+        kept, index, opened, copies, series = [], {}, {}, [], []
         for plan, chosen in [(p, True) for p in plans] + [(p, False) for p in dropped]:
             refs = [(ref.key, ref.frame) for ref in plan.slices]
             if not chosen and not all(ref in self.stored for ref in refs):
                 continue
             series_key = self._series_key(plan)
             path = self.cache.series_path(self.pixel_key, series_key)
-            if series_key not in self.index and not self._write_series(
-                plan, path, opened
-            ):
-                return None
+            if series_key not in self.index:
+                rows = self._series_rows(plan, opened)
+                if rows is None:
+                    return None
+                copies.append((path, rows))
+            series.append((plan, chosen, refs, series_key, path))
+        self._write_series(copies)
+        for plan, chosen, refs, series_key, path in series:
             if chosen and self.config.slice_policy == "lung":
                 self._measure_lungs(plan, path)
             index[series_key] = [
@@ -352,8 +356,11 @@ class _Run:
                 else lung_fraction(from_unit(array[index], low, high))
             )
 
-    def _write_series(self, plan: SeriesPlan, path: Path, opened: dict) -> bool:
-        """Copy a series' frames out of packs or older arrays into one array."""
+    def _series_rows(
+        self, plan: SeriesPlan, opened: dict
+    ) -> list[tuple[str, int, int]] | None:
+        """Where a series' frames are (packs or older arrays); None, after
+        forgetting it, if one of those files is unreadable."""
         rows = []
         for ref in plan.slices:
             source, row, _, _ = self.stored[(ref.key, ref.frame)]
@@ -371,9 +378,23 @@ class _Run:
                 self.stored = {k: v for k, v in self.stored.items() if v[0] != source}
                 self.index.pop(Path(source).stem, None)
                 Path(source).unlink(missing_ok=True)
-                return False
-        copy_rows(path, rows, self.config.image_size)
-        return True
+                return None
+        return rows
+
+    def _write_series(self, copies: list[tuple[Path, list]]) -> None:
+        """Write series arrays from their rows. The kernel copies the bytes
+        (GIL released), so with several workers as many threads copy at once:
+        at 256 px this is the largest part of the run's serial end."""
+        size = self.config.image_size
+        threads = min(self.config.workers, len(copies))
+        if threads <= 1:
+            for path, rows in copies:
+                copy_rows(path, rows, size)
+            return
+        with ThreadPoolExecutor(threads) as pool:
+            jobs = [pool.submit(copy_rows, path, rows, size) for path, rows in copies]
+            for job in jobs:
+                job.result()
 
     def _series_key(self, plan: SeriesPlan) -> str:
         members = "\n".join(f"{ref.key}:{ref.frame}" for ref in plan.slices)
