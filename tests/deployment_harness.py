@@ -169,8 +169,10 @@ class Federation:
         node_config: str = "",
         root_certificates: Path | None | bool = True,
         extra: list[str] | None = None,
+        superlink: str | None = None,
     ) -> Process:
-        cmd = ["flower-supernode", "--superlink", self.address]
+        """A SuperNode for `name` (connecting to `superlink`, default ours)."""
+        cmd = ["flower-supernode", "--superlink", superlink or self.address]
         if root_certificates is True:
             cmd += ["--root-certificates", str(self.pki / "ca.crt")]
         elif root_certificates:

@@ -6,11 +6,14 @@ stopped by PID (its process group) when the module ends."""
 
 import json
 import re
+import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from deployment_harness import FEDERATION, Federation
+import tomllib
+from deployment_harness import FEDERATION, Federation, free_port
 
 from client.doctor import check_superlink
 from common.pki import init_pki
@@ -85,6 +88,76 @@ def test_coordinator_without_the_ca_cannot_connect(federation, tmp_path):
     assert check_superlink(federation.address, tmp_path / "none.crt").failed
 
 
+def test_pki_register_puts_keys_on_the_allow_list_once(federation, monkeypatch, capsys):
+    from simulations.cli import main
+
+    for key in ("FLWR_HOME", "FLWR_TELEMETRY_ENABLED", "FLWR_DISABLE_UPDATE_CHECK"):
+        monkeypatch.setenv(key, federation.env[key])
+    monkeypatch.setenv("COLUMNS", "250")
+    federation.add_site("late_a", register=False)
+    federation.add_site("late_b")  # already on the list
+    pki = str(federation.pki)
+    assert main(["pki", "register", FEDERATION, "late_a", "late_b", "--pki", pki]) == 0
+    out = capsys.readouterr().out
+    assert "late_a: registered as node" in out and "late_b: already registered" in out
+    federation.add_site("late_c", register=False)
+    monkeypatch.setenv("FLWR_HOME", str(federation.root / "nowhere"))
+    assert main(["pki", "register", FEDERATION, "late_c", "--pki", pki]) == 1
+    assert "late_c: not registered" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not shutil.which("nginx"), reason="nginx is not installed")
+def test_edge_admits_nodes_and_refuses_the_control_api(federation):
+    """deploy/edge-nginx.conf in front of the real SuperLink: a registered node
+    joins through it; the coordinator's Control API is not reachable through it."""
+    edge_port = free_port()
+    root = federation.root / "edge"
+    root.mkdir()
+    conf = (DEPLOY / "edge-nginx.conf").read_text()
+    for old, new in (
+        ("server superlink:8000;", f"server 127.0.0.1:{federation.port};"),
+        ("listen 8443", f"listen 127.0.0.1:{edge_port}"),
+        ("proxy_ssl_name superlink;", "proxy_ssl_name localhost;"),
+        ("/pki/", f"{federation.pki}/"),
+        ("/tmp/edge-nginx", str(root / "nginx")),
+    ):
+        assert old in conf, old
+        conf = conf.replace(old, new)
+    (root / "edge.conf").write_text(conf)
+    edge = federation.start(
+        "edge", ["nginx", "-c", str(root / "edge.conf"), "-g", "daemon off;"]
+    )
+    edge_address = f"127.0.0.1:{edge_port}"
+    ca = federation.pki / "ca.crt"
+    for _ in range(50):  # nginx is up when /health answers through it
+        if check_superlink(edge_address, ca, timeout=2).status == "ok":
+            break
+        assert edge.proc.poll() is None, edge.text()
+        time.sleep(0.2)
+    assert check_superlink(edge_address, ca).status == "ok"
+    node = federation.start_supernode(
+        "via-edge", federation.add_site("via_edge"), superlink=edge_address
+    )
+    node.wait_for(r"SuperNode ID: \d+", timeout=90)
+    home = root / "home"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "edge"\n\n[superlink.edge]\n'
+        f'address = "{edge_address}"\nroot-certificates = "{ca}"\n'
+    )
+    env = {**federation.env, "FLWR_HOME": str(home), "COLUMNS": "250"}
+    done = subprocess.run(
+        ["flwr", "supernode", "list", "edge"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0, done.stdout
+    node.stop()
+    edge.stop()
+
+
 @pytest.mark.slow
 def test_two_hospitals_and_an_external_site_run_the_study(federation, tmp_path):
     """The whole app over TLS with authenticated nodes. The encoder is frozen
@@ -134,3 +207,258 @@ def test_two_hospitals_and_an_external_site_run_the_study(federation, tmp_path):
     assert metrics["secure_eval_sites"] == 2
     for node in nodes:
         assert node.proc.poll() is None, node.text()[-2000:]  # still serving
+
+
+# --- deploy/: compose files, Kubernetes manifests and the edge, checked without
+# Docker or a cluster (neither exists on the development machine) ---
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+HOSPITALS = {"hospital-a": "train", "hospital-a2": "train", "hospital-b": "external"}
+
+
+def _yaml(path: Path):
+    import yaml
+
+    return list(yaml.safe_load_all(path.read_text()))
+
+
+def _superlink_args(argv: list[str]):
+    from flwr.superlink.cli.flower_superlink import _parse_args_run_superlink
+
+    assert argv[0] == "flower-superlink"
+    return _parse_args_run_superlink().parse_args(argv[1:])
+
+
+def _supernode_args(argv: list[str]):
+    from flwr.supernode.cli.flower_supernode import _parse_args_run_supernode
+
+    assert argv[0] == "flower-supernode"
+    return _parse_args_run_supernode().parse_args(argv[1:])
+
+
+def _fedbigbigan_args(argv: list[str]):
+    import argparse
+
+    from simulations.deploy_cli import add_deploy_commands
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    add_deploy_commands(
+        sub, lambda p: p.add_argument("--run-config", nargs="*", default=[])
+    )
+    assert argv[0] == "fedbigbigan"
+    return parser.parse_args(argv[1:])
+
+
+def _mounts(service: dict) -> dict[str, tuple[str, bool]]:
+    """container path -> (source, read-only) of a compose service's volumes."""
+    out = {}
+    for spec in service.get("volumes", []):
+        source, rest = "", spec
+        if spec.startswith("${"):  # ${VAR:?message} may hold colons itself
+            end = spec.index("}") + 1
+            source, rest = spec[:end], spec[end:].lstrip(":")
+        parts = rest.split(":")
+        if not source:
+            source, parts = parts[0], parts[1:]
+        out[parts[0]] = (source, parts[-1] == "ro" and len(parts) > 1)
+    return out
+
+
+def _check_node_config(path: Path, role: str) -> None:
+    from flwr.common.config import parse_config_args
+
+    from client.doctor import NODE_CONFIG_KEYS
+
+    config = parse_config_args([str(path)])
+    assert set(config) == set(NODE_CONFIG_KEYS), path
+    assert config["role"] == role and config["data-dir"] == "/data", path
+
+
+def test_compose_federation_is_consistent():
+    base = DEPLOY / "docker"
+    (compose,) = _yaml(base / "compose.yaml")
+    services = compose["services"]
+    assert set(services) == {"superlink", "register", *HOSPITALS}
+    link = _superlink_args(services["superlink"]["command"])
+    assert link.enable_supernode_auth and not link.insecure
+    assert link.database and link.runtime_dependency_install is False
+    mounts = _mounts(services["superlink"])
+    for flag in (link.ssl_ca_certfile, link.ssl_certfile, link.ssl_keyfile):
+        assert any(flag.startswith(target) for target in mounts), flag
+    assert services["superlink"]["ports"] == ["8000:8000"]
+
+    register = _fedbigbigan_args(services["register"]["command"])
+    assert (register.pki_command, register.federation) == ("register", "hospitals")
+    reg_mounts = _mounts(services["register"])
+    assert "/pki/allow-list" in reg_mounts and not any(
+        "sites" in source or "ca.key" in source for source, _ in reg_mounts.values()
+    ), "the register service sees public keys only"
+    flwr_config = tomllib.loads((base / "flwr-config.toml").read_text())
+    connection = flwr_config["superlink"][register.federation]
+    assert connection["address"] == "superlink:8000"
+    assert connection["root-certificates"] in reg_mounts
+
+    for name, role in HOSPITALS.items():
+        service = services[name]
+        node = _supernode_args(service["command"])
+        assert node.superlink == "superlink:8000" and not node.insecure
+        mounts = _mounts(service)
+        assert node.root_certificates in mounts
+        key_source, key_ro = mounts[node.auth_supernode_private_key]
+        assert key_ro and key_source.startswith("./pki/sites/")
+        data_source, data_ro = mounts["/data"]
+        assert data_ro, f"{name}: the site's data must be mounted read-only"
+        config_source, _ = mounts[node.node_config]
+        _check_node_config(base / config_source, role)
+        assert "ports" not in service, f"{name} must not listen for anything"
+        assert service["depends_on"]["register"]["condition"] == (
+            "service_completed_successfully"
+        )
+        for source, _ in mounts.values():
+            if not source.startswith(("./", "/", "$")):
+                assert source in compose["volumes"], source
+    for service in services.values():
+        for source, _ in _mounts(service).values():
+            if source.startswith("./") and not source.startswith(("./pki", "./runs")):
+                assert (base / source).exists(), source
+
+
+def test_compose_gpu_and_hospital_files():
+    base = DEPLOY / "docker"
+    (compose,) = _yaml(base / "compose.yaml")
+    (gpu,) = _yaml(base / "compose.gpu.yaml")
+    assert set(gpu["services"]) == set(HOSPITALS)
+    for service in gpu["services"].values():
+        assert service["build"]["args"]["EXTRAS"] == "[gpu]"
+        (device,) = service["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    extras = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())
+    gpu_extra = extras["project"]["optional-dependencies"]["gpu"]
+    assert any(dep.startswith("tensorflow[and-cuda]") for dep in gpu_extra)
+
+    (hospital,) = _yaml(base / "compose.hospital.yaml")
+
+    def expand(argv):
+        return [
+            re.sub(r"\$\{SUPERLINK:\?[^}]*\}", "link.example.org:8000", a) for a in argv
+        ]
+
+    node = _supernode_args(expand(hospital["services"]["supernode"]["command"]))
+    doctor = _fedbigbigan_args(expand(hospital["services"]["doctor"]["command"]))
+    for args in (node, doctor):
+        assert args.superlink == "link.example.org:8000"
+        assert args.root_certificates is not None
+    assert str(doctor.auth_supernode_private_key) == node.auth_supernode_private_key
+    assert doctor.node_config == node.node_config
+    mounts = _mounts(hospital["services"]["supernode"])
+    assert mounts["/data"][1] and mounts[node.auth_supernode_private_key][1]
+    assert "ports" not in hospital["services"]["supernode"]
+
+
+def test_dockerfile_copies_every_package():
+    text = (DEPLOY / "docker" / "Dockerfile").read_text()
+    copied = set(re.findall(r"^COPY (\S+)", text, flags=re.M))
+    packages = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())
+    top = {p.split(".")[0] for p in packages["tool"]["setuptools"]["packages"]}
+    assert top <= copied and {"pyproject.toml"} <= copied
+    for source in copied:
+        assert (DEPLOY.parent / source).exists(), source
+    assert 'pip install ".${EXTRAS}"' in text
+    assert "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1" in text
+
+
+def _kustomize(folder: Path) -> list[dict]:
+    """`kubectl kustomize` when kubectl exists; else the plain resources."""
+    import shutil
+
+    import yaml
+
+    if shutil.which("kubectl"):
+        done = subprocess.run(
+            ["kubectl", "kustomize", str(folder)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return [d for d in yaml.safe_load_all(done.stdout) if d]
+    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    docs = []
+    for resource in kustomization["resources"]:
+        path = folder / resource
+        if path.is_file():
+            docs += [d for d in _yaml(path) if d]
+    return docs
+
+
+def _deployment(docs: list[dict], name: str) -> dict:
+    (found,) = [
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == name
+    ]
+    spec = found["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    for container in spec.get("initContainers", []) + spec["containers"]:
+        for mount in container.get("volumeMounts", []):
+            assert mount["name"] in volumes, (name, mount["name"])
+    return spec
+
+
+def test_kubernetes_manifests():
+    coordinator = _kustomize(DEPLOY / "k8s" / "coordinator")
+    spec = _deployment(coordinator, "superlink")
+    (container,) = spec["containers"]
+    link = _superlink_args(container["args"])
+    assert link.enable_supernode_auth and not link.insecure and link.database
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == "superlink-tls"
+    claims = {
+        d["metadata"]["name"]
+        for d in coordinator
+        if d["kind"] == "PersistentVolumeClaim"
+    }
+    assert {"superlink-state", "superlink-runs"} <= claims
+
+    hospital = _kustomize(DEPLOY / "k8s" / "hospital")
+    spec = _deployment(hospital, "supernode")
+    (container,) = spec["containers"]
+    node = _supernode_args(
+        [a.replace("$(SUPERLINK)", "link:8000") for a in container["args"]]
+    )
+    assert node.root_certificates and node.auth_supernode_private_key
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["data"]["persistentVolumeClaim"]["readOnly"] is True
+    for c in [*spec["initContainers"], container]:
+        for mount in c["volumeMounts"]:
+            if mount["name"] == "data":
+                assert mount["readOnly"] is True
+    assert volumes["auth"]["secret"]["secretName"] == "supernode-auth"
+    doctor = [c for c in spec["initContainers"] if c["name"] == "doctor"][0]
+    args = _fedbigbigan_args(
+        [
+            a.replace("$(SUPERLINK)", "link:8000").replace("$(PRESET)", "tiny")
+            for a in doctor["args"]
+        ]
+    )
+    assert args.command == "doctor" and args.node_config == node.node_config
+    (policy,) = [d for d in hospital if d["kind"] == "NetworkPolicy"]
+    ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
+    assert ports == {53, 8000} and policy["spec"]["ingress"] == []
+    _check_node_config(DEPLOY / "k8s" / "hospital" / "node.toml", "train")
+
+    import shutil
+
+    if shutil.which("kubectl"):  # the overlay needs kustomize to apply
+        gpu = _kustomize(DEPLOY / "k8s" / "hospital-gpu")
+        (container,) = _deployment(gpu, "supernode")["containers"]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+        assert container["image"] == "fedbigbigan:gpu"
+
+
+def test_edge_exposes_the_fleet_api_only():
+    text = (DEPLOY / "edge-nginx.conf").read_text()
+    locations = re.findall(r"location\s+(=?\s*\S+)\s*\{([^}]*)\}", text)
+    proxied = {path.strip() for path, body in locations if "proxy_pass" in body}
+    assert proxied == {"/v1/fleet/", "= /health"}
+    assert any(p.strip() == "/" and "return 403" in body for p, body in locations)
+    assert "proxy_ssl_verify on" in text
