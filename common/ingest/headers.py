@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset as read_elements
 from pydicom.uid import UID
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
 from common.ingest.reasons import Skip, short_error
 
@@ -200,24 +201,60 @@ def _read_usual(data: bytes, name: str) -> Parsed | None:
     stream.seek(132)
     try:
         meta = read_elements(stream, False, True, stop_when=_after_meta)
-        implicit = _usual_syntax(_raw_uid(meta.get_item(0x00020010)))
+        ts = _raw_uid(meta.get_item(0x00020010))
+        implicit = _usual_syntax(ts)
         if implicit is None:
             return None
-        ds = read_elements(
-            stream,
-            implicit,
-            True,
-            stop_when=_at_pixel_data,
-            specific_tags=list(HEADER_TAGS),
-        )
-        offset = stream.tell()
-        if data[offset : offset + 4] != PIXEL_TAG or not ds._dict:
+        if ts in (EXPLICIT_LE, IMPLICIT_LE):
+            ds, offset = _read_native(stream, implicit)
+        else:  # encapsulated Pixel Data: stop before it
+            ds = read_elements(
+                stream,
+                implicit,
+                True,
+                stop_when=_at_pixel_data,
+                specific_tags=list(HEADER_TAGS),
+            )
+            offset = stream.tell()
+        if offset is None or data[offset : offset + 4] != PIXEL_TAG or not ds._dict:
             return None
     except Exception:
         return None
-    ts = _raw_uid(meta.get_item(0x00020010))
     pixels = _native_pixels(ts, data, offset)
     return Parsed(ds, data, name, pixels, True, meta=meta)
+
+
+def _read_native(stream: BytesIO, implicit: bool) -> tuple[Dataset, int | None]:
+    """The header of a native (uncompressed) file, and where its Pixel Data
+    element starts (None: not the usual file).
+
+    The reader skips Pixel Data without reading it (`defer_size`), which spares
+    a callback per element that `stop_when` costs; anything unusual (another
+    pixel element, a deferred header element) is left to `read_complete`.
+    """
+    ds = read_elements(
+        stream,
+        implicit,
+        True,
+        defer_size=_DEFER_BYTES,
+        specific_tags=_NATIVE_TAGS,
+    )
+    elements = ds._dict
+    pixel = elements.pop(0x7FE00010, None)
+    if (
+        not isinstance(pixel, RawDataElement)
+        or 0x7FE00008 in elements
+        or 0x7FE00009 in elements
+        or any(getattr(elem, "value", 0) is None for elem in elements.values())
+    ):
+        return ds, None
+    long_header = not pixel.is_implicit_VR and pixel.VR in EXPLICIT_VR_LENGTH_32
+    return ds, pixel.value_tell - (12 if long_header else 8)
+
+
+# Pixel Data longer than this stays in the file's bytes (not copied by pydicom).
+_DEFER_BYTES = 1 << 16
+_NATIVE_TAGS = [*HEADER_TAGS, 0x7FE00008, 0x7FE00009, 0x7FE00010]
 
 
 def _after_meta(tag: int, vr: str | None, length: int) -> bool:
