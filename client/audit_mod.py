@@ -27,9 +27,11 @@ the ClientApp becomes one naming only the exception type: Flower would
 otherwise send the exception's text (which can hold a file path or a patient
 id) to the server.
 
-Place it first in the ClientApp's mods, so it sees what actually leaves:
-`ClientApp(client_fn=..., mods=[audit_mod, secaggplus_mod])`. Placed after
-`secaggplus_mod` it also checks the plaintext arrays before they are masked.
+Use it on both sides of SecAgg+:
+`ClientApp(client_fn=..., mods=[audit_mod, secaggplus_mod, audit_mod])`. The
+outer one sees what actually leaves (protocol records, masked vectors, metrics);
+the inner one sees the plaintext arrays before they are masked, where dtypes
+can still be checked.
 
 It guards against mistakes (a metric added in passing, a debug record); code
 that controls the node can bypass any mod.

@@ -127,7 +127,9 @@ def _pki_add_site(args) -> int:
     print("Register it on the running SuperLink (Flower 1.42 keeps the allow-list")
     print("in the SuperLink's database):")
     print("  " + " ".join(cmd))
-    print(f"  or: fedbigbigan pki register {args.federation} {args.name}")
+    print(
+        f"  or: fedbigbigan pki register {args.federation} {args.name} --pki {args.pki}"
+    )
     return 0
 
 

@@ -165,7 +165,6 @@ def test_two_hospitals_and_an_external_site_run_the_study(federation, tmp_path):
     each message a fresh ClientApp process on a 2-core machine."""
     from simulations.phantoms import write_study
 
-    sites = write_study(tmp_path / "data", 0.3, 0, 2)
     nodes = []
     for name, role in (
         ("hospital_a_ge", "train"),
@@ -173,11 +172,12 @@ def test_two_hospitals_and_an_external_site_run_the_study(federation, tmp_path):
         ("hospital_b", "external"),
     ):
         node_config = (
-            f'data-dir="{sites[name]}" role="{role}" '
+            f'data-dir="{tmp_path / "data" / name}" role="{role}" '
             f'cache-dir="{tmp_path / "cache" / name}"'
         )
         key = federation.add_site(name)
         nodes.append(federation.start_supernode(name, key, node_config))
+    write_study(tmp_path / "data", 0.3, 0, 2)  # while the nodes start
     for node in nodes:
         node.wait_for(r"SuperNode ID: \d+", timeout=90)
     out = tmp_path / "run"
