@@ -612,9 +612,12 @@ def _sources(plan: SeriesPlan) -> Iterator[str]:
 
 def _context():
     """forkserver: safe when the parent has threads (TensorFlow, Flower), and
-    cheaper than spawn because the server imports the worker module once."""
+    cheaper than spawn because the server imports the worker module once, and
+    the parent's main module once: each new worker would import it again (a
+    forkserver or spawn child does, unless its server already has), which
+    cost 50-500 ms per pool under the benchmark's script."""
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["common.ingest.worker"])
+        ctx.set_forkserver_preload(["__main__", "common.ingest.worker"])
         return ctx
     return multiprocessing.get_context("spawn")
