@@ -116,6 +116,7 @@ class _Run:
         self.index: dict[str, list[list]] = {}
         self.stored: dict[tuple[str, int], tuple[str, int, float, float]] = {}
         self.lungs: dict[tuple[str, int], float] = {}  # measured lung shares
+        self.headers: dict[str, Header] = {}  # read by this run, by content key
         self.labels = Labels(Path("labels.csv"))
         self.files_read = 0
         self.files_decoded = 0
@@ -185,7 +186,9 @@ class _Run:
         for rel in files:
             key = self.state.files[rel][4]
             record = self.state.records[key]
-            header = Header.from_json(record["header"]) if record["header"] else None
+            header = self.headers.get(key)
+            if header is None and record["header"]:
+                header = Header.from_json(record["header"])
             info = None
             try:
                 if self.labels_path is None:
@@ -517,7 +520,9 @@ class _Run:
 
     def _remember(self, result: FileResult) -> None:
         self.state.files[result.rel] = [*result.stat, result.key]
-        self.state.records[result.key] = result.record
+        self.state.records[result.key] = result.remembered()
+        if result.header is not None:
+            self.headers[result.key] = result.header
         self.files_read += 1
         if result.decoded:
             for frame, (low, high) in enumerate(result.ranges or []):

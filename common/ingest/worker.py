@@ -15,7 +15,7 @@ import xxhash
 from common.ingest.cache import PackWriter
 from common.ingest.checks import check_usable
 from common.ingest.config import IngestConfig
-from common.ingest.headers import quiet_pydicom, read_dataset, summarize
+from common.ingest.headers import Header, quiet_pydicom, read_dataset, summarize
 from common.ingest.pixels import cached_slices
 from common.ingest.reasons import Skip, short_error
 
@@ -34,12 +34,17 @@ class WorkerSetup:
 
 @dataclass
 class FileResult:
-    """One file's outcome; `record` is cached under `key` (content hash)."""
+    """One file's outcome; `record` is cached under `key` (content hash).
+
+    A parsed header travels as the `Header` itself (the run decides from it);
+    `FileResult.remembered` puts its JSON into the record.
+    """
 
     rel: str
     stat: list[int]
     key: str
     record: dict[str, Any]
+    header: Header | None = None
     pack: str | None = None  # set when frames were decoded by this call ...
     row: int = 0  # ... at this row of the pack
     ranges: list[list[float]] | None = None  # HU at -1 and 1, per frame
@@ -47,6 +52,12 @@ class FileResult:
     @property
     def decoded(self) -> bool:
         return self.pack is not None
+
+    def remembered(self) -> dict[str, Any]:
+        """The record as cached: with the header's JSON."""
+        if self.header is not None and self.record["header"] is None:
+            self.record["header"] = self.header.to_json()
+        return self.record
 
 
 def file_stat(path: str | int) -> list[int]:
@@ -149,7 +160,7 @@ def process_data(
         header = summarize(parsed)
     except Skip as skip:
         return FileResult(rel, stat, key, {"header": None, "skip": skip_record(skip)})
-    result = FileResult(rel, stat, key, {"header": header.to_json(), "skip": None})
+    result = FileResult(rel, stat, key, {"header": None, "skip": None}, header)
     if not decode or key in setup.have:
         return result
     try:
