@@ -169,3 +169,20 @@ def test_series_arrays_are_copied_file_to_file_as_numpy_writes_them(tmp_path):
         row_source(pack, size)
     with pytest.raises(ValueError):  # a different size
         row_source(older, size * 2)
+
+
+def test_files_saved_together_appear_at_the_end_or_not_at_all(tmp_path):
+    from common.ingest.cache import durable_together, write_text
+
+    (tmp_path / "b.json").write_text("old")
+    with durable_together():
+        write_text(tmp_path / "a.json", "1")
+        write_text(tmp_path / "b.json", "2")
+        assert not (tmp_path / "a.json").exists()  # not before the fsyncs
+    assert (tmp_path / "a.json").read_text() == "1"
+    assert (tmp_path / "b.json").read_text() == "2"
+    with pytest.raises(RuntimeError), durable_together():
+        write_text(tmp_path / "b.json", "3")
+        raise RuntimeError("the run failed")
+    assert (tmp_path / "b.json").read_text() == "2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json"]

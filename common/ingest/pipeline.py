@@ -24,6 +24,7 @@ from common.ingest.cache import (
     PackWriter,
     State,
     copy_rows,
+    durable_together,
     read_array,
     row_source,
 )
@@ -450,7 +451,6 @@ class _Run:
         without_images = sorted(
             pid for pid in self.labels.rows if pid not in by_patient
         )
-        self._prune(files, kept)
         patient_rows = [
             {
                 "patient_id": p.patient_id,
@@ -480,9 +480,12 @@ class _Run:
             "files_read": self.files_read,
             "files_decoded": self.files_decoded,
         }
-        write_report(
-            report_path, summary, context, all_outcomes, patient_rows, problems
-        )
+        with durable_together():  # the three files wait for the disk at once
+            self._save(files)
+            write_report(
+                report_path, summary, context, all_outcomes, patient_rows, problems
+            )
+        self.cache.prune(self.pixel_key, set(self.index))
         log.info("%s", summary.text(report_path))
         if self.strict:
             self._raise_first_problem(all_outcomes, problems)
@@ -508,12 +511,12 @@ class _Run:
         if problems:
             raise IngestError(sorted(problems, key=lambda p: p.line)[0].message)
 
-    def _prune(self, files, kept) -> None:
-        """Forget what no current file uses; save what is still valid."""
+    def _save(self, files) -> None:
+        """Forget what no current file uses; save what is still valid (arrays
+        that no series uses are deleted after)."""
         keys = {self.state.files[rel][4] for rel in files}
         self.state.records = {k: v for k, v in self.state.records.items() if k in keys}
         self.cache.save_index(self.pixel_key, self.index)
-        self.cache.prune(self.pixel_key, set(self.index))
         self.cache.save_state(self.state)
 
     # ---- helpers -------------------------------------------------------------
