@@ -225,8 +225,9 @@ def plot_roc(path: Path, run: RunContents, results: dict[str, dict]) -> bool:
 
 
 def plot_losses(path: Path, rounds: list[dict]) -> bool:
-    """D, E and G losses per round, one panel each (their scales differ)."""
-    if not rounds:
+    """D, E and G losses per round, one panel each (their scales differ).
+    False when there are none (no rounds, or DP on: sites send no losses)."""
+    if not rounds or "d_loss" not in rounds[0]:
         return False
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
@@ -490,7 +491,11 @@ def render_html(run: RunContents, figures: dict[str, bytes]) -> str:
             )
         )
     else:
-        parts.append("<p>No BigBiGAN rounds in this run (encoder not trained).</p>")
+        parts.append(
+            "<p>No losses: no BigBiGAN rounds in this run (encoder not trained), "
+            "or differential privacy was on (sites then send no per-site losses, "
+            "which the noise would not cover).</p>"
+        )
     parts.append("<h2>Generator samples G(z)</h2>")
     sample_names = [k for k in figures if k.startswith("samples/")]
     if sample_names:

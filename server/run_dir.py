@@ -112,7 +112,7 @@ def write_run(
     hists = pooled_histograms(site_hist, coarse)
     _atomic_write(out / HISTOGRAMS, lambda p: save_pooled_histograms(p, hists))
     _atomic_write(out / "roc.png", lambda p: _plot_roc(p, metrics, hists))
-    if metrics.get("rounds"):
+    if metrics.get("rounds") and "d_loss" in metrics["rounds"][0]:  # not under DP
         _atomic_write(out / "losses.png", lambda p: _plot_losses(p, metrics["rounds"]))
 
 
