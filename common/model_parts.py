@@ -49,3 +49,20 @@ def merge(
     for i, value in zip(indices, values, strict=True):
         out[i] = value
     return out
+
+
+# BatchNorm's running variance must stay positive; noise (DP) or quantisation
+# (SecAgg+) can push an average below zero, and sqrt(negative) is NaN
+VARIANCE_FLOOR = 1e-3
+
+
+def floor_variances(model, indices: list[int], arrays: list[np.ndarray]) -> list:
+    """`arrays` (the model's arrays at `indices`) with every BatchNorm running
+    variance floored at VARIANCE_FLOOR: post-processing, which costs no privacy."""
+    paths = [model.variables[i].path for i in indices]
+    return [
+        np.maximum(a, VARIANCE_FLOOR).astype(a.dtype)
+        if path.endswith("moving_variance")
+        else a
+        for path, a in zip(paths, arrays, strict=True)
+    ]

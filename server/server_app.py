@@ -23,7 +23,7 @@ from flwr.serverapp import Grid, ServerApp
 from common.config import FEDERATED_PARTS, RunConfig
 from common.grids import save_samples
 from common.metrics import histogram_keys
-from common.model_parts import federated_indices, merge, select
+from common.model_parts import federated_indices, floor_variances, merge, select
 from common.site_evaluation import read_site_report
 from server.checkpointing import (
     ServerCheckpoint,
@@ -197,6 +197,7 @@ def _gan_rounds(grid, legacy, strategy, config, out, model, state, sizes):
             w + d.astype(np.float32)
             for w, d in zip(select(weights, shared), delta, strict=True)
         ]
+        new = floor_variances(model, shared, new)
         weights = merge(weights, shared, new)
         entry = {"round": rnd, "sites": len(strategy.site_metrics)}
         if not private:  # with DP the sites send no losses (they are not noised)

@@ -32,8 +32,11 @@ from common.roc_stats import auc_ci, patient_scores
 from simulations.central import concat, pooled_data
 
 
-def _auc(scores: np.ndarray, data, how: str) -> dict:
-    patient, labels = patient_scores(scores, data.patient, data.labels, how)
+def _auc(score, features: np.ndarray, data, how: str) -> dict:
+    """Patient AUC with DeLong CI of a head on one test set (NaN when empty)."""
+    if len(data) == 0:  # e.g. a small site's test split at a small --scale
+        return {"auc": float("nan"), "ci": [float("nan")] * 2, "n_patients": 0}
+    patient, labels = patient_scores(score(features), data.patient, data.labels, how)
     auc, low, high = auc_ci(patient, labels)
     return {"auc": auc, "ci": [low, high], "n_patients": len(labels)}
 
@@ -110,7 +113,7 @@ def compare(run_dir: Path, config: RunConfig) -> dict:
         heads[f"local KNN ({n})"] = knn(x, y)
     table = {
         head: {
-            t: _auc(score(features[t]), targets[t], config.patient_score)
+            t: _auc(score, features[t], targets[t], config.patient_score)
             for t in targets
         }
         for head, score in heads.items()
