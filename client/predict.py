@@ -34,7 +34,7 @@ class Prediction:
 def predict_dicom(run_dir: Path, dicom_dir: Path, cache_dir: Path | None = None):
     """Predictions per patient found under `dicom_dir`, and the seconds it took."""
     from client.site import ingest_config
-    from common.checkpoint import load_model
+    from common.checkpoint import encode_z_mean, load_encoder
     from common.dataset import slices_from_ingest
     from common.linear_head import predict
     from common.roc_stats import patient_score
@@ -47,13 +47,13 @@ def predict_dicom(run_dir: Path, dicom_dir: Path, cache_dir: Path | None = None)
     threshold = float(metrics["threshold"])
     with np.load(run_dir / "global_weights.npz") as weights:
         coef = weights["head"]
-    model = load_model(run_dir, devices=config.devices, seed=config.seed)
+    encoder = load_encoder(run_dir)  # E alone: scoring needs nothing else
     result = ingest_unlabelled(dicom_dir, config, cache_dir)
     size = ingest_config(config).image_size
     predictions = []
     for patient in result.patients:
         slices = slices_from_ingest([patient], size)
-        scores = predict(coef, model.encode(slices.images))
+        scores = predict(coef, encode_z_mean(encoder, slices.images))
         raw = patient_score(scores, config.patient_score)
         score = float(np.clip(raw, 0.0, 1.0))
         predictions.append(

@@ -83,3 +83,35 @@ def _load_run_dir(run: Path, devices: DeviceConfig | None, seed: int):
         arrays = [data[f"arr_{i}"] for i in range(len(model.variables))]
     model.set_weights(arrays)
     return model
+
+
+def load_encoder(run: Path):
+    """E alone from a run directory (the first arrays of global_weights.npz, as
+    `BigBiGAN.variables` lists E first): all that scoring needs, built in a
+    fraction of the full model's time."""
+    from common.bigbigan import build_encoder
+
+    run = Path(run)
+    config_file, weights_file = run / "config.json", run / "global_weights.npz"
+    if not (config_file.is_file() and weights_file.is_file()):
+        raise FileNotFoundError(
+            f"{run}: a run directory needs config.json and global_weights.npz"
+        )
+    encoder = build_encoder(get_preset(json.loads(config_file.read_text())["preset"]))
+    with np.load(weights_file) as data:
+        for i, variable in enumerate(encoder.weights):
+            variable.assign(data[f"arr_{i}"])
+    return encoder
+
+
+def encode_z_mean(encoder, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    """z_mean of `images` through a bare encoder, batch by batch (float64)."""
+    out = [
+        np.asarray(encoder(images[i : i + batch], training=False)["z_mean"], np.float64)
+        for i in range(0, len(images), batch)
+    ]
+    return (
+        np.concatenate(out)
+        if out
+        else np.zeros((0, encoder.output["z_mean"].shape[-1]))
+    )

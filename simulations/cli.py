@@ -10,6 +10,11 @@ from pathlib import Path
 import tomllib
 
 from common.config import RunConfig
+from simulations.deploy_cli import (
+    DEPLOY_COMMANDS,
+    add_deploy_commands,
+    run_deploy_command,
+)
 from simulations.model_cli import add_model_commands, run_model_command
 
 MODEL_COMMANDS = ("presets", "train-central", "extract")
@@ -183,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("--patients", type=int, default=8, help="patients to show")
     rec.add_argument("--cache", type=Path, default=None, help="ingest cache to reuse")
     add_model_commands(sub, _add_run_config)
+    add_deploy_commands(sub, _add_run_config)
     _add_ingest_command(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -190,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         overrides = _parse_overrides(getattr(args, "run_config", []))
         flat = {**_default_config().to_flat(), **overrides}
         return run_model_command(args, RunConfig.from_flat(flat))
+    if args.command in DEPLOY_COMMANDS:
+        overrides = _parse_overrides(getattr(args, "run_config", []))
+        flat = {**_default_config().to_flat(), **overrides}
+        return run_deploy_command(args, RunConfig.from_flat(flat))
     if args.command == "ingest":
         return _ingest(args)
     if args.command == "hub-inspect":

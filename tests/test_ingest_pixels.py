@@ -246,3 +246,35 @@ def test_shrink_in_the_stored_integer_type_is_bit_identical(dtype, k):
         got = _block_mean_native(frame, k, n, floor, bound)
         assert got.dtype == np.float32
         assert np.array_equal(got.view(np.uint32), expected.view(np.uint32))
+
+
+@pytest.mark.parametrize("size", [128, 64, 32, 48])  # 2x2 ... 8x8 blocks, resize
+@pytest.mark.parametrize("intensity", ["paper", "lung-window"])
+def test_cached_slices_are_the_unit_range_of_hu_slices(tmp_path, size, intensity):
+    """`cached_slices` (a lookup table when the block sums are few) gives, bit
+    for bit, the float16 of `to_unit` of `hu_slices` under the policy."""
+    from common.ingest.pixels import cached_slices
+    from common.ingest.policy import intensity_range, to_unit
+
+    config = IngestConfig(image_size=size, intensity=intensity)
+    frames = [chest_hu(256, seed=s) for s in range(2)]
+    stored = _with_fov_padding(chest_hu(64), -2000)
+    cases = [
+        ct_dataset(frames[0], bits_stored=12, padding=-2000),
+        ct_dataset(frames[0], signed=False, slope=0.5, intercept=-1024.0),
+        ct_dataset(frames[0], signed=False, padding=0),  # explicit padding
+        enhanced_ct_dataset(frames, [0.0, 1.0]),
+    ]
+    padded = ct_dataset(chest_hu(64), padding=-2000)
+    padded.PixelData = stored.tobytes()
+    cases.append(padded)
+    for index, ds in enumerate(cases):
+        parsed, header = parse(save(ds, tmp_path / f"{index}.dcm"))
+        got, ranges = cached_slices(parsed, header, config)
+        hu = hu_slices(parsed, header, size)
+        assert ranges == [list(intensity_range(frame, config)) for frame in hu]
+        expected = np.stack(
+            [to_unit(frame, *intensity_range(frame, config)) for frame in hu]
+        ).astype(np.float16)
+        assert got.dtype == np.float16
+        assert np.array_equal(got.view(np.uint16), expected.view(np.uint16)), index

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image
@@ -29,7 +30,10 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from common.ingest.cache import PACK_DTYPE, to_pack_dtype
+from common.ingest.config import IngestConfig
 from common.ingest.headers import Fields, Header, Parsed
+from common.ingest.policy import intensity_range, to_unit
 from common.ingest.reasons import Skip, short_error
 
 # Real tissue and air are never below about -1024 HU; vendors fill the area
@@ -305,42 +309,60 @@ def _block_mean_exact(frame: np.ndarray, k: int, n: int, floor) -> np.ndarray:
 
 
 def _block_mean_native(frame: np.ndarray, k: int, n: int, floor, bound: int):
-    """`_block_mean_exact` summing rows in the frame's own integer type, which
-    cannot overflow (k * `bound` fits): half the bytes of float32 sums and no
-    casts; columns too when k * k * `bound` fits. The sums are the same
-    integers, so the result is bit for bit the same.
-    """
+    """`_block_mean_exact` summing in the frame's own integer type (see
+    `_block_sums`); the sums are the same integers, so the result is bit for
+    bit the same."""
+    return _means(_block_sums(frame, k, n, floor, bound), k)
+
+
+def _block_sums(frame: np.ndarray, k: int, n: int, floor, bound: int) -> np.ndarray:
+    """Sums of k x k blocks of the filled frame, in the frame's integer type
+    where they cannot overflow (k * `bound` fits): half the bytes of float32
+    sums and no casts. Columns stay integers when k * k * `bound` fits, else
+    they are summed in float32 (exact: k*k*65535 < 2**24)."""
     if floor is not None:
         frame = np.maximum(
             frame, _row(frame, floor), out=_scratch(frame.shape, frame.dtype)
         )
+    if k == 1:
+        return frame
     rows = frame.reshape(n, k, frame.shape[1])
-    acc = rows[:, 0, :].copy() if k == 1 else np.add(rows[:, 0, :], rows[:, 1, :])
+    acc = np.add(rows[:, 0, :], rows[:, 1, :])
     for i in range(2, k):
         acc += rows[:, i, :]
     if k * k * bound > np.iinfo(frame.dtype).max:
-        acc = acc.astype(np.float32)  # exact: k*k*65535 < 2**24
+        acc = acc.astype(np.float32)
     cols = acc.reshape(n, n, k)
-    out = np.add(cols[:, :, 0], cols[:, :, 1]) if k > 1 else cols[:, :, 0].copy()
+    out = np.add(cols[:, :, 0], cols[:, :, 1])
     for i in range(2, k):
         out += cols[:, :, i]
-    out = out.astype(np.float32, copy=False)
+    return out
+
+
+def _means(sums: np.ndarray, k: int) -> np.ndarray:
+    """Block sums -> float32 block means, rounded as `_block_mean_exact` does."""
+    out = sums.astype(np.float32)
     if k & (k - 1) == 0:  # a power of two: the scale is exact in float32
         out *= np.float32(1.0 / (k * k))
         return out
     return (out.astype(np.float64) * (1.0 / (k * k))).astype(np.float32)
 
 
-def hu_slices(parsed: Parsed, header: Header, size: int) -> np.ndarray:
-    """All frames as [frames, size, size] float32 HU, padding filled."""
+def _shrunk(
+    parsed: Parsed, header: Header, size: int
+) -> Iterator[tuple[np.ndarray, int, float, float]]:
+    """Each frame filled and shrunk in stored units, with its rescale:
+    (values, k, slope, intercept), where values are the integer sums of k x k
+    blocks, or (k = 0) float32 means already."""
     ds = parsed.ds
     stored = stored_frames(parsed, header)
     rescales = frame_rescales(ds, header.frames)
     padding = padding_range(ds, stored.dtype)
-    out = np.empty((header.frames, size, size), np.float32)
     scratch = _scratch(stored.shape[1:], stored.dtype)
     rows, cols = stored.shape[1:]
-    block = rows == cols and rows > size and rows % size == 0
+    block = rows == cols and rows >= size and rows % size == 0
+    k = rows // size
+    native = stored.dtype.kind in "iu" and stored.itemsize <= 2 and k <= 16
     # (min, max) of all frames: one frame's own minimum, and a bound on the
     # magnitude of every frame's values.
     span = parsed.stored_range
@@ -354,16 +376,72 @@ def hu_slices(parsed: Parsed, header: Header, size: int) -> np.ndarray:
         )
         if block and explicit is None:  # the common case: fill while shrinking
             bound = max(abs(span[0] if floor is None else floor), abs(span[1]))
-            small = _block_mean(frame, rows // size, floor, bound)
-        else:
-            if floor is not None:
-                frame = np.maximum(frame, _row(frame, floor), out=scratch)
-                if explicit is not None:
-                    np.putmask(frame, explicit, floor)
-            small = resize_stored(frame, size)
-        np.multiply(small, np.float32(slope), out=out[index])
-        out[index] += np.float32(intercept)
+            if native and k * bound <= np.iinfo(stored.dtype).max:
+                yield _block_sums(frame, k, size, floor, bound), k, slope, intercept
+                continue
+            if k > 1:
+                yield _block_mean(frame, k, floor), 0, slope, intercept
+                continue
+        if floor is not None:
+            frame = np.maximum(frame, _row(frame, floor), out=scratch)
+            if explicit is not None:
+                np.putmask(frame, explicit, floor)
+        yield resize_stored(frame, size), 0, slope, intercept
+
+
+def _to_hu(small: np.ndarray, slope: float, intercept: float, out=None):
+    out = np.multiply(small, np.float32(slope), out=out)
+    out += np.float32(intercept)
     return out
+
+
+def hu_slices(parsed: Parsed, header: Header, size: int) -> np.ndarray:
+    """All frames as [frames, size, size] float32 HU, padding filled."""
+    out = np.empty((header.frames, size, size), np.float32)
+    for index, (values, k, slope, intercept) in enumerate(
+        _shrunk(parsed, header, size)
+    ):
+        _to_hu(_means(values, k) if k else values, slope, intercept, out[index])
+    return out
+
+
+def cached_slices(
+    parsed: Parsed, header: Header, config: IngestConfig
+) -> tuple[np.ndarray, list[list[float]]]:
+    """All frames as the cache holds them: [frames, size, size] float16 in the
+    intensity policy's [-1, 1], and per frame the HU mapped to -1 and to 1.
+
+    The same as `to_unit` of `hu_slices` under `intensity_range`, cast by
+    `to_pack_dtype`, bit for bit. When a frame's block sums take fewer
+    distinct integer values than it has pixels (e.g. 2 x 2 blocks of 12-bit
+    data), every step after the sums is done once per possible sum, on a
+    table, and the frame is a lookup in it: float16 casts are slow in numpy.
+    """
+    size = config.image_size
+    out = np.empty((header.frames, size, size), PACK_DTYPE)
+    ranges = []
+    for index, (values, k, slope, intercept) in enumerate(
+        _shrunk(parsed, header, size)
+    ):
+        if k and values.dtype.kind in "iu":
+            first, last = int(values.min()), int(values.max())
+            table = last - first < min(values.size // 2, np.iinfo(values.dtype).max)
+        else:
+            table = False
+        if table:
+            # hu is monotonic in the sum: the table's ends are the frame's
+            # min and max, so the intensity range is the frame's.
+            sums = np.arange(first, last + 1, dtype=np.int32)
+            hu = _to_hu(_means(sums, k), slope, intercept)
+            low, high = intensity_range(hu, config)
+            codes = to_pack_dtype(to_unit(hu, low, high)).view(np.uint16)
+            np.take(codes, values - first, out=out[index].view(np.uint16))
+        else:
+            hu = _to_hu(_means(values, k) if k else values, slope, intercept)
+            low, high = intensity_range(hu, config)
+            out[index] = to_pack_dtype(to_unit(hu, low, high))
+        ranges.append([low, high])
+    return out, ranges
 
 
 _SCRATCH = threading.local()

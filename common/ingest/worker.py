@@ -10,15 +10,13 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import xxhash
 
-from common.ingest.cache import PackWriter, to_pack_dtype
+from common.ingest.cache import PackWriter
 from common.ingest.checks import check_usable
 from common.ingest.config import IngestConfig
 from common.ingest.headers import quiet_pydicom, read_dataset, summarize
-from common.ingest.pixels import hu_slices
-from common.ingest.policy import intensity_range, to_unit
+from common.ingest.pixels import cached_slices
 from common.ingest.reasons import Skip, short_error
 
 
@@ -161,17 +159,11 @@ def process_data(
     if setup.labelled is not None and header.patient_id not in setup.labelled:
         return result  # no label: decoding it would be wasted work
     try:
-        hu = hu_slices(parsed, header, setup.config.image_size)
+        frames, result.ranges = cached_slices(parsed, header, setup.config)
     except Skip as skip:  # the bytes themselves are bad: remember it
         result.record["skip"] = skip_record(skip)
         return result
-    unit = np.empty(hu.shape, np.float32)
-    result.ranges = []
-    for index, frame in enumerate(hu):
-        low, high = intensity_range(frame, setup.config)
-        unit[index] = to_unit(frame, low, high)
-        result.ranges.append([low, high])
-    result.pack, result.row = pack.append(to_pack_dtype(unit))
+    result.pack, result.row = pack.append(frames)
     return result
 
 

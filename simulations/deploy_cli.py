@@ -1,0 +1,221 @@
+"""`fedbigbigan pki ... | doctor`: the deployment's own commands."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+from common.config import RunConfig
+
+DEPLOY_COMMANDS = ("pki", "doctor")
+
+
+def add_deploy_commands(sub, add_run_config) -> None:
+    """Register the commands on the main parser's subparsers."""
+    pki = sub.add_parser("pki", help="the federation's CA, SuperLink cert, site keys")
+    pki_sub = pki.add_subparsers(dest="pki_command", required=True)
+    init = pki_sub.add_parser(
+        "init", help="a federation CA and the SuperLink's TLS certificate"
+    )
+    init.add_argument("--out", type=Path, required=True, help="the PKI folder")
+    init.add_argument(
+        "--superlink-host",
+        required=True,
+        help="names the SuperLink is reached by: HOST[,IP,...] (all go in the SANs)",
+    )
+    init.add_argument("--force", action="store_true", help="replace an existing CA")
+    init.add_argument("--ca-days", type=int, default=3650)
+    init.add_argument("--server-days", type=int, default=825)
+    renew = pki_sub.add_parser(
+        "renew-server", help="a new SuperLink certificate under the existing CA"
+    )
+    renew.add_argument("--pki", type=Path, default=Path("pki"))
+    renew.add_argument("--superlink-host", required=True, help="HOST[,IP,...]")
+    renew.add_argument("--server-days", type=int, default=825)
+    site = pki_sub.add_parser(
+        "add-site", help="a hospital SuperNode's auth key pair, on the allow-list"
+    )
+    site.add_argument("name", help="the site's name, e.g. hospital_a")
+    site.add_argument("--pki", type=Path, default=Path("pki"))
+    site.add_argument(
+        "--federation",
+        default="<federation>",
+        help="the federation in $FLWR_HOME/config.toml (for the printed command)",
+    )
+    reg = pki_sub.add_parser(
+        "register",
+        help="put sites' keys on the running SuperLink (flwr supernode register)",
+    )
+    reg.add_argument("federation", help="the federation in $FLWR_HOME/config.toml")
+    reg.add_argument("names", nargs="*", help="sites (default: all)")
+    reg.add_argument("--pki", type=Path, default=Path("pki"))
+    listing = pki_sub.add_parser("list", help="the CA, SuperLink cert and sites")
+    listing.add_argument("--pki", type=Path, default=Path("pki"))
+
+    doc = sub.add_parser("doctor", help="pre-flight checks for a hospital node")
+    doc.add_argument("--superlink", required=True, help="HOST:PORT of the SuperLink")
+    doc.add_argument("--root-certificates", type=Path, help="the federation's ca.crt")
+    doc.add_argument(
+        "--auth-supernode-private-key", type=Path, help="this site's auth.key"
+    )
+    doc.add_argument(
+        "--node-config",
+        default="",
+        help='as for flower-supernode: \'data-dir="/data" role="train"\' or a .toml',
+    )
+    doc.add_argument("--gpu", action="store_true", help="check that a GPU is visible")
+    doc.add_argument("--timeout", type=float, default=10.0, help="seconds per connect")
+    add_run_config(doc)
+
+
+def run_deploy_command(args: argparse.Namespace, config: RunConfig) -> int | None:
+    """Run the command if it is one of ours; None otherwise."""
+    if args.command == "pki":
+        from common.pki import PKIError
+
+        try:
+            return _PKI[args.pki_command](args)
+        except PKIError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    if args.command == "doctor":
+        return _doctor(args, config)
+    return None
+
+
+def _pki_init(args) -> int:
+    from common.pki import init_pki
+
+    listing = init_pki(
+        args.out,
+        args.superlink_host,
+        force=args.force,
+        ca_days=args.ca_days,
+        server_days=args.server_days,
+    )
+    _print_listing(listing)
+    print(
+        f"\nSuperLink: --ssl-ca-certfile {args.out}/ca.crt "
+        f"--ssl-certfile {args.out}/superlink/server.crt "
+        f"--ssl-keyfile {args.out}/superlink/server.key --enable-supernode-auth"
+        f"\nKeep {args.out}/ca.key offline; give every site {args.out}/ca.crt."
+    )
+    return 0
+
+
+def _pki_renew(args) -> int:
+    from common.pki import renew_server_cert
+
+    info = renew_server_cert(
+        args.pki, args.superlink_host, server_days=args.server_days
+    )
+    print(f"SuperLink certificate {info.path}: {_names(info)}, until {_date(info)}")
+    print("Restart the SuperLink to use it; sites keep their ca.crt.")
+    return 0
+
+
+def _pki_add_site(args) -> int:
+    from common.pki import add_site, register_command
+
+    info = add_site(args.pki, args.name)
+    print(f"site {info.name}: key {info.fingerprint}")
+    print(f"  private key (0600, give to the site only): {info.key_path}")
+    print(f"  public key (allow-list):                   {info.public_key_path}")
+    cmd = register_command(args.pki, args.name, args.federation)
+    print("Register it on the running SuperLink (Flower 1.42 keeps the allow-list")
+    print("in the SuperLink's database):")
+    print("  " + " ".join(cmd))
+    print(f"  or: fedbigbigan pki register {args.federation} {args.name}")
+    return 0
+
+
+def _pki_register(args) -> int:
+    from common.pki import list_pki, register_command
+
+    names = args.names or [s.name for s in list_pki(args.pki).sites]
+    failed = 0
+    for name in names:
+        cmd = register_command(args.pki, name, args.federation)
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode == 0:
+            print(f"{name}: registered")
+        else:
+            failed += 1
+            reason = (done.stderr or done.stdout).strip().splitlines()
+            print(
+                f"{name}: not registered: {reason[-1] if reason else done.returncode}"
+            )
+    return 1 if failed else 0
+
+
+def _pki_list(args) -> int:
+    from common.pki import list_pki
+
+    _print_listing(list_pki(args.pki))
+    return 0
+
+
+_PKI = {
+    "init": _pki_init,
+    "renew-server": _pki_renew,
+    "add-site": _pki_add_site,
+    "register": _pki_register,
+    "list": _pki_list,
+}
+
+
+def _print_listing(listing) -> None:
+    print(f"CA         {listing.ca.subject}  expires {_date(listing.ca)}")
+    if listing.server is not None:
+        print(f"SuperLink  {_names(listing.server)}  expires {_date(listing.server)}")
+    if not listing.sites:
+        print("sites      none yet (fedbigbigan pki add-site NAME)")
+    for site in listing.sites:
+        listed = "allow-list" if site.in_allow_list else "NOT in allow-list"
+        print(
+            f"site       {site.name:20s} {site.fingerprint}  created "
+            f"{site.created:%Y-%m-%d}  key does not expire  {listed}"
+        )
+
+
+def _names(info) -> str:
+    return ",".join([*info.dns_names, *info.ip_addresses])
+
+
+def _date(info) -> str:
+    return f"{info.not_after:%Y-%m-%d}"
+
+
+def _doctor(args, config: RunConfig) -> int:
+    import logging
+
+    from flwr.common.config import parse_config_args
+
+    from client.doctor import run_checks
+
+    logging.getLogger("common.ingest").setLevel(logging.WARNING)
+    try:
+        node_config = parse_config_args(
+            [args.node_config] if args.node_config else None
+        )
+    except ValueError as err:
+        print(f"error: --node-config: {err}", file=sys.stderr)
+        return 2
+    checks = run_checks(
+        args.superlink,
+        args.root_certificates,
+        args.auth_supernode_private_key,
+        node_config,
+        config,
+        gpu=args.gpu,
+        timeout=args.timeout,
+    )
+    for check in checks:
+        print(f"[{check.status.upper():4s}] {check.name}: {check.detail}")
+        if check.fix:
+            print(f"       fix: {check.fix}")
+    failed = [c.name for c in checks if c.failed]
+    print(f"{len(checks) - len(failed)} of {len(checks)} checks passed")
+    return 1 if failed else 0
