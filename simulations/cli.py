@@ -187,6 +187,16 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("--out", type=Path, required=True, help="PNG to write")
     rec.add_argument("--patients", type=int, default=8, help="patients to show")
     rec.add_argument("--cache", type=Path, default=None, help="ingest cache to reuse")
+    aud = sub.add_parser(
+        "privacy-audit",
+        help="at a site: does the run's global G reproduce this site's slices?",
+    )
+    aud.add_argument("--model", type=Path, required=True, help="a run directory")
+    aud.add_argument(
+        "--site-dir", type=Path, required=True, help="the site folder (labels.csv)"
+    )
+    aud.add_argument("--samples", type=int, default=256, help="samples G(z) to check")
+    aud.add_argument("--out", type=Path, default=None, help="write the summary here")
     add_model_commands(sub, _add_run_config)
     add_deploy_commands(sub, _add_run_config)
     _add_ingest_command(sub)
@@ -224,6 +234,15 @@ def main(argv: list[str] | None = None) -> int:
                 args.model, args.dicom, args.out, args.patients, args.cache
             )
         )
+        return 0
+    if args.command == "privacy-audit":
+        from client.privacy_audit import audit_site
+
+        summary = audit_site(args.model, args.site_dir, args.samples)
+        text = json.dumps(summary, indent=2)
+        if args.out is not None:
+            args.out.write_text(text)
+        print(text)
         return 0
     if args.command == "report":
         from server.report import write_report
