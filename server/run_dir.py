@@ -14,6 +14,7 @@ from server.evaluation import SPLITS, pooled
 
 HISTOGRAMS = "histograms.npz"
 RECONSTRUCTIONS = "reconstructions.png"  # written by simulations only (shows slices)
+PRIVACY_CURVE = "privacy_curve.json"  # written by `fedbigbigan privacy-curve`
 
 
 def pooled_histograms(site_hist: dict, coarse: dict | None = None) -> dict:
@@ -68,6 +69,18 @@ def revive_json(value):
     if isinstance(value, str) and value in NON_FINITE:
         return NON_FINITE[value]
     return value
+
+
+def update_metrics(run_dir: Path, **items) -> None:
+    """Add top-level entries to RUN_DIR/metrics.json (rewritten atomically)."""
+    path = Path(run_dir) / "metrics.json"
+    metrics = revive_json(json.loads(path.read_text())) | items
+    _atomic_write(
+        path,
+        lambda p: p.write_text(
+            json.dumps(strict_json(metrics), indent=2, allow_nan=False)
+        ),
+    )
 
 
 def write_config(out: Path, config: RunConfig) -> None:

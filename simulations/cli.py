@@ -197,6 +197,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     aud.add_argument("--samples", type=int, default=256, help="samples G(z) to check")
     aud.add_argument("--out", type=Path, default=None, help="write the summary here")
+    curve = sub.add_parser(
+        "privacy-curve",
+        help="simulate the study at several DP noise levels: AUC against epsilon",
+    )
+    curve.add_argument("--out", type=Path, required=True)
+    curve.add_argument(
+        "--noise", default="0,0.5,1,2", help="noise multipliers, comma-separated"
+    )
+    curve.add_argument("--scale", type=float, default=1.0)
+    curve.add_argument("--slices", type=int, default=6)
+    curve.add_argument("--run-config", nargs="*", default=[], help="overrides")
     add_model_commands(sub, _add_run_config)
     add_deploy_commands(sub, _add_run_config)
     _add_ingest_command(sub)
@@ -234,6 +245,21 @@ def main(argv: list[str] | None = None) -> int:
                 args.model, args.dicom, args.out, args.patients, args.cache
             )
         )
+        return 0
+    if args.command == "privacy-curve":
+        from simulations.privacy_curve import privacy_curve
+
+        flat = {**_default_config().to_flat(), **_parse_overrides(args.run_config)}
+        noises = [float(v) for v in args.noise.split(",") if v.strip()]
+        rows = privacy_curve(
+            args.out, RunConfig.from_flat(flat), noises, args.scale, args.slices
+        )
+        for r in rows:
+            print(
+                f"noise {r['noise_multiplier']:g}: epsilon {r['epsilon']:.3g}  "
+                f"external AUC {r['external_auc']:.3f}  "
+                f"attack on head {r['head_attack_auc']:.3f}"
+            )
         return 0
     if args.command == "privacy-audit":
         from client.privacy_audit import audit_site

@@ -14,7 +14,6 @@ head is its mean AUC on the test data of the sites it did not train on.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -136,13 +135,8 @@ def compare(run_dir: Path, config: RunConfig) -> dict:
 
 def add_to_run(run_dir: Path, config: RunConfig) -> dict:
     """Compute the comparisons and store them in the run's metrics.json."""
-    from server.run_dir import revive_json, strict_json
+    from server.run_dir import update_metrics
 
     comparisons = compare(run_dir, config)
-    path = run_dir / "metrics.json"
-    metrics = revive_json(json.loads(path.read_text()))
-    metrics["comparisons"] = comparisons
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(strict_json(metrics), indent=2, allow_nan=False))
-    tmp.replace(path)
+    update_metrics(run_dir, comparisons=comparisons)
     return comparisons

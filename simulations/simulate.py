@@ -60,6 +60,11 @@ def simulate(
     from simulations.comparisons import add_to_run
 
     result["comparisons"] = add_to_run(out, config)
+    from server.run_dir import update_metrics
+    from simulations.membership import membership_inference
+
+    result["membership_inference"] = membership_inference(out, config)
+    update_metrics(out, membership_inference=result["membership_inference"])
     from simulations.reconstructions import write_reconstructions
 
     if "g" in FEDERATED_PARTS[config.federated_parts]:  # else no global G exists

@@ -108,3 +108,6 @@ def test_generator_stays_home_and_dp_noise_comes_before_masking(tmp_path):
     dp = metrics["dp"]
     assert dp["on"] and dp["rounds"] == 2 and 0 < dp["epsilon"] < np.inf
     assert all("d_loss" not in r for r in metrics["rounds"])  # no per-site losses
+    attack = metrics["membership_inference"]
+    assert 0.0 <= attack["head_attack_auc"] <= 1.0 and attack["n_members"] > 0
+    assert attack["discriminator_attack_auc"] is None  # D never left the sites
