@@ -21,8 +21,12 @@ from common.config import FEDERATED_PARTS, RunConfig
 
 
 def attack_auc(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> float:
-    """AUC of 'higher score means member'."""
+    """AUC of 'higher score means member' (NaN if either set is empty, e.g.
+    sites too small to have held-out patients)."""
     from sklearn.metrics import roc_auc_score
+
+    if len(member_scores) == 0 or len(nonmember_scores) == 0:
+        return float("nan")
 
     labels = np.r_[np.ones(len(member_scores)), np.zeros(len(nonmember_scores))]
     return float(roc_auc_score(labels, np.r_[member_scores, nonmember_scores]))

@@ -23,3 +23,7 @@ def test_discriminator_scores_one_per_slice_and_batch_independent():
     scores = discriminator_scores(model, images, batch=4)
     assert scores.shape == (10,) and np.isfinite(scores).all()
     assert np.allclose(scores, discriminator_scores(model, images, batch=10), atol=1e-4)
+
+
+def test_no_held_out_slices_gives_nan_not_a_crash():
+    assert np.isnan(attack_auc(np.ones(5), np.zeros(0)))

@@ -74,7 +74,7 @@ def test_generator_stays_home_and_dp_noise_comes_before_masking(tmp_path):
         ],
     )
     out = tmp_path / "run"
-    metrics = simulate(out, config, scale=0.1, slices_per_patient=2, client_app=app)
+    metrics = simulate(out, config, scale=0.2, slices_per_patient=2, client_app=app)
 
     ranges = part_ranges(BigBiGAN(config.model, seed=0))
     weights = BigBiGAN(config.model, seed=0).get_weights()
@@ -109,5 +109,6 @@ def test_generator_stays_home_and_dp_noise_comes_before_masking(tmp_path):
     assert dp["on"] and dp["rounds"] == 2 and 0 < dp["epsilon"] < np.inf
     assert all("d_loss" not in r for r in metrics["rounds"])  # no per-site losses
     attack = metrics["membership_inference"]
-    assert 0.0 <= attack["head_attack_auc"] <= 1.0 and attack["n_members"] > 0
+    assert attack["n_members"] > 0 and attack["n_nonmembers"] > 0
+    assert 0.0 <= attack["head_attack_auc"] <= 1.0
     assert attack["discriminator_attack_auc"] is None  # D never left the sites
