@@ -6,15 +6,19 @@ pixels, tags or per-patient scores."""
 from __future__ import annotations
 
 import zlib
+from logging import WARNING
 
 import numpy as np
 from flwr.client import NumPyClient
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.common import Context
+from flwr.common.logger import log
 
-from client.site import resolve_site, site_data
+from client.local_parts import LocalParts
+from client.site import cache_dir, resolve_site, site_data
 from common.config import RunConfig
+from common.dp import clip_and_noise
 from common.linear_head import (
     feature_moments,
     logistic_steps,
@@ -23,22 +27,43 @@ from common.linear_head import (
     standardized_statistics,
 )
 from common.metrics import histogram, histogram_keys
+from common.model_parts import federated_indices, local_indices, merge, select
 from common.roc_stats import patient_score
 from common.site_evaluation import site_report
 
-_MODELS: dict[tuple, object] = {}
+_MODELS: dict[tuple, tuple] = {}
 # not part of the run config: set by the server per message
-SERVER_KEYS = ("phase", "head-clip", "server-round", "threshold", "slice-threshold")
+SERVER_KEYS = (
+    "phase",
+    "head-clip",
+    "server-round",
+    "threshold",
+    "slice-threshold",
+    "run-token",
+    "dp-sites",
+)
 
 
-def _model(config: RunConfig):
-    """One BigBiGAN per process: its traced step is reused across rounds."""
+def _model_and_initial(config: RunConfig):
+    """One BigBiGAN per process (its traced step is reused across rounds), and
+    its initial weights: where the parts a site keeps start from."""
     from common.gan_training import BigBiGAN
 
     key = (config.preset, config.seed, config.devices)
     if key not in _MODELS:
-        _MODELS[key] = BigBiGAN(config.model, seed=config.seed, devices=config.devices)
+        model = BigBiGAN(config.model, seed=config.seed, devices=config.devices)
+        _MODELS[key] = (model, model.get_weights())
     return _MODELS[key]
+
+
+def _model(config: RunConfig, federated: list[np.ndarray] | None = None):
+    """The process's model with the federated arrays set (the parts a site keeps
+    at their initial values: only E matters outside the BigBiGAN rounds)."""
+    model, initial = _model_and_initial(config)
+    if federated is not None:
+        indices = federated_indices(model, config.federated_parts)
+        model.set_weights(merge(initial, indices, list(federated)))
+    return model
 
 
 def clip_for_secagg(arrays: list[np.ndarray], limit: float) -> tuple[list, int]:
@@ -68,41 +93,22 @@ class HospitalClient(NumPyClient):
         if site.role != "train":
             raise RuntimeError(f"{site.name} is an external site and never trains")
         _seed_secagg_rounding(run.seed, site.name, config)
-        model = _model(run)
         train = data["train"]
         if config["phase"] == "gan":
-            model.set_weights(parameters)
-            rnd = int(config["server-round"])
-            losses = model.train_epochs(
-                train.images,
-                run.train,
-                seed=run.seed * 1000 + rnd,  # a new slice order every round
-                first_epoch=(rnd - 1) * run.train.local_epochs,
-            )
-            delta = [
-                w - p for w, p in zip(model.get_weights(), parameters, strict=True)
-            ]
-            delta, clipped = clip_for_secagg(delta, run.secagg.delta_clip)
-            metrics = {
-                "d_loss": losses.d,
-                "e_loss": losses.e,
-                "g_loss": losses.g,
-                "clipped": clipped,
-            }
-            return delta, len(train), metrics
+            return _gan_round(run, site, train, parameters, config)
         if config["phase"] == "moments":
-            model.set_weights(parameters)
+            model = _model(run, parameters)
             moments = feature_moments(model.encode(train.images))
             moments, clipped = clip_for_secagg(moments, float(config["head-clip"]))
             return moments, len(train), {"clipped": clipped}
         if config["phase"] == "head":  # parameters: weights, pooled mean, pooled std
-            model.set_weights(parameters[:-2])
+            model = _model(run, parameters[:-2])
             stats, clipped = standardized_statistics(
                 model.encode(train.images), train.labels, *parameters[-2:]
             )
             return stats, len(train), {"clipped": clipped}
         if config["phase"] == "logit":  # weights, mean, std, current logistic head
-            model.set_weights(parameters[:-3])
+            model = _model(run, parameters[:-3])
             mean, std, beta = parameters[-3:]
             z = standardize(model.encode(train.images), mean, std)
             new = logistic_steps(
@@ -135,8 +141,7 @@ class HospitalClient(NumPyClient):
 
 def _histograms(run: RunConfig, parameters: list, data: dict) -> dict[str, np.ndarray]:
     """Per split and level, per-class counts of head scores on the fixed grid."""
-    model = _model(run)
-    model.set_weights(parameters[:-1])
+    model = _model(run, parameters[:-1])
     coef = parameters[-1]
     out = {}
     for split, slices in data.items():
@@ -158,6 +163,53 @@ def _histograms(run: RunConfig, parameters: list, data: dict) -> dict[str, np.nd
             out[f"{split}/{level}/pos"] = histogram(s[y == 1])
             out[f"{split}/{level}/neg"] = histogram(s[y == 0])
     return out
+
+
+def _gan_round(run: RunConfig, site, train, parameters: list, config: dict):
+    """One BigBiGAN round at a site: train E, G and D from the global federated
+    parts and the site's own kept parts; send the federated parts' change."""
+    model, initial = _model_and_initial(run)
+    rnd = int(config["server-round"])
+    shared = federated_indices(model, run.federated_parts)
+    kept = local_indices(model, run.federated_parts)
+    store = LocalParts(cache_dir(site, run) / "local-model", str(config["run-token"]))
+    own = (store.load(rnd - 1) if rnd > 1 else None) if kept else None
+    if kept and own is None:
+        if rnd > 1:
+            log(
+                WARNING,
+                "%s: no kept parts from round %d; from initial",
+                site.name,
+                rnd - 1,
+            )
+        own = select(initial, kept)
+    start = merge(merge(initial, shared, list(parameters)), kept, own or [])
+    model.set_weights(start)
+    losses = model.train_epochs(
+        train.images,
+        run.train,
+        seed=run.seed * 1000 + rnd,  # a new slice order every round
+        first_epoch=(rnd - 1) * run.train.local_epochs,
+    )
+    after = model.get_weights()
+    if kept:
+        store.save(rnd, select(after, kept))
+    delta = [a - p for a, p in zip(select(after, shared), parameters, strict=True)]
+    if run.dp_noise_multiplier > 0:
+        # noise from the OS, not the run seed: the server must not regenerate it
+        delta, _ = clip_and_noise(
+            delta,
+            run.dp_clip,
+            run.dp_noise_multiplier,
+            int(config["dp-sites"]),
+            np.random.default_rng(),
+        )
+        delta, _ = clip_for_secagg(delta, run.secagg.delta_clip)
+        # unweighted mean, and no per-site losses: they would bypass the noise
+        return delta, 1, {}
+    delta, clipped = clip_for_secagg(delta, run.secagg.delta_clip)
+    metrics = {"d_loss": losses.d, "e_loss": losses.e, "g_loss": losses.g}
+    return delta, len(train), {**metrics, "clipped": clipped}
 
 
 def _seed_secagg_rounding(seed: int, site: str, config: dict) -> None:

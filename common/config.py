@@ -137,6 +137,10 @@ class TrainConfig:
     max_slices_per_patient: int = 0  # 0 = all slices
 
 
+# federated-parts values: which of E, G and D leave a site
+FEDERATED_PARTS = {"egd": ("e", "g", "d"), "eg": ("e", "g"), "e": ("e",)}
+
+
 @dataclass(frozen=True)
 class SecAggConfig:
     """Flower SecAgg+ settings for every securely aggregated round."""
@@ -182,6 +186,15 @@ class RunConfig:
     sim_sites: str = "hospital_a_ge:train,hospital_a_neuviz:train,hospital_b:external"
     out_dir: str = "runs/flwr"
     resume: str = ""  # a run directory whose checkpoint.npz to continue from
+    # what leaves a site in the BigBiGAN rounds: E, G and D ("egd"), E and G with
+    # D kept at home ("eg"), or E alone ("e": the generator stays home)
+    federated_parts: str = "egd"
+    # differential privacy of the BigBiGAN rounds' updates (site level): each
+    # site clips its update to dp_clip (L2) and adds Gaussian noise before
+    # masking; 0 = off
+    dp_noise_multiplier: float = 0.0
+    dp_clip: float = 1.0
+    dp_delta: float = 1e-5
 
     @property
     def model(self) -> ModelPreset:
@@ -290,6 +303,13 @@ class RunConfig:
             (self.logit_rounds >= 0, "logit-rounds must be >= 0"),
             (self.logit_steps >= 1, "logit-steps must be >= 1"),
             (self.logit_lr > 0, "logit-lr must be > 0"),
+            (
+                self.federated_parts in FEDERATED_PARTS,
+                f"federated-parts must be one of {sorted(FEDERATED_PARTS)}",
+            ),
+            (self.dp_noise_multiplier >= 0, "dp-noise-multiplier must be >= 0"),
+            (self.dp_clip > 0, "dp-clip must be > 0"),
+            (0 < self.dp_delta < 1, "dp-delta must be in (0, 1)"),
             (self.secagg.delta_clip > 0, "secagg-delta-clip must be > 0"),
             (
                 8 <= self.secagg.quantization_bits <= 30,

@@ -35,6 +35,7 @@ class ServerCheckpoint:
     weights: list[np.ndarray]
     history: list[dict]
     config_hash: str
+    token: str  # names the sites' kept parts (federated-parts "eg"/"e") of this run
 
 
 def config_hash(config: RunConfig) -> str:
@@ -56,6 +57,7 @@ def save_checkpoint(run_dir: Path, checkpoint: ServerCheckpoint) -> Path:
                 round=np.int64(checkpoint.round),
                 history=np.array(json.dumps(checkpoint.history)),
                 config_hash=np.array(checkpoint.config_hash),
+                token=np.array(checkpoint.token),
             )
             handle.flush()
             os.fsync(handle.fileno())
@@ -84,6 +86,7 @@ def load_checkpoint(run_dir: Path, config: RunConfig) -> ServerCheckpoint:
             weights=[data[f"arr_{i}"] for i in range(n_arrays)],
             history=json.loads(str(data["history"])),
             config_hash=str(data["config_hash"]),
+            token=str(data["token"]),
         )
     if checkpoint.config_hash != config_hash(config):
         raise ValueError(

@@ -23,7 +23,7 @@ import numpy as np
 from common.config import RunConfig
 from common.metrics import GRID_BINS, roc_from_histograms
 from server.evaluation import SPLITS
-from server.run_dir import HISTOGRAMS, RECONSTRUCTIONS, revive_json
+from server.run_dir import HISTOGRAMS, PRIVACY_CURVE, RECONSTRUCTIONS, revive_json
 
 log = logging.getLogger(__name__)
 
@@ -225,8 +225,9 @@ def plot_roc(path: Path, run: RunContents, results: dict[str, dict]) -> bool:
 
 
 def plot_losses(path: Path, rounds: list[dict]) -> bool:
-    """D, E and G losses per round, one panel each (their scales differ)."""
-    if not rounds:
+    """D, E and G losses per round, one panel each (their scales differ).
+    False when there are none (no rounds, or DP on: sites send no losses)."""
+    if not rounds or "d_loss" not in rounds[0]:
         return False
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
@@ -461,6 +462,7 @@ def render_html(run: RunContents, figures: dict[str, bytes]) -> str:
         f"quote the {level} level.</p>",
         slice_table(results),
         *comparison_section(run.metrics.get("comparisons")),
+        *privacy_section(run, figures),
         "<h2>ROC curves</h2>",
     ]
     if "roc" in figures:
@@ -490,7 +492,11 @@ def render_html(run: RunContents, figures: dict[str, bytes]) -> str:
             )
         )
     else:
-        parts.append("<p>No BigBiGAN rounds in this run (encoder not trained).</p>")
+        parts.append(
+            "<p>No losses: no BigBiGAN rounds in this run (encoder not trained), "
+            "or differential privacy was on (sites then send no per-site losses, "
+            "which the noise would not cover).</p>"
+        )
     parts.append("<h2>Generator samples G(z)</h2>")
     sample_names = [k for k in figures if k.startswith("samples/")]
     if sample_names:
@@ -546,6 +552,95 @@ def _reconstruction_section(run: RunContents, figures: dict[str, bytes]) -> list
             "samples",
         ),
     ]
+
+
+PARTS_TEXT = {
+    "egd": "E, G and D",
+    "eg": "E and G (D stayed at each site)",
+    "e": "E only (G and D stayed at each site)",
+}
+
+
+def _privacy_curve(run: RunContents) -> tuple[list[dict], Path] | None:
+    """The privacy curve this run belongs to (its folder or its parent's)."""
+    for folder in (run.path, run.path.parent):
+        if (folder / PRIVACY_CURVE).is_file():
+            rows = revive_json(json.loads((folder / PRIVACY_CURVE).read_text()))
+            return rows, folder / "privacy_curve.png"
+    return None
+
+
+def privacy_section(run: RunContents, figures: dict[str, bytes]) -> list[str]:
+    """What left the sites, the DP guarantee, and the membership attacks."""
+    m = run.metrics
+    parts = ["<h2>Privacy</h2>"]
+    shared = PARTS_TEXT.get(m.get("federated_parts", "egd"), "E, G and D")
+    payload = m.get("payload")
+    sent = (
+        f" Per site and BigBiGAN round: {payload['down_bytes'] / 1e6:.1f} MB down "
+        f"(float32), {payload['up_bytes'] / 1e6:.1f} MB up (SecAgg+ masks int64)."
+        if payload
+        else ""
+    )
+    parts.append(
+        f"<p>Weights federated in the BigBiGAN rounds: {html.escape(shared)}; every "
+        "update masked by SecAgg+, so the server saw only sums." + sent + "</p>"
+    )
+    dp = m.get("dp")
+    if dp and dp.get("on"):
+        parts.append(
+            f"<p>Differential privacy (site level): each site clipped its update "
+            f"to L2 norm {dp['clip']:g} and added Gaussian noise (noise multiplier "
+            f"{dp['noise_multiplier']:g}) before masking: "
+            f"(&epsilon;, &delta;) = ({dp['epsilon']:.3g}, {dp['delta']:g}) over "
+            f"{dp['rounds']} rounds (RDP accountant). Scope: "
+            f"{html.escape(dp['scope'])}.</p>"
+        )
+    elif dp:
+        parts.append(
+            "<p>Differential privacy was off: &epsilon; = &infin;, i.e. no formal "
+            "guarantee beyond secure aggregation (set "
+            "<code>dp-noise-multiplier</code>).</p>"
+        )
+    attack = m.get("membership_inference")
+    if attack:
+        disc = attack.get("discriminator_attack_auc")
+        parts.append(
+            "<p>Membership-inference smoke test (simulation only; 0.5 = no better "
+            f"than chance): threshold attack on the head's error AUC "
+            f"{_num(attack['head_attack_auc'])}"
+            + (f", on D's score AUC {_num(disc)}" if disc is not None else "")
+            + f" ({attack['n_members']} member vs {attack['n_nonmembers']} "
+            "non-member slices of the training sites).</p>"
+        )
+    curve = _privacy_curve(run)
+    if curve is not None:
+        rows, png = curve
+        table = _table(
+            ["run", "noise", "epsilon", "external AUC", "attack (head)"],
+            [
+                [
+                    html.escape(r["run"]),
+                    f"{r['noise_multiplier']:g}",
+                    "∞" if not np.isfinite(r["epsilon"]) else f"{r['epsilon']:.3g}",
+                    f"{_num(r['external_auc'])} {_ci(r['external_auc_ci'])}",
+                    _num(r["head_attack_auc"]),
+                ]
+                for r in rows
+            ],
+        )
+        parts += ["<h3>Privacy against utility</h3>", table]
+        if png.is_file():
+            figures["privacy_curve"] = png.read_bytes()
+            parts.append(
+                _figure(
+                    figures["privacy_curve"],
+                    "external AUC and attack AUCs against epsilon",
+                    "The same simulated study at several noise levels "
+                    "(fedbigbigan privacy-curve).",
+                )
+            )
+    return parts
 
 
 def comparison_section(comparisons: dict | None) -> list[str]:

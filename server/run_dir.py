@@ -14,6 +14,7 @@ from server.evaluation import SPLITS, pooled
 
 HISTOGRAMS = "histograms.npz"
 RECONSTRUCTIONS = "reconstructions.png"  # written by simulations only (shows slices)
+PRIVACY_CURVE = "privacy_curve.json"  # written by `fedbigbigan privacy-curve`
 
 
 def pooled_histograms(site_hist: dict, coarse: dict | None = None) -> dict:
@@ -70,6 +71,18 @@ def revive_json(value):
     return value
 
 
+def update_metrics(run_dir: Path, **items) -> None:
+    """Add top-level entries to RUN_DIR/metrics.json (rewritten atomically)."""
+    path = Path(run_dir) / "metrics.json"
+    metrics = revive_json(json.loads(path.read_text())) | items
+    _atomic_write(
+        path,
+        lambda p: p.write_text(
+            json.dumps(strict_json(metrics), indent=2, allow_nan=False)
+        ),
+    )
+
+
 def write_config(out: Path, config: RunConfig) -> None:
     """RUN_DIR/config.json: written when a run starts (so an interrupted run can
     be resumed with its own config) and again with the results."""
@@ -112,7 +125,7 @@ def write_run(
     hists = pooled_histograms(site_hist, coarse)
     _atomic_write(out / HISTOGRAMS, lambda p: save_pooled_histograms(p, hists))
     _atomic_write(out / "roc.png", lambda p: _plot_roc(p, metrics, hists))
-    if metrics.get("rounds"):
+    if metrics.get("rounds") and "d_loss" in metrics["rounds"][0]:  # not under DP
         _atomic_write(out / "losses.png", lambda p: _plot_losses(p, metrics["rounds"]))
 
 

@@ -4,6 +4,7 @@ SecAgg+-pooled statistics, (3) evaluation of every site from score histograms.""
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from pathlib import Path
 
@@ -19,9 +20,10 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.serverapp import Grid, ServerApp
 
-from common.config import RunConfig
+from common.config import FEDERATED_PARTS, RunConfig
 from common.grids import save_samples
 from common.metrics import histogram_keys
+from common.model_parts import federated_indices, floor_variances, merge, select
 from common.site_evaluation import read_site_report
 from server.checkpointing import (
     ServerCheckpoint,
@@ -31,6 +33,7 @@ from server.checkpointing import (
 )
 from server.evaluation import cutoffs, summarise
 from server.phase_strategy import PhaseStrategy
+from server.privacy_summary import dp_summary, payload_bytes
 from server.run_dir import write_config, write_run
 
 log = logging.getLogger("flwr")
@@ -65,55 +68,17 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
         from common.checkpoint import initial_model
 
         model = initial_model(config)
-        weights = model.get_weights()
-        initial = [w.copy() for w in weights]
+        initial = model.get_weights()
+        shared = federated_indices(model, config.federated_parts)
         legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord()
-        weights, history, done = _resume(config, weights)
+        state = _resume(config, initial)
         write_config(out, config)
-        secure_rounds = done
+        state = _gan_rounds(grid, legacy, strategy, config, out, model, state, sizes)
+        weights, history, secure_rounds = state.weights, state.history, state.round
         gan_rounds = config.gan_rounds if config.trains_encoder else 0
-        fingerprint = config_hash(config)
-        for rnd in range(done + 1, gan_rounds + 1):
-            strategy.config = {**flat, "phase": "gan", "server-round": rnd}
-            delta = _secure_round(
-                grid,
-                legacy,
-                rnd,
-                weights,
-                config,
-                clip=config.secagg.delta_clip,
-                max_weight=max(sizes),
-            )
-            secure_rounds += 1
-            weights = [
-                w + d.astype(np.float32) for w, d in zip(weights, delta, strict=True)
-            ]
-            losses = {
-                k: float(np.mean([m[k] for m in strategy.site_metrics]))
-                for k in ("d_loss", "e_loss", "g_loss")
-            }
-            clipped = sum(int(m["clipped"]) for m in strategy.site_metrics)
-            if clipped:
-                log.warning(
-                    "round %d: %d delta values clipped to +-%s",
-                    rnd,
-                    clipped,
-                    config.secagg.delta_clip,
-                )
-            history.append(
-                {
-                    "round": rnd,
-                    **losses,
-                    "clipped": clipped,
-                    "sites": len(strategy.site_metrics),
-                }
-            )
-            save_checkpoint(out, ServerCheckpoint(rnd, weights, history, fingerprint))
-            model.set_weights(weights)  # samples G(z): no patient data involved
-            save_samples(out / "samples" / f"round_{rnd:03d}.png", model)
-            log.info("round %d losses %s", rnd, losses)
+        fed = select(weights, shared)  # all that leaves the server from here on
         coef, head_scale = _federated_lm(
-            grid, legacy, strategy, config, flat, gan_rounds + 1, weights, max(sizes)
+            grid, legacy, strategy, config, flat, gan_rounds + 1, fed, max(sizes)
         )
         secure_rounds += 2
         logit = _federated_logistic(
@@ -123,7 +88,7 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
             config,
             flat,
             gan_rounds + 3,
-            weights,
+            fed,
             max(sizes),
             head_scale,
         )
@@ -134,7 +99,7 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
             grid,
             legacy,
             gan_rounds + 3 + config.logit_rounds,
-            weights + [coef],
+            fed + [coef],
             config,
             clip=EVAL_CLIP,
             max_weight=1,
@@ -153,9 +118,7 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
             "threshold": cuts["patient"],
             "slice-threshold": cuts["slice"],
         }
-        reports = _evaluate_all(
-            grid, weights + [coef], eval_config, config.secagg.timeout
-        )
+        reports = _evaluate_all(grid, fed + [coef], eval_config, config.secagg.timeout)
         external, coarse = _external_split(reports)
         metrics = summarise(site_hist, external=external)
         metrics["secure_eval_sites"] = n_sites
@@ -168,6 +131,9 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
         metrics["weights_changed"] = float(
             max(np.abs(a - b).max() for a, b in zip(weights, initial, strict=True))
         )
+        metrics["federated_parts"] = config.federated_parts
+        metrics["payload"] = payload_bytes(fed)
+        metrics["dp"] = dp_summary(config, gan_rounds)
         write_run(
             out,
             config,
@@ -185,19 +151,71 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
         thread.join()
 
 
-def _resume(config: RunConfig, weights: list[np.ndarray]):
-    """(weights, round history, BigBiGAN rounds done) to start from: the initial
-    weights for a new run, the checkpoint of `config.resume` otherwise."""
+def _resume(config: RunConfig, initial: list[np.ndarray]) -> ServerCheckpoint:
+    """Where the BigBiGAN rounds start: round 0 from the initial weights with a
+    new run token, or the checkpoint of `config.resume`."""
     if not config.resume:
-        return weights, [], 0
+        token = secrets.token_hex(8)  # names the sites' kept parts for this run
+        return ServerCheckpoint(0, initial, [], config_hash(config), token)
     checkpoint = load_checkpoint(Path(config.resume), config)
-    if [w.shape for w in checkpoint.weights] != [w.shape for w in weights]:
+    if [w.shape for w in checkpoint.weights] != [w.shape for w in initial]:
         raise ValueError(
             f"{config.resume}: the checkpoint's weights do not fit the "
             f"{config.preset} model"
         )
     log.info("resuming %s after BigBiGAN round %d", config.resume, checkpoint.round)
-    return checkpoint.weights, checkpoint.history, checkpoint.round
+    return checkpoint
+
+
+def _gan_rounds(grid, legacy, strategy, config, out, model, state, sizes):
+    """The BigBiGAN rounds after `state.round`, each one SecAgg+ round over the
+    federated parts, checkpointed; returns the state after the last (`round` is
+    then the number of SecAgg+ rounds run, resumed ones included)."""
+    flat = config.to_flat()
+    shared = federated_indices(model, config.federated_parts)
+    gan_rounds = config.gan_rounds if config.trains_encoder else 0
+    private = config.dp_noise_multiplier > 0
+    weights, history = state.weights, state.history
+    for rnd in range(state.round + 1, gan_rounds + 1):
+        strategy.config = {
+            **flat,
+            "phase": "gan",
+            "server-round": rnd,
+            "run-token": state.token,
+            "dp-sites": len(sizes),
+        }
+        delta = _secure_round(
+            grid,
+            legacy,
+            rnd,
+            select(weights, shared),
+            config,
+            clip=config.secagg.delta_clip,
+            max_weight=1 if private else max(sizes),  # DP: unweighted mean
+        )
+        new = [
+            w + d.astype(np.float32)
+            for w, d in zip(select(weights, shared), delta, strict=True)
+        ]
+        new = floor_variances(model, shared, new)
+        weights = merge(weights, shared, new)
+        entry = {"round": rnd, "sites": len(strategy.site_metrics)}
+        if not private:  # with DP the sites send no losses (they are not noised)
+            entry |= {
+                k: float(np.mean([m[k] for m in strategy.site_metrics]))
+                for k in ("d_loss", "e_loss", "g_loss")
+            }
+            entry["clipped"] = sum(int(m["clipped"]) for m in strategy.site_metrics)
+            if entry["clipped"]:
+                log.warning("round %d: delta values clipped: %s", rnd, entry)
+        history.append(entry)
+        state = ServerCheckpoint(rnd, weights, history, state.config_hash, state.token)
+        save_checkpoint(out, state)
+        if "g" in FEDERATED_PARTS[config.federated_parts]:
+            model.set_weights(weights)  # samples G(z): no patient data involved
+            save_samples(out / "samples" / f"round_{rnd:03d}.png", model)
+        log.info("round %d: %s", rnd, entry)
+    return state
 
 
 def _federated_lm(grid, legacy, strategy, config, flat, rnd, weights, max_weight):

@@ -187,6 +187,27 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("--out", type=Path, required=True, help="PNG to write")
     rec.add_argument("--patients", type=int, default=8, help="patients to show")
     rec.add_argument("--cache", type=Path, default=None, help="ingest cache to reuse")
+    aud = sub.add_parser(
+        "privacy-audit",
+        help="at a site: does the run's global G reproduce this site's slices?",
+    )
+    aud.add_argument("--model", type=Path, required=True, help="a run directory")
+    aud.add_argument(
+        "--site-dir", type=Path, required=True, help="the site folder (labels.csv)"
+    )
+    aud.add_argument("--samples", type=int, default=256, help="samples G(z) to check")
+    aud.add_argument("--out", type=Path, default=None, help="write the summary here")
+    curve = sub.add_parser(
+        "privacy-curve",
+        help="simulate the study at several DP noise levels: AUC against epsilon",
+    )
+    curve.add_argument("--out", type=Path, required=True)
+    curve.add_argument(
+        "--noise", default="0,0.5,1,2", help="noise multipliers, comma-separated"
+    )
+    curve.add_argument("--scale", type=float, default=1.0)
+    curve.add_argument("--slices", type=int, default=6)
+    curve.add_argument("--run-config", nargs="*", default=[], help="overrides")
     add_model_commands(sub, _add_run_config)
     add_deploy_commands(sub, _add_run_config)
     _add_ingest_command(sub)
@@ -224,6 +245,30 @@ def main(argv: list[str] | None = None) -> int:
                 args.model, args.dicom, args.out, args.patients, args.cache
             )
         )
+        return 0
+    if args.command == "privacy-curve":
+        from simulations.privacy_curve import privacy_curve
+
+        flat = {**_default_config().to_flat(), **_parse_overrides(args.run_config)}
+        noises = [float(v) for v in args.noise.split(",") if v.strip()]
+        rows = privacy_curve(
+            args.out, RunConfig.from_flat(flat), noises, args.scale, args.slices
+        )
+        for r in rows:
+            print(
+                f"noise {r['noise_multiplier']:g}: epsilon {r['epsilon']:.3g}  "
+                f"external AUC {r['external_auc']:.3f}  "
+                f"attack on head {r['head_attack_auc']:.3f}"
+            )
+        return 0
+    if args.command == "privacy-audit":
+        from client.privacy_audit import audit_site
+
+        summary = audit_site(args.model, args.site_dir, args.samples)
+        text = json.dumps(summary, indent=2)
+        if args.out is not None:
+            args.out.write_text(text)
+        print(text)
         return 0
     if args.command == "report":
         from server.report import write_report

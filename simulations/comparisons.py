@@ -14,7 +14,6 @@ head is its mean AUC on the test data of the sites it did not train on.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +31,11 @@ from common.roc_stats import auc_ci, patient_scores
 from simulations.central import concat, pooled_data
 
 
-def _auc(scores: np.ndarray, data, how: str) -> dict:
-    patient, labels = patient_scores(scores, data.patient, data.labels, how)
+def _auc(score, features: np.ndarray, data, how: str) -> dict:
+    """Patient AUC with DeLong CI of a head on one test set (NaN when empty)."""
+    if len(data) == 0:  # e.g. a small site's test split at a small --scale
+        return {"auc": float("nan"), "ci": [float("nan")] * 2, "n_patients": 0}
+    patient, labels = patient_scores(score(features), data.patient, data.labels, how)
     auc, low, high = auc_ci(patient, labels)
     return {"auc": auc, "ci": [low, high], "n_patients": len(labels)}
 
@@ -110,7 +112,7 @@ def compare(run_dir: Path, config: RunConfig) -> dict:
         heads[f"local KNN ({n})"] = knn(x, y)
     table = {
         head: {
-            t: _auc(score(features[t]), targets[t], config.patient_score)
+            t: _auc(score, features[t], targets[t], config.patient_score)
             for t in targets
         }
         for head, score in heads.items()
@@ -133,13 +135,8 @@ def compare(run_dir: Path, config: RunConfig) -> dict:
 
 def add_to_run(run_dir: Path, config: RunConfig) -> dict:
     """Compute the comparisons and store them in the run's metrics.json."""
-    from server.run_dir import revive_json, strict_json
+    from server.run_dir import update_metrics
 
     comparisons = compare(run_dir, config)
-    path = run_dir / "metrics.json"
-    metrics = revive_json(json.loads(path.read_text()))
-    metrics["comparisons"] = comparisons
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(strict_json(metrics), indent=2, allow_nan=False))
-    tmp.replace(path)
+    update_metrics(run_dir, comparisons=comparisons)
     return comparisons

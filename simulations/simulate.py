@@ -6,14 +6,21 @@ import dataclasses
 import os
 from pathlib import Path
 
-from common.config import RunConfig
+from common.config import FEDERATED_PARTS, RunConfig
 from simulations.phantoms import write_study
 
 
 def simulate(
-    out: Path, config: RunConfig, scale: float = 1.0, slices_per_patient: int = 6
+    out: Path,
+    config: RunConfig,
+    scale: float = 1.0,
+    slices_per_patient: int = 6,
+    client_app=None,
 ) -> dict:
-    """Write phantom sites (unless present), run the federation, return metrics."""
+    """Write phantom sites (unless present), run the federation, return metrics.
+
+    `client_app` replaces the hospitals' ClientApp (tests wrap it in mods that
+    record what leaves a site)."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     data = out / "data"
@@ -27,7 +34,8 @@ def simulate(
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
 
-    from client.client_app import app as client_app
+    if client_app is None:
+        from client.client_app import app as client_app
     from server.server_app import run_federation
 
     result: dict = {}
@@ -52,7 +60,13 @@ def simulate(
     from simulations.comparisons import add_to_run
 
     result["comparisons"] = add_to_run(out, config)
+    from server.run_dir import update_metrics
+    from simulations.membership import membership_inference
+
+    result["membership_inference"] = membership_inference(out, config)
+    update_metrics(out, membership_inference=result["membership_inference"])
     from simulations.reconstructions import write_reconstructions
 
-    write_reconstructions(out, config)  # shows slices: simulation only
+    if "g" in FEDERATED_PARTS[config.federated_parts]:  # else no global G exists
+        write_reconstructions(out, config)  # shows slices: simulation only
     return result

@@ -19,7 +19,7 @@ def _checkpoint(config: RunConfig, rnd: int = 1) -> ServerCheckpoint:
     rng = np.random.default_rng(rnd)
     weights = [rng.normal(size=(3, 4)).astype(np.float32), rng.normal(size=7)]
     history = [{"round": r, "d_loss": 1.5 / r} for r in range(1, rnd + 1)]
-    return ServerCheckpoint(rnd, weights, history, config_hash(config))
+    return ServerCheckpoint(rnd, weights, history, config_hash(config), "0123abcd")
 
 
 def test_round_trip_is_exact(tmp_path):
@@ -28,6 +28,7 @@ def test_round_trip_is_exact(tmp_path):
     save_checkpoint(tmp_path, saved)
     loaded = load_checkpoint(tmp_path, config)
     assert loaded.round == 2 and loaded.history == saved.history
+    assert loaded.token == saved.token
     for a, b in zip(loaded.weights, saved.weights, strict=True):
         assert a.dtype == b.dtype and np.array_equal(a, b)
     assert not list(tmp_path.glob("*.tmp"))

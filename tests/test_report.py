@@ -18,7 +18,7 @@ from common.metrics import histogram
 from common.site_evaluation import read_site_report, site_report
 from server.evaluation import cutoffs, summarise
 from server.report import write_report
-from server.run_dir import HISTOGRAMS, write_run
+from server.run_dir import HISTOGRAMS, strict_json, write_run
 from simulations.cli import main
 
 
@@ -185,3 +185,60 @@ def test_external_roc_is_drawn_from_the_sites_coarse_counts(run_dir):
     assert ext == metrics["splits"]["external"]["n_patients"] == 35
     page = write_report(run_dir).read_text(encoding="utf-8")
     assert "0.05-wide score bins" in page
+
+
+def test_privacy_section_states_the_guarantee_and_shows_the_curve(run_dir):
+    from server.run_dir import update_metrics
+    from simulations.privacy_curve import plot_curve
+
+    page = write_report(run_dir).read_text(encoding="utf-8")
+    assert "<h2>Privacy</h2>" in page and "Privacy against utility" not in page
+    update_metrics(
+        run_dir,
+        federated_parts="e",
+        payload={
+            "federated_values": 10**6,
+            "down_bytes": 4 * 10**6,
+            "up_bytes": 8 * 10**6,
+        },
+        dp={
+            "on": True,
+            "noise_multiplier": 1.5,
+            "clip": 0.1,
+            "delta": 1e-5,
+            "rounds": 3,
+            "epsilon": 7.25,
+            "scope": "site-level",
+        },
+        membership_inference={
+            "head_attack_auc": 0.513,
+            "discriminator_attack_auc": None,
+            "n_members": 100,
+            "n_nonmembers": 20,
+        },
+    )
+    rows = [
+        {
+            "run": f"noise-{s:g}",
+            "noise_multiplier": s,
+            "epsilon": eps,
+            "delta": 1e-5,
+            "external_auc": auc,
+            "external_auc_ci": [auc - 0.1, auc + 0.1],
+            "head_attack_auc": 0.5,
+            "discriminator_attack_auc": None,
+        }
+        for s, eps, auc in (
+            (0.0, float("inf"), 0.8),
+            (1.0, 12.3, 0.7),
+            (4.0, 1.1, 0.55),
+        )
+    ]
+    (run_dir.parent / "privacy_curve.json").write_text(json.dumps(strict_json(rows)))
+    plot_curve(run_dir.parent / "privacy_curve.png", rows)
+    page = write_report(run_dir).read_text(encoding="utf-8")
+    assert "E only (G and D stayed at each site)" in page
+    assert "(7.25, 1e-05)" in page and "4.0 MB down" in page
+    assert "AUC 0.513" in page and "on D" not in page
+    assert "Privacy against utility" in page and "noise-4" in page
+    assert (run_dir.parent / "privacy_curve.png").read_bytes() in _embedded_pngs(page)

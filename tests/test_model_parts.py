@@ -1,0 +1,60 @@
+"""Federated parts of the model, and the parts a site keeps between rounds."""
+
+import numpy as np
+import pytest
+
+from client.local_parts import KEEP, LocalParts
+from common.config import FEDERATED_PARTS, RunConfig
+from common.gan_training import BigBiGAN
+from common.model_parts import (
+    federated_indices,
+    local_indices,
+    merge,
+    part_ranges,
+    select,
+)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return BigBiGAN(RunConfig().model, seed=0)
+
+
+def test_parts_cover_every_array_once_and_match_each_network(model):
+    ranges = part_ranges(model)
+    weights = model.get_weights()
+    assert sorted(i for r in ranges.values() for i in r) == list(range(len(weights)))
+    sizes = {part: sum(weights[i].size for i in r) for part, r in ranges.items()}
+    counts = model.parameter_counts()
+    # count_params() leaves out non-trainable state (BN statistics, SN vectors)
+    for part, name in (("e", "E"), ("g", "G"), ("d", "D")):
+        assert sizes[part] >= counts[name] > 0
+    for parts in FEDERATED_PARTS:
+        shared, kept = federated_indices(model, parts), local_indices(model, parts)
+        assert sorted(shared + kept) == list(range(len(weights)))
+    assert federated_indices(model, "e") == list(ranges["e"])
+    assert local_indices(model, "eg") == list(ranges["d"])
+
+
+def test_merge_puts_values_back_where_select_took_them(model):
+    weights = model.get_weights()
+    shared = federated_indices(model, "e")
+    bumped = [w + 1 for w in select(weights, shared)]
+    merged = merge(weights, shared, bumped)
+    for i, (a, b) in enumerate(zip(weights, merged, strict=True)):
+        assert np.array_equal(b, a + 1) if i in shared else b is a
+    with pytest.raises(ValueError, match="expected"):
+        merge(weights, shared, bumped[:-1])
+
+
+def test_kept_parts_round_trip_per_run_and_round(tmp_path):
+    store = LocalParts(tmp_path, "ab12")
+    arrays = [np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(4)]
+    for rnd in range(1, 5):
+        store.save(rnd, [a * rnd for a in arrays])
+    assert store.load(4)[0][1, 2] == 20 and store.load(3) is not None
+    assert store.load(1) is None  # only the newest KEEP rounds stay
+    assert len(list(tmp_path.glob("*.npz"))) == KEEP
+    assert LocalParts(tmp_path, "cd34").load(4) is None  # another run's token
+    with pytest.raises(ValueError, match="hexadecimal"):
+        LocalParts(tmp_path, "../x")

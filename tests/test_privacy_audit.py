@@ -1,0 +1,81 @@
+"""The memorisation audit flags a generator that copies a training slice and
+leaves fresh samples alone; its summary carries no patient data."""
+
+import json
+
+import numpy as np
+import pytest
+
+from client.privacy_audit import audit, nearest_distances
+from client.site import Site, site_data
+from common.bigbigan import downsample_for_d
+from common.checkpoint import initial_model
+from common.config import RunConfig
+from simulations.cli import main
+from simulations.phantoms import write_study
+
+
+def test_nearest_distances_match_brute_force():
+    rng = np.random.default_rng(0)
+    queries, reference = rng.normal(size=(7, 4, 5)), rng.normal(size=(300, 4, 5))
+    brute = [min(np.sqrt(np.mean((q - r) ** 2)) for r in reference) for q in queries]
+    assert nearest_distances(queries, reference) == pytest.approx(brute, rel=1e-9)
+    assert nearest_distances(reference[:3], reference) == pytest.approx(0, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    root = tmp_path_factory.mktemp("audit")
+    write_study(root / "data", scale=0.2, seed=0, slices_per_patient=2)
+    config = RunConfig(sim_data_root=str(root / "data"), out_dir=str(root / "out"))
+    data = site_data(
+        Site("hospital_a_ge", root / "data" / "hospital_a_ge", "train"), config
+    )
+    return root, config, data
+
+
+def test_a_copied_training_slice_is_flagged_and_fresh_samples_are_not(site):
+    _, config, data = site
+    model = initial_model(config)
+    train = data["train"].images
+    heldout = np.concatenate([data["val"].images, data["test"].images])
+    z = np.random.default_rng(1).standard_normal((24, config.model.z_dim))
+    fresh = np.asarray(model.generator(z.astype(np.float32), training=False))
+    copy = np.asarray(downsample_for_d(train[5:6], model.preset))
+    near_copy = np.clip(
+        copy + np.random.default_rng(2).normal(0, 0.01, copy.shape), -1, 1
+    )
+    samples = np.concatenate([fresh[:10], copy, fresh[10:], near_copy])
+    report = audit(model, train, heldout, samples)
+    assert report["flagged"] == [10, 25]  # the copy and the lightly noised copy
+    pixel = report["pixel"]
+    assert pixel["samples_to_train"]["q00"] < 0.02 < pixel["threshold"]
+    assert 10 in report["feature"]["flagged"]  # E sees the copy as one too
+    assert "inspect" in report["verdict"]
+    clean = audit(model, train, heldout, fresh)
+    assert clean["flagged"] == [] and "no sample" in clean["verdict"]
+
+
+def test_privacy_audit_command_writes_a_summary_without_patient_data(site, tmp_path):
+    root, config, _ = site
+    model = initial_model(config)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(config.to_flat()))
+    np.savez(run / "global_weights.npz", *model.get_weights(), head=np.zeros(121))
+    site_dir = root / "data" / "hospital_a_ge"
+    out = tmp_path / "audit.json"
+    args = ["privacy-audit", "--model", str(run), "--site-dir", str(site_dir)]
+    assert main([*args, "--samples", "32", "--out", str(out)]) == 0
+    text = out.read_text()
+    summary = json.loads(text)
+    assert summary["n_samples"] == 32 and summary["flagged"] == []
+    ids = [
+        line.split(",")[0] for line in (site_dir / "labels.csv").read_text().split()[1:]
+    ]
+    assert ids and not any(pid in text for pid in ids)
+    # a run whose G stayed at the sites has no global G to audit
+    flat = {**config.to_flat(), "federated-parts": "e"}
+    (run / "config.json").write_text(json.dumps(flat))
+    with pytest.raises(ValueError, match="G never left the sites"):
+        main([*args, "--samples", "8"])
