@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import shutil
+import statistics
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -126,15 +128,20 @@ def main() -> None:
             "ingest re-run (cached)": lambda: ingest_rate(site, cache, one, False),
         }
         best: dict[str, tuple[float, float]] = {}
+        rounds: dict[str, list[float]] = {name: [] for name in runs}
+        load = os.getloadavg()[0]
         for _ in range(args.repeats):
             for name, run in runs.items():
                 wall, cpu = run()
                 old = best.get(name, (0.0, 0.0))
                 best[name] = (max(old[0], wall), max(old[1], cpu))
+                rounds[name].append(wall)
+        load = (load, os.getloadavg()[0])
     raw_wall, raw_cpu = best["raw pydicom"]
     print(
         f"{len(files)} files, {args.site}, cached at {args.size} px (best of "
-        f"{args.repeats}; wall clock, and CPU time of one process)"
+        f"{args.repeats}; wall clock, and CPU time of one process); load "
+        f"average (1 min) {load[0]:.1f} before, {load[1]:.1f} after"
     )
     for name, (wall, cpu) in best.items():
         line = f"  {name:26s} {wall:7.0f} slices/s  {wall / raw_wall:5.2f}x raw"
@@ -149,6 +156,19 @@ def main() -> None:
         f"(CPU {one_cpu / raw_cpu:.2f}); 2 workers >= 1.7x raw: "
         f"{two_wall / raw_wall:.2f} (plain pydicom itself scales "
         f"{scaling:.2f}x on 2 processes here now)"
+    )
+    # Each round's ratio to the plain read of the same round: steadier than
+    # the ratio of two bests when other work comes and goes on the machine.
+    ratios = {
+        name: statistics.median(
+            mine / raw
+            for mine, raw in zip(rounds[name], rounds["raw pydicom"], strict=True)
+        )
+        for name in ("ingest cold, 1 worker", "ingest cold, 2 workers")
+    }
+    print(
+        "median of the rounds' ratios: "
+        + ", ".join(f"{name} {ratio:.2f}x" for name, ratio in ratios.items())
     )
 
 
