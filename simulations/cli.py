@@ -217,10 +217,12 @@ def main(argv: list[str] | None = None) -> int:
         overrides = _parse_overrides(getattr(args, "run_config", []))
         flat = {**_default_config().to_flat(), **overrides}
         return run_model_command(args, RunConfig.from_flat(flat))
-    if args.command in DEPLOY_COMMANDS:
+    if args.command in DEPLOY_COMMANDS:  # pki needs no run config; doctor does
         overrides = _parse_overrides(getattr(args, "run_config", []))
-        flat = {**_default_config().to_flat(), **overrides}
-        return run_deploy_command(args, RunConfig.from_flat(flat))
+        return run_deploy_command(
+            args,
+            lambda: RunConfig.from_flat({**_default_config().to_flat(), **overrides}),
+        )
     if args.command == "ingest":
         return _ingest(args)
     if args.command == "hub-inspect":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from common.config import RunConfig
@@ -70,8 +71,11 @@ def add_deploy_commands(sub, add_run_config) -> None:
     add_run_config(doc)
 
 
-def run_deploy_command(args: argparse.Namespace, config: RunConfig) -> int | None:
-    """Run the command if it is one of ours; None otherwise."""
+def run_deploy_command(
+    args: argparse.Namespace, make_config: Callable[[], RunConfig]
+) -> int | None:
+    """Run the command if it is one of ours; None otherwise. `make_config` gives
+    the run config (pyproject's plus --run-config), read only by `doctor`."""
     if args.command == "pki":
         from common.pki import PKIError
 
@@ -81,7 +85,7 @@ def run_deploy_command(args: argparse.Namespace, config: RunConfig) -> int | Non
             print(f"error: {err}", file=sys.stderr)
             return 2
     if args.command == "doctor":
-        return _doctor(args, config)
+        return _doctor(args, make_config())
     return None
 
 
