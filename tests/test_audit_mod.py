@@ -366,6 +366,10 @@ def test_plain_train_message_is_still_refused_by_secagg():
     assert "KeyError" in reason
 
 
+# what the ServerApp adds to a train message's config (server/server_app.py)
+SERVER_FIT_KEYS = {"server-round": 1, "head-clip": 1e4, "run-token": "a0d17e57"}
+
+
 @pytest.fixture(scope="module")
 def phantom_sites(tmp_path_factory):
     from simulations.phantoms import write_study
@@ -414,7 +418,7 @@ def test_the_real_client_app_replies_pass_the_audit(phantom_sites, tmp_path):
     ):
         ins = FitIns(
             ndarrays_to_parameters(params),
-            {**flat, "phase": phase, "server-round": 1, "head-clip": 1e4},
+            {**flat, **SERVER_FIT_KEYS, "phase": phase},
         )
         replies = secure_round(
             train, phase, lambda ins=ins: compat.fitins_to_recorddict(ins, True)
