@@ -435,7 +435,9 @@ def cached_slices(
             hu = _to_hu(_means(sums, k), slope, intercept)
             low, high = intensity_range(hu, config)
             codes = to_pack_dtype(to_unit(hu, low, high)).view(np.uint16)
-            np.take(codes, values - first, out=out[index].view(np.uint16))
+            # Every index is in the table: "clip" changes none, and unlike
+            # "raise" it writes `out` directly, without a buffer.
+            np.take(codes, values - first, out=out[index].view(np.uint16), mode="clip")
         else:
             hu = _to_hu(_means(values, k) if k else values, slope, intercept)
             low, high = intensity_range(hu, config)
