@@ -12,6 +12,9 @@ import logging
 import math
 import multiprocessing
 import os
+import sys
+import threading
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -585,11 +588,7 @@ class _Run:
                 initargs=(setup,),
             )
             try:
-                futures = [pool.submit(process_chunk, chunk) for chunk in chunks]
-                for future in as_completed(futures):
-                    results = future.result()
-                    yield from results
-                    bar.update(len(results))
+                yield from self._pool_results(pool, chunks, setup, bar)
             finally:
                 # Every result is in and every pack flushed: the workers exit
                 # while the run goes on (waiting for them is 10-20 ms of
@@ -597,6 +596,58 @@ class _Run:
                 pool.shutdown(wait=False, cancel_futures=True)
         finally:
             bar.close()
+
+    def _pool_results(
+        self, pool: ProcessPoolExecutor, chunks: list, setup: WorkerSetup, bar
+    ) -> Iterator[FileResult]:
+        """Results of `chunks` run by the pool's workers.
+
+        Starting workers takes time (tens of ms for each new pool, a second or
+        more for a process's first, which starts the forkserver), and most of it
+        is spent inside `submit`. So a thread submits the chunks from the front
+        of the queue while this process takes chunks from its back, until a
+        worker delivers its first results; then the cores are the workers'.
+        """
+        queue = deque(chunks)
+        lock = threading.Lock()
+        futures: list = []
+        failed: list[BaseException] = []
+
+        def submit_all() -> None:
+            try:
+                while True:
+                    with lock:
+                        if not queue:
+                            return
+                        chunk = queue.popleft()
+                    futures.append(pool.submit(process_chunk, chunk))
+            except BaseException as err:  # re-raised below, in this thread
+                failed.append(err)
+
+        submitter = threading.Thread(target=submit_all, daemon=True)
+        submitter.start()
+        pack = PackWriter(setup.packs_dir, self.config.image_size)
+        try:
+            while not any(future.done() for future in list(futures)):
+                with lock:
+                    if len(queue) <= self.config.workers:
+                        break  # the last chunks are the workers'
+                    chunk = queue.pop()
+                results = process_chunk(chunk, setup, pack)
+                yield from results
+                bar.update(len(results))
+        finally:
+            pack.close()
+            with lock:
+                if sys.exc_info()[0] is not None:
+                    queue.clear()  # stop submitting
+            submitter.join()
+        if failed:
+            raise failed[0]
+        for future in as_completed(futures):
+            results = future.result()
+            yield from results
+            bar.update(len(results))
 
 
 def _path_skip(rel: str, code: str, detail: str) -> Skip:
