@@ -15,6 +15,7 @@ from flwr.clientapp import ClientApp
 from flwr.common import Context
 from flwr.common.logger import log
 
+from client.audit_mod import audit_mod
 from client.local_parts import LocalParts
 from client.site import cache_dir, resolve_site, site_data
 from common.config import RunConfig
@@ -224,4 +225,6 @@ def client_fn(context: Context):
     return HospitalClient(context).to_client()
 
 
-app = ClientApp(client_fn=client_fn, mods=[secaggplus_mod])
+# the audit mod checks every reply: outside SecAgg+ what actually leaves, inside
+# it the plaintext before masking (client/audit_mod.py)
+app = ClientApp(client_fn=client_fn, mods=[audit_mod, secaggplus_mod, audit_mod])

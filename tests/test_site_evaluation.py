@@ -4,6 +4,7 @@ and nothing finer than 0.05-wide score bins leaves the site."""
 
 import numpy as np
 import pytest
+from test_evaluation import make_site_hist
 
 from common.metrics import GRID_BINS
 from common.site_evaluation import (
@@ -14,7 +15,6 @@ from common.site_evaluation import (
     site_report,
 )
 from server.evaluation import cutoffs, summarise
-from tests.test_evaluation import make_site_hist
 
 
 def _external_report(site_hist: dict) -> dict:
