@@ -1,8 +1,9 @@
 """The centralised reference: the same model and config, all training data pooled.
 
-Also the place that shows E learns: a linear probe on features of the trained
-encoder against the same probe on the randomly initialised encoder (same preset,
-same seed). Pixels never leave a site in the federated path; this module is for
+Also the place that asks whether E learns: a linear probe on features of the
+trained encoder against the same probe on the randomly initialised encoder (same
+preset, same seed, same patients and folds), with DeLong's paired CI of the AUC
+difference. Pixels never leave a site in the federated path; this module is for
 simulation and for a single site's own data.
 """
 
@@ -15,12 +16,19 @@ import os
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 from client.site import Site, site_data
 from common.config import RunConfig
 from common.dataset import SliceSet
 from common.grids import save_reconstructions
-from common.linear_head import predict, solve, sufficient_statistics
+from common.linear_head import (
+    feature_moments,
+    pooled_scale,
+    predict,
+    solve_standardized,
+    standardized_statistics,
+)
 from common.roc_stats import auc_ci, patient_scores
 
 log = logging.getLogger(__name__)
@@ -48,10 +56,23 @@ def concat(sets: list[SliceSet]) -> SliceSet:
     )
 
 
+def fit_head(features: np.ndarray, labels: np.ndarray, ridge: float) -> np.ndarray:
+    """The federated head's fit on one place's data: least squares on features
+    standardised with their own mean and SD (ridge in standardised units), mapped
+    back to raw features.
+
+    Standardising matters: an untrained encoder's z_mean has an SD near 0.003, so
+    a ridge on raw features would shrink every coefficient to zero and the probe
+    would measure the ridge, not the encoder.
+    """
+    mean, std = pooled_scale(*feature_moments(features))
+    statistics, _ = standardized_statistics(features, labels, mean, std)
+    return solve_standardized(*statistics, mean, std, ridge)
+
+
 def probe(model, train: SliceSet, evals: dict[str, SliceSet], ridge: float) -> dict:
     """The paper's linear head on z_mean; patient-level AUC with DeLong CI."""
-    gram, moment = sufficient_statistics(model.encode(train.images), train.labels)
-    coef = solve(gram, moment, ridge)
+    coef = fit_head(model.encode(train.images), train.labels, ridge)
     out = {}
     for name, data in evals.items():
         if not len(data):
@@ -64,6 +85,46 @@ def probe(model, train: SliceSet, evals: dict[str, SliceSet], ridge: float) -> d
     return out
 
 
+def patient_folds(
+    patient: np.ndarray, labels: np.ndarray, folds: int, seed: int
+) -> np.ndarray:
+    """Each slice's fold: patients dealt to folds class by class, so every fold
+    holds both classes in the study's proportion.
+
+    Unstratified folds bias a pooled out-of-fold AUC below 0.5 when features
+    carry no signal: a fold with more positives is scored by a head fitted on
+    fewer, whose intercept is lower.
+    """
+    ids, first = np.unique(patient, return_index=True)
+    rng = np.random.default_rng(seed)
+    fold_of = np.zeros(len(ids), dtype=int)
+    start = 0
+    for cls in np.unique(labels[first]):
+        members = rng.permutation(np.flatnonzero(labels[first] == cls))
+        fold_of[members] = (start + np.arange(len(members))) % folds
+        start += len(members)
+    return fold_of[np.searchsorted(ids, patient)]
+
+
+def cv_patient_scores(
+    features: np.ndarray,
+    labels: np.ndarray,
+    patient: np.ndarray,
+    ridge: float,
+    folds: int = 5,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold patient scores and labels of a patient-grouped, stratified CV."""
+    slice_fold = patient_folds(patient, labels, folds, seed)
+    scores = np.zeros(len(labels))
+    for k in range(folds):
+        train, test = slice_fold != k, slice_fold == k
+        scores[test] = predict(
+            fit_head(features[train], labels[train], ridge), features[test]
+        )
+    return patient_scores(scores, patient, labels)
+
+
 def probe_cv(
     model, data: SliceSet, ridge: float, folds: int = 5, seed: int = 0
 ) -> dict:
@@ -71,20 +132,53 @@ def probe_cv(
 
     Uses every labelled patient once as test data, so small studies still give a
     usable interval (a single 10% test split of a phantom site has ~8 patients).
+    The out-of-fold patient scores come back under "scores" (for a paired test).
     """
-    features = model.encode(data.images)
-    patients = np.unique(data.patient)
-    rng = np.random.default_rng(seed)
-    fold_of = dict(zip(patients, rng.permutation(len(patients)) % folds, strict=True))
-    slice_fold = np.array([fold_of[p] for p in data.patient])
-    scores = np.zeros(len(data))
-    for k in range(folds):
-        train, test = slice_fold != k, slice_fold == k
-        coef = solve(*sufficient_statistics(features[train], data.labels[train]), ridge)
-        scores[test] = predict(coef, features[test])
-    patient_score, labels = patient_scores(scores, data.patient, data.labels)
-    auc, low, high = auc_ci(patient_score, labels)
-    return {"auc": auc, "ci": [low, high], "n_patients": len(labels)}
+    scores, labels = cv_patient_scores(
+        model.encode(data.images), data.labels, data.patient, ridge, folds, seed
+    )
+    auc, low, high = auc_ci(scores, labels)
+    return {
+        "auc": auc,
+        "ci": [low, high],
+        "n_patients": len(labels),
+        "scores": scores,
+        "labels": labels,
+    }
+
+
+def compare_probes(trained: dict, random: dict) -> dict:
+    """Trained minus random encoder's CV AUC on the same patients and folds."""
+    if not np.array_equal(trained["labels"], random["labels"]):
+        raise ValueError("the two probes were not run on the same patients")
+    return paired_auc_difference(trained["scores"], random["scores"], trained["labels"])
+
+
+def _public(result: dict) -> dict:
+    """A probe_cv result without its per-patient arrays (for metrics.json)."""
+    return {k: v for k, v in result.items() if k not in ("scores", "labels")}
+
+
+def paired_auc_difference(
+    scores_a: np.ndarray, scores_b: np.ndarray, labels: np.ndarray, level: float = 0.95
+) -> dict:
+    """AUC(a) - AUC(b) on the same patients, with DeLong's paired 95% CI and the
+    two-sided p value (DeLong et al. 1988: the two AUCs' structural components
+    are correlated because they share the cases)."""
+    labels = np.asarray(labels).astype(bool)
+    m, n = int(labels.sum()), int((~labels).sum())
+    v10, v01 = [], []
+    for scores in (scores_a, scores_b):
+        scores = np.asarray(scores, float)
+        pos, neg = scores[labels], scores[~labels]
+        ranks = stats.rankdata(np.concatenate([pos, neg]))
+        v10.append((ranks[:m] - stats.rankdata(pos)) / n)
+        v01.append(1.0 - (ranks[m:] - stats.rankdata(neg)) / m)
+    diff = float(v10[0].mean() - v10[1].mean())
+    var = (np.var(v10[0] - v10[1], ddof=1) / m) + (np.var(v01[0] - v01[1], ddof=1) / n)
+    half = stats.norm.ppf(0.5 + level / 2) * np.sqrt(var)
+    p = float(2 * stats.norm.sf(abs(diff) / np.sqrt(var))) if var > 0 else 1.0
+    return {"difference": diff, "ci": [diff - float(half), diff + float(half)], "p": p}
 
 
 def train_central(
@@ -106,7 +200,8 @@ def train_central(
     everyone = concat([train, evals["val"], evals["test"]])
     random_probe = probe(model, train, evals, config.head_ridge)
     random_recovery = model.latent_recovery()
-    random_probe["cv"] = probe_cv(model, everyone, config.head_ridge)
+    random_cv = probe_cv(model, everyone, config.head_ridge)
+    random_probe["cv"] = _public(random_cv)
     epochs = config.gan_rounds * config.train.local_epochs
     if not config.trains_encoder:
         epochs = 0
@@ -128,14 +223,15 @@ def train_central(
             log.info(
                 "probe at epoch %d: %s",
                 epoch + 1,
-                probe_cv(model, everyone, config.head_ridge),
+                _public(probe_cv(model, everyone, config.head_ridge)),
             )
         if save_grids:
             save_reconstructions(
                 out / "recon" / f"epoch_{epoch + 1:03d}.png", model, fixed
             )
     trained_probe = probe(model, train, evals, config.head_ridge)
-    trained_probe["cv"] = probe_cv(model, everyone, config.head_ridge)
+    trained_cv = probe_cv(model, everyone, config.head_ridge)
+    trained_probe["cv"] = _public(trained_cv)
     metrics = {
         "mode": "central",
         "epochs": epochs,
@@ -143,6 +239,8 @@ def train_central(
         "history": history,
         "probe_trained": trained_probe,
         "probe_random": random_probe,
+        # same patients, same folds: DeLong's paired CI of the AUC difference
+        "probe_difference": compare_probes(trained_cv, random_cv),
         "latent_recovery": {
             "random": random_recovery,
             "trained": model.latent_recovery(),
