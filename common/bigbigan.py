@@ -18,10 +18,13 @@ from common.layers import ConditionalBatchNorm, SelfAttention, SNConv2D, SNDense
 
 ENCODER_OUTPUTS = ("z_mean", "z_stdev", "avepool_feat", "bn_crelu_feat")
 BN_EPSILON = 1e-5  # tf-slim resnet_v2's value, so hub weights mean the same here
+BN_MOMENTUM = 0.997
 
 
-def _bn(name: str, momentum: float) -> layers.BatchNormalization:
-    return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=momentum, name=name)
+def _bn(name: str) -> layers.BatchNormalization:
+    return layers.BatchNormalization(
+        epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name
+    )
 
 
 # -- E --------------------------------------------------------------------------
@@ -37,10 +40,10 @@ def build_encoder(p: ModelPreset) -> keras.Model:
         for u in range(1, units + 1):
             # tf-slim v2 puts each stage's stride on its last unit
             stride = 2 if (u == units and s < last_stage) else 1
-            h = _bottleneck(h, depth, stride, p.bn_momentum, name=f"block{s}_unit{u}")
-    h = layers.ReLU()(_bn("postnorm", p.bn_momentum)(h))
+            h = _bottleneck(h, depth, stride, name=f"block{s}_unit{u}")
+    h = layers.ReLU()(_bn("postnorm")(h))
     pooled = layers.GlobalAveragePooling2D(name="avepool_feat")(h)
-    b = _bn("bn_crelu_bn", p.bn_momentum)(pooled)
+    b = _bn("bn_crelu_bn")(pooled)
     crelu = layers.Lambda(_crelu, name="bn_crelu_feat")(b)
     m = crelu
     for i in range(p.enc_mlp_layers):
@@ -81,10 +84,10 @@ def _strided_conv(x, filters: int, k: int, stride: int, use_bias: bool, name: st
     return layers.Conv2D(filters, k, strides=stride, use_bias=use_bias, name=name)(x)
 
 
-def _bottleneck(x, depth: int, stride: int, momentum: float, name: str):
+def _bottleneck(x, depth: int, stride: int, name: str):
     """Pre-activation bottleneck unit (1x1 -> 3x3 -> 1x1, 4x depth out)."""
     out_channels = 4 * depth
-    pre = layers.ReLU()(_bn(f"{name}_preact", momentum)(x))
+    pre = layers.ReLU()(_bn(f"{name}_preact")(x))
     if x.shape[-1] == out_channels:
         shortcut = layers.MaxPooling2D(1, strides=stride)(x) if stride > 1 else x
     else:
@@ -92,9 +95,9 @@ def _bottleneck(x, depth: int, stride: int, momentum: float, name: str):
             out_channels, 1, strides=stride, name=f"{name}_shortcut"
         )(pre)
     h = layers.Conv2D(depth, 1, use_bias=False, name=f"{name}_conv1")(pre)
-    h = layers.ReLU()(_bn(f"{name}_conv1_bn", momentum)(h))
+    h = layers.ReLU()(_bn(f"{name}_conv1_bn")(h))
     h = _strided_conv(h, depth, 3, stride, use_bias=False, name=f"{name}_conv2")
-    h = layers.ReLU()(_bn(f"{name}_conv2_bn", momentum)(h))
+    h = layers.ReLU()(_bn(f"{name}_conv2_bn")(h))
     h = layers.Conv2D(out_channels, 1, name=f"{name}_conv3")(h)
     return layers.Add()([shortcut, h])
 

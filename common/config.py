@@ -71,10 +71,6 @@ class ModelPreset:
     disc_attention: int = 0
     disc_mlp: int = 128
     disc_mlp_layers: int = 2
-    # E's BatchNorm moving averages: 0.99 forgets the initial statistics within a
-    # few hundred steps (a CPU run has only a few thousand); the paper preset keeps
-    # tf-slim's 0.997, made for ImageNet-length runs.
-    bn_momentum: float = 0.99
 
 
 PRESETS: dict[str, ModelPreset] = {
@@ -113,7 +109,6 @@ PRESETS: dict[str, ModelPreset] = {
         disc_attention=64,
         disc_mlp=2048,
         disc_mlp_layers=8,
-        bn_momentum=0.997,
     ),
 }
 
