@@ -18,7 +18,7 @@ from flwr.common.logger import log
 from client.audit_mod import audit_mod
 from client.local_parts import LocalParts
 from client.site import cache_dir, resolve_site, site_data
-from common.config import RunConfig
+from common.config import FEDERATED_PARTS, RunConfig
 from common.dp import clip_and_noise
 from common.linear_head import (
     feature_moments,
@@ -191,6 +191,10 @@ def _gan_round(run: RunConfig, site, train, parameters: list, config: dict):
         run.train,
         seed=run.seed * 1000 + rnd,  # a new slice order every round
         first_epoch=(rnd - 1) * run.train.local_epochs,
+        # FedProx: the federated parts are pulled towards this round's global
+        proximal=FEDERATED_PARTS[run.federated_parts]
+        if run.strategy == "fedprox"
+        else (),
     )
     after = model.get_weights()
     if kept:

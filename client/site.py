@@ -18,7 +18,7 @@ from flwr.common.logger import log
 from common.config import RunConfig
 from common.dataset import SliceSet, slices_from_ingest
 from common.ingest import IngestConfig, default_cache_dir, ingest_site
-from common.site_index import LABELS_FILE, SiteError
+from common.site_index import SiteError
 from common.splits import split_patients
 
 
@@ -86,7 +86,7 @@ def site_data(site: Site, config: RunConfig) -> dict[str, SliceSet]:
     if key not in _CACHE:
         result = ingest_site(
             site.path,
-            site.path / LABELS_FILE,
+            None,  # SITE/labels.csv, or an image folder's label folders
             cache_dir(site, config),
             ingest,
             progress=False,

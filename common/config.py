@@ -135,10 +135,30 @@ class TrainConfig:
     d_steps: int = 1
     lr_halve_every: int = 0  # epochs; 0 = constant (the authors meant 4)
     max_slices_per_patient: int = 0  # 0 = all slices
+    # FedProx's mu (strategy "fedprox" only): a site's losses get
+    # mu/2 ||w - w_global||^2 on the federated parts, which keeps sites near
+    # the global model when their data differ
+    fedprox_mu: float = 0.01
 
 
 # federated-parts values: which of E, G and D leave a site
 FEDERATED_PARTS = {"egd": ("e", "g", "d"), "eg": ("e", "g"), "e": ("e",)}
+# how the BigBiGAN rounds combine sites: the server's step on the SecAgg+ mean
+# update (FedAvg, FedAvgM, FedAdam), FedProx's proximal local step, or FedBN
+# (BatchNorm parameters and statistics never leave a site)
+STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedbn")
+
+
+@dataclass(frozen=True)
+class ServerOptConfig:
+    """The server optimiser's settings (strategies fedavgm and fedadam)."""
+
+    avgm_lr: float = 1.0
+    avgm_momentum: float = 0.9
+    adam_lr: float = 0.01  # per-coordinate step: small against weights of ~0.05
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.99
+    adam_tau: float = 1e-3  # Reddi et al.'s adaptivity floor
 
 
 @dataclass(frozen=True)
@@ -173,6 +193,8 @@ class RunConfig:
     logit_steps: int = 20  # local gradient steps per round
     logit_lr: float = 0.5
     train: TrainConfig = field(default_factory=TrainConfig)
+    strategy: str = "fedavg"
+    server_opt: ServerOptConfig = field(default_factory=ServerOptConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
@@ -185,6 +207,10 @@ class RunConfig:
     sim_data_root: str = "runs/demo/data"
     sim_sites: str = "hospital_a_ge:train,hospital_a_neuviz:train,hospital_b:external"
     out_dir: str = "runs/flwr"
+    # Simulation Engine: each simulated site's share of the machine (a site
+    # with 0.5 GPU lets two sites train on one GPU: memory growth must be on)
+    sim_client_cpus: float = 1.0
+    sim_client_gpus: float = 0.0
     resume: str = ""  # a run directory whose checkpoint.npz to continue from
     # what leaves a site in the BigBiGAN rounds: E, G and D ("egd"), E and G with
     # D kept at home ("eg"), or E alone ("e": the generator stays home)
@@ -229,11 +255,17 @@ class RunConfig:
         """Build from Flower's flat run config; unknown keys are an error."""
         sections = {
             "train": TrainConfig,
+            "server_opt": ServerOptConfig,
             "secagg": SecAggConfig,
             "split": SplitConfig,
             "ingest": IngestConfig,
         }
-        prefixes = {"secagg": "secagg-", "split": "split-", "ingest": "ingest-"}
+        prefixes = {
+            "server_opt": "server-",
+            "secagg": "secagg-",
+            "split": "split-",
+            "ingest": "ingest-",
+        }
         values: dict[str, Any] = {}
         nested: dict[str, dict[str, Any]] = {k: {} for k in sections}
         top = {f.name for f in dataclasses.fields(cls)} - set(sections)
@@ -268,7 +300,9 @@ class RunConfig:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):
-                prefix = "" if f.name == "train" else f"{f.name}-"
+                prefix = {"train": "", "server_opt": "server-"}.get(
+                    f.name, f"{f.name}-"
+                )
                 for sub in dataclasses.fields(value):
                     if (f.name, sub.name) == ("ingest", "image_size"):
                         continue  # the preset decides it
@@ -296,11 +330,26 @@ class RunConfig:
             (self.train.batch_size >= 2, "batch-size must be >= 2"),
             (self.train.d_steps >= 1, "d-steps must be >= 1"),
             (self.head_ridge >= 0, "head-ridge must be >= 0"),
+            (self.sim_client_cpus > 0, "sim-client-cpus must be > 0"),
+            (self.sim_client_gpus >= 0, "sim-client-gpus must be >= 0"),
             (
                 self.patient_score in ("mean", "median", "max"),
                 "patient-score must be 'mean', 'median' or 'max'",
             ),
             (self.logit_rounds >= 0, "logit-rounds must be >= 0"),
+            (self.strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}"),
+            (self.train.fedprox_mu >= 0, "fedprox-mu must be >= 0"),
+            (
+                self.server_opt.avgm_lr > 0 and self.server_opt.adam_lr > 0,
+                "server-avgm-lr and server-adam-lr must be > 0",
+            ),
+            (
+                0 <= self.server_opt.avgm_momentum < 1
+                and 0 <= self.server_opt.adam_beta1 < 1
+                and 0 <= self.server_opt.adam_beta2 < 1,
+                "server momentum and betas must be in [0, 1)",
+            ),
+            (self.server_opt.adam_tau > 0, "server-adam-tau must be > 0"),
             (self.logit_steps >= 1, "logit-steps must be >= 1"),
             (self.logit_lr > 0, "logit-lr must be > 0"),
             (

@@ -55,6 +55,9 @@ class BigBiGAN:
         self._optimizers: tuple[keras.optimizers.Optimizer, ...] = ()
         self._step = None
         self._train_config: TrainConfig | None = None
+        self._proximal: tuple[str, ...] = ()
+        # FedProx: the global weights a round starts from, per part
+        self._anchors: dict[str, list[tf.Variable]] = {}
 
     # -- weights shared with the federation -------------------------------------
     @property
@@ -92,8 +95,15 @@ class BigBiGAN:
         }
 
     # -- training -----------------------------------------------------------------
-    def _build_step(self, config: TrainConfig):
-        """Create fresh optimisers and the traced step (once per config)."""
+    def _parts(self) -> dict[str, keras.Model]:
+        return {"e": self.encoder, "g": self.generator, "d": self.discriminator}
+
+    def _build_step(self, config: TrainConfig, proximal: tuple[str, ...] = ()):
+        """Create fresh optimisers and the traced step (once per config).
+
+        `proximal` names the parts (e, g, d) whose losses get FedProx's
+        mu/2 ||w - w_global||^2, w_global being the weights a round starts from.
+        """
         devices = self.devices
         with self.strategy.scope():
             opt_d = wrap_optimizer(
@@ -111,6 +121,13 @@ class BigBiGAN:
             opt_d.build(self.discriminator.trainable_variables)
             opt_e.build(self.encoder.trainable_variables)
             opt_g.build(self.generator.trainable_variables)
+            self._anchors = {
+                part: [
+                    tf.Variable(v, trainable=False, name=f"anchor_{part}_{i}")
+                    for i, v in enumerate(self._parts()[part].trainable_variables)
+                ]
+                for part in proximal
+            }
         self._optimizers = (opt_d, opt_e, opt_g)
         self._base_rates = (
             config.lr_d,
@@ -122,6 +139,22 @@ class BigBiGAN:
         noise = self._seed_gen
         strategy = self.strategy
         replicas = float(strategy.num_replicas_in_sync)
+        anchors, mu = self._anchors, config.fedprox_mu
+
+        def with_proximal(loss, part, model):
+            # present whenever the part is anchored, even at mu = 0 (then the
+            # step is FedAvg's exactly: a test checks it)
+            if part not in anchors:
+                return loss
+            distance = tf.add_n(
+                [
+                    tf.reduce_sum(tf.square(tf.cast(v, tf.float32) - a))
+                    for v, a in zip(
+                        model.trainable_variables, anchors[part], strict=True
+                    )
+                ]
+            )
+            return loss + tf.cast(0.5 * mu, loss.dtype) * tf.cast(distance, loss.dtype)
 
         def scores(x_real):
             batch = tf.shape(x_real)[0]
@@ -155,12 +188,13 @@ class BigBiGAN:
                 with tf.GradientTape() as tape:
                     real, fake = scores(x_real)
                     d_loss = discriminator_loss(real, fake)
-                    d_scaled = scaled(opt_d, d_loss)
+                    d_scaled = scaled(opt_d, with_proximal(d_loss, "d", disc))
                 apply(opt_d, tape, d_scaled, disc)
             with tf.GradientTape(persistent=True) as tape:
                 real, fake = scores(x_real)
                 e_loss, g_loss = encoder_generator_loss(real, fake)
-                e_scaled, g_scaled = scaled(opt_e, e_loss), scaled(opt_g, g_loss)
+                e_scaled = scaled(opt_e, with_proximal(e_loss, "e", encoder))
+                g_scaled = scaled(opt_g, with_proximal(g_loss, "g", generator))
             apply(opt_e, tape, e_scaled, encoder)
             apply(opt_g, tape, g_scaled, generator)
             del tape
@@ -182,6 +216,7 @@ class BigBiGAN:
 
         self._step = step
         self._train_config = config
+        self._proximal = proximal
 
     def _set_learning_rates(self, config: TrainConfig, epoch: int) -> None:
         """Halve every `lr_halve_every` epochs (a real schedule, not a Python float)."""
@@ -208,18 +243,29 @@ class BigBiGAN:
         seed: int,
         first_epoch: int = 0,
         keep_optimizer_state: bool = False,
+        proximal: tuple[str, ...] = (),
     ) -> EpochLosses:
         """Run `config.local_epochs` passes over `images`; return mean losses.
 
         `first_epoch` counts epochs already trained in earlier rounds, so the
         learning-rate schedule continues across a federation's rounds. A round
         starts with fresh Adam moments and a noise stream seeded by `seed` unless
-        `keep_optimizer_state` (central runs).
+        `keep_optimizer_state` (central runs). `proximal` names the parts that
+        FedProx anchors to the weights they start this call with.
         """
-        if self._step is None or self._train_config != config:
-            self._build_step(config)
+        if (
+            self._step is None
+            or self._train_config != config
+            or self._proximal != tuple(proximal)
+        ):
+            self._build_step(config, tuple(proximal))
         elif not keep_optimizer_state:
             self.reset_optimizers()
+        for part, anchors in self._anchors.items():
+            for anchor, v in zip(
+                anchors, self._parts()[part].trainable_variables, strict=True
+            ):
+                anchor.assign(tf.cast(v, tf.float32))
         if not keep_optimizer_state:
             # a federated round is a function of (weights, data, seed) alone, so
             # a resumed run repeats what an uninterrupted one would have done

@@ -2,13 +2,13 @@
 
 One file, RUN_DIR/checkpoint.npz, rewritten after every round (written to a
 temporary name, then renamed: a crash leaves the previous round's file whole).
-It holds the global weights, the round reached, the per-round history and a hash
-of the run config, so a resumed run continues at the next round and refuses a
-checkpoint written under another configuration.
+It holds the global weights, the round reached, the per-round history, the
+server optimiser's state (FedAvgM's velocities, FedAdam's moments; none for
+FedAvg) and a hash of the run config, so a resumed run continues at the next
+round and refuses a checkpoint written under another configuration.
 
 Nothing else needs saving: each round starts the sites' optimisers afresh (see
-`BigBiGAN.train_epochs`) and the strategy is plain averaging of SecAgg+ sums,
-so the weights and the round number are the whole server state.
+`BigBiGAN.train_epochs`), so this is the whole server state.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,7 @@ class ServerCheckpoint:
     history: list[dict]
     config_hash: str
     token: str  # names the sites' kept parts (federated-parts "eg"/"e") of this run
+    optimizer_state: list[np.ndarray] = field(default_factory=list)
 
 
 def config_hash(config: RunConfig) -> str:
@@ -54,6 +55,7 @@ def save_checkpoint(run_dir: Path, checkpoint: ServerCheckpoint) -> Path:
             np.savez(
                 handle,
                 *checkpoint.weights,
+                **{f"opt_{i}": a for i, a in enumerate(checkpoint.optimizer_state)},
                 round=np.int64(checkpoint.round),
                 history=np.array(json.dumps(checkpoint.history)),
                 config_hash=np.array(checkpoint.config_hash),
@@ -81,12 +83,14 @@ def load_checkpoint(run_dir: Path, config: RunConfig) -> ServerCheckpoint:
         )
     with np.load(path) as data:
         n_arrays = sum(1 for k in data.files if k.startswith("arr_"))
+        n_state = sum(1 for k in data.files if k.startswith("opt_"))
         checkpoint = ServerCheckpoint(
             round=int(data["round"]),
             weights=[data[f"arr_{i}"] for i in range(n_arrays)],
             history=json.loads(str(data["history"])),
             config_hash=str(data["config_hash"]),
             token=str(data["token"]),
+            optimizer_state=[data[f"opt_{i}"] for i in range(n_state)],
         )
     if checkpoint.config_hash != config_hash(config):
         raise ValueError(

@@ -35,6 +35,7 @@ from server.evaluation import cutoffs, summarise
 from server.phase_strategy import PhaseStrategy
 from server.privacy_summary import dp_summary, payload_bytes
 from server.run_dir import write_config, write_run
+from server.server_optimizer import initial_state, server_step
 
 log = logging.getLogger("flwr")
 # score-histogram counts never reach 2**20 per bin; with 28-bit quantisation the
@@ -71,7 +72,7 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
         initial = model.get_weights()
         shared = federated_indices(model, config.federated_parts)
         legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord()
-        state = _resume(config, initial)
+        state = _resume(config, initial, shared)
         write_config(out, config)
         state = _gan_rounds(grid, legacy, strategy, config, out, model, state, sizes)
         weights, history, secure_rounds = state.weights, state.history, state.round
@@ -151,12 +152,15 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
         thread.join()
 
 
-def _resume(config: RunConfig, initial: list[np.ndarray]) -> ServerCheckpoint:
+def _resume(
+    config: RunConfig, initial: list[np.ndarray], shared: list[int]
+) -> ServerCheckpoint:
     """Where the BigBiGAN rounds start: round 0 from the initial weights with a
     new run token, or the checkpoint of `config.resume`."""
     if not config.resume:
         token = secrets.token_hex(8)  # names the sites' kept parts for this run
-        return ServerCheckpoint(0, initial, [], config_hash(config), token)
+        opt_state = initial_state(config, select(initial, shared))
+        return ServerCheckpoint(0, initial, [], config_hash(config), token, opt_state)
     checkpoint = load_checkpoint(Path(config.resume), config)
     if [w.shape for w in checkpoint.weights] != [w.shape for w in initial]:
         raise ValueError(
@@ -175,7 +179,8 @@ def _gan_rounds(grid, legacy, strategy, config, out, model, state, sizes):
     shared = federated_indices(model, config.federated_parts)
     gan_rounds = config.gan_rounds if config.trains_encoder else 0
     private = config.dp_noise_multiplier > 0
-    weights, history = state.weights, state.history
+    weights, history, opt_state = state.weights, state.history, state.optimizer_state
+    trainable = [model.variables[i].trainable for i in shared]
     for rnd in range(state.round + 1, gan_rounds + 1):
         strategy.config = {
             **flat,
@@ -193,10 +198,10 @@ def _gan_rounds(grid, legacy, strategy, config, out, model, state, sizes):
             clip=config.secagg.delta_clip,
             max_weight=1 if private else max(sizes),  # DP: unweighted mean
         )
-        new = [
-            w + d.astype(np.float32)
-            for w, d in zip(select(weights, shared), delta, strict=True)
-        ]
+        delta = [d.astype(np.float32) for d in delta]
+        new, opt_state = server_step(
+            config, select(weights, shared), delta, trainable, opt_state
+        )
         new = floor_variances(model, shared, new)
         weights = merge(weights, shared, new)
         entry = {"round": rnd, "sites": len(strategy.site_metrics)}
@@ -209,7 +214,9 @@ def _gan_rounds(grid, legacy, strategy, config, out, model, state, sizes):
             if entry["clipped"]:
                 log.warning("round %d: delta values clipped: %s", rnd, entry)
         history.append(entry)
-        state = ServerCheckpoint(rnd, weights, history, state.config_hash, state.token)
+        state = ServerCheckpoint(
+            rnd, weights, history, state.config_hash, state.token, opt_state
+        )
         save_checkpoint(out, state)
         if "g" in FEDERATED_PARTS[config.federated_parts]:
             model.set_weights(weights)  # samples G(z): no patient data involved

@@ -57,6 +57,26 @@ def _hub_inspect(module: str, preset: str) -> int:
     return 0
 
 
+def _merged(a: dict, b: dict) -> dict:
+    """`a` with `b`'s nested tables merged in (scenario settings)."""
+    out = dict(a)
+    for key, value in b.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _list_scenarios() -> int:
+    from simulations.scenarios import load_scenario, scenario_names
+
+    for name in scenario_names():
+        text = " ".join(load_scenario(name).description.split())
+        print(f"{name}\n    {text}")
+    return 0
+
+
 def _add_run_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--run-config",
@@ -155,6 +175,26 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--scale", type=float, default=1.0)
     sim.add_argument("--slices", type=int, default=6)
     sim.add_argument(
+        "--scenario",
+        default=None,
+        help="a built-in scenario (fedbigbigan scenarios) or a .toml file; "
+        "default: paper",
+    )
+    sim.add_argument(
+        "--scenario-set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="scenario settings, e.g. label-skew.alpha=0.1 images.root=DIR",
+    )
+    sim.add_argument(
+        "--sweep",
+        type=Path,
+        default=None,
+        help="a sweep file (TOML): run its grid of scenarios x strategies x "
+        "federated parts x seeds into --out, with sweep.csv and sweep.png",
+    )
+    sim.add_argument(
         "--resume",
         action="store_true",
         help="continue the interrupted run in --out from its checkpoint.npz",
@@ -165,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="overrides like gan-rounds=2 preset='tiny'",
     )
+    sub.add_parser("scenarios", help="list the built-in simulation scenarios")
     hub = sub.add_parser(
         "hub-inspect", help="list a BigBiGAN TF Hub module and how it maps onto E"
     )
@@ -285,6 +326,17 @@ def main(argv: list[str] | None = None) -> int:
         ).items():
             print(f"{name}: {path}")
         return 0
+    if args.command == "scenarios":
+        return _list_scenarios()
+    if args.sweep is not None:
+        from simulations.sweep import run_sweep
+
+        overrides = _parse_overrides(args.run_config)
+        rows = run_sweep(
+            args.sweep, args.out, {**_default_config().to_flat(), **overrides}
+        )
+        print(f"{len(rows)} runs; table: {args.out / 'sweep.csv'}")
+        return 0
     base = _default_config().to_flat()
     if args.resume:  # the interrupted run's own config, written when it started
         if not (args.out / "config.json").is_file():
@@ -294,9 +346,21 @@ def main(argv: list[str] | None = None) -> int:
         base = json.loads((args.out / "config.json").read_text())
         base["resume"] = str(args.out.resolve())
     flat = {**base, **_parse_overrides(args.run_config)}
+    from simulations.scenarios import ScenarioError, load_scenario, parse_override
     from simulations.simulate import simulate
 
-    metrics = simulate(args.out, RunConfig.from_flat(flat), args.scale, args.slices)
+    try:
+        scenario = None
+        if args.scenario or args.scenario_set:
+            settings: dict = {}
+            for item in args.scenario_set:
+                settings = _merged(settings, parse_override(item))
+            scenario = load_scenario(args.scenario or "paper", settings)
+        metrics = simulate(
+            args.out, RunConfig.from_flat(flat), args.scale, args.slices, None, scenario
+        )
+    except ScenarioError as err:
+        parser.error(str(err))
     for split, m in metrics["splits"].items():
         print(
             f"{split:9s} AUC {m['auc']:.3f}  sens {m['sensitivity']:.2f}  "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import math
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -38,14 +39,18 @@ __all__ = [
     "PROFILES",
     "SITE_ROLES",
     "PatientSpec",
+    "PhantomSite",
     "PhantomSlice",
     "SiteProfile",
     "iter_site",
+    "paper_sites",
     "phantom_hu",
+    "plan_phantom_site",
     "plan_site",
     "render_patient",
     "site_counts",
     "stored_pixels",
+    "write_sites",
     "write_study",
 ]
 
@@ -164,6 +169,21 @@ PROFILES: dict[str, SiteProfile] = {
 SITE_ROLES: dict[str, str] = {name: p.role for name, p in PROFILES.items()}
 _SITE_INDEX = {name: i for i, name in enumerate(PROFILES)}
 
+
+@dataclass(frozen=True)
+class PhantomSite:
+    """One site of a phantom study: its scanner profile (named for the site) and
+    its patients per class. Scenarios (simulations/scenarios.py) build these."""
+
+    profile: SiteProfile
+    n_covid: int
+    n_other: int
+
+    @property
+    def name(self) -> str:
+        return self.profile.name
+
+
 # Patient counts of the original study: hospital A (split over its two scanners)
 # and the external hospital B, as (n_covid, n_other).
 _HOSPITAL_A = (83, 83)
@@ -238,6 +258,7 @@ class Findings:
 class PatientSpec:
     """Everything needed to render one patient deterministically."""
 
+    profile: SiteProfile  # the site's scanner; `site` is its name
     site: str
     index: int  # 0-based position within the site
     seed: int
@@ -266,8 +287,16 @@ class PhantomSlice:
     z: float
 
 
+def _site_key(site: str) -> int:
+    """A site's part of every generator key: the paper's sites keep their
+    historical indices; any other name gets a stable one from its bytes."""
+    if site in _SITE_INDEX:
+        return _SITE_INDEX[site]
+    return 1000 + zlib.crc32(site.encode())
+
+
 def _rng(seed: int, site: str, purpose: int, *more: int) -> np.random.Generator:
-    return np.random.default_rng([seed, _SITE_INDEX[site], purpose, *more])
+    return np.random.default_rng([seed, _site_key(site), purpose, *more])
 
 
 def _make_anatomy(rng: np.random.Generator) -> Anatomy:
@@ -344,9 +373,9 @@ def _slice_positions(
 
 
 def _make_patient(
-    site: str, index: int, label: int, normal: bool, seed: int, n_slices: int
+    profile: SiteProfile, index: int, label: int, normal: bool, seed: int, n_slices: int
 ) -> PatientSpec:
-    profile = PROFILES[site]
+    site = profile.name
     rng = _rng(seed, site, _RNG_ANATOMY, index)
     anatomy = _make_anatomy(rng)
     fractions, zs, spacing = _slice_positions(
@@ -356,6 +385,7 @@ def _make_patient(
     date = np.datetime64("2020-01-20") + np.timedelta64(day, "D")
     findings = _make_findings(_rng(seed, site, _RNG_FINDINGS, index), label, normal)
     return PatientSpec(
+        profile=profile,
         site=site,
         index=index,
         seed=seed,
@@ -375,11 +405,21 @@ def _make_patient(
 def plan_site(
     site: str, scale: float = 1.0, seed: int = 0, slices_per_patient: int = 6
 ) -> list[PatientSpec]:
-    """Return the (shuffled-label) patient list of one site."""
+    """Return the (shuffled-label) patient list of one of the paper's sites."""
+    n_covid, n_other = site_counts(scale)[site]
+    return plan_phantom_site(
+        PhantomSite(PROFILES[site], n_covid, n_other), seed, slices_per_patient
+    )
+
+
+def plan_phantom_site(
+    site: PhantomSite, seed: int = 0, slices_per_patient: int = 6
+) -> list[PatientSpec]:
+    """Return the (shuffled-label) patient list of any phantom site."""
     if slices_per_patient < 1:
         raise ValueError("slices_per_patient must be >= 1")
-    n_covid, n_other = site_counts(scale)[site]
-    rng = _rng(seed, site, _RNG_PLAN)
+    n_covid, n_other = site.n_covid, site.n_other
+    rng = _rng(seed, site.name, _RNG_PLAN)
     labels = np.array([COVID] * n_covid + [OTHER] * n_other)
     rng.shuffle(labels)
     # About 10 % of each class has no visible abnormality.
@@ -388,7 +428,7 @@ def plan_site(
         idx = np.flatnonzero(labels == cls)
         normal[rng.choice(idx, size=round(0.1 * n), replace=False)] = True
     return [
-        _make_patient(site, i, int(lab), bool(nrm), seed, slices_per_patient)
+        _make_patient(site.profile, i, int(lab), bool(nrm), seed, slices_per_patient)
         for i, (lab, nrm) in enumerate(zip(labels, normal, strict=True))
     ]
 
@@ -984,7 +1024,7 @@ def _consolidation(
 
 
 def _render_slice(spec: PatientSpec, i: int) -> PhantomSlice:
-    profile = PROFILES[spec.site]
+    profile = spec.profile
     an = spec.anatomy
     f = spec.findings
     t = spec.fractions[i]
@@ -1052,7 +1092,7 @@ def phantom_hu(
     patient_index: int = 0,
 ) -> NDArray[np.int16]:
     """One HU slice of a stand-alone phantom patient (for previews and tests)."""
-    spec = _make_patient(profile_name, patient_index, label, False, seed, 1)
+    spec = _make_patient(PROFILES[profile_name], patient_index, label, False, seed, 1)
     spec = replace(spec, fractions=(slice_fraction,))
     return _render_slice(spec, 0).hu
 
@@ -1150,17 +1190,47 @@ def _dataset(
     return ds
 
 
+def paper_sites(scale: float = 1.0) -> list[PhantomSite]:
+    """The study's three sites (hospital A's two scanners, hospital B)."""
+    return [
+        PhantomSite(PROFILES[name], *counts)
+        for name, counts in site_counts(scale).items()
+    ]
+
+
 def write_study(
     out_dir: Path, scale: float = 1.0, seed: int = 0, slices_per_patient: int = 6
 ) -> dict[str, Path]:
     """Write the phantom study; return {site_name: site_dir}."""
-    out_dir = Path(out_dir)
     key = f"fedbigbigan-phantom/{seed}/{scale}/{slices_per_patient}"
-    sites: dict[str, Path] = {}
-    for site, profile in PROFILES.items():
-        site_dir = out_dir / site
+    return write_sites(out_dir, paper_sites(scale), seed, slices_per_patient, key)
+
+
+def write_sites(
+    out_dir: Path,
+    sites: list[PhantomSite],
+    seed: int = 0,
+    slices_per_patient: int = 6,
+    key: str | None = None,
+) -> dict[str, Path]:
+    """Write phantom sites as DICOM + labels.csv; return {site_name: site_dir}.
+
+    `key` seeds the DICOM UIDs (same key, same files)."""
+    out_dir = Path(out_dir)
+    key = key or f"fedbigbigan-phantom/{seed}/{slices_per_patient}"
+    names = [s.name for s in sites]
+    if len(set(names)) != len(names):
+        raise ValueError(f"site names must be unique, got {names}")
+    prefixes = [s.profile.id_prefix for s in sites]
+    if len(set(prefixes)) != len(prefixes):
+        raise ValueError(f"patient id prefixes must be unique, got {prefixes}")
+    written: dict[str, Path] = {}
+    for site in sites:
+        profile = site.profile
+        site_dir = out_dir / site.name
         rows = []
-        for spec, slices in iter_site(site, scale, seed, slices_per_patient):
+        for spec in plan_phantom_site(site, seed, slices_per_patient):
+            slices = render_patient(spec)
             patient_dir = site_dir / "dicom" / spec.patient_id
             patient_dir.mkdir(parents=True, exist_ok=True)
             for i, sl in enumerate(slices):
@@ -1171,5 +1241,5 @@ def write_study(
             writer = csv.writer(fh)
             writer.writerow(["patient_id", "label"])
             writer.writerows(sorted(rows))
-        sites[site] = site_dir
-    return sites
+        written[site.name] = site_dir
+    return written

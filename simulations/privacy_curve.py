@@ -25,15 +25,13 @@ def privacy_curve(
     slices_per_patient: int = 6,
 ) -> list[dict]:
     from server.run_dir import strict_json
-    from simulations.phantoms import write_study
+    from simulations.scenarios import build_scenario, load_scenario
     from simulations.simulate import simulate
 
     out = Path(out)
     data = out / "data"
-    if not (data / "hospital_b" / "labels.csv").exists():
-        write_study(
-            data, scale=scale, seed=config.seed, slices_per_patient=slices_per_patient
-        )
+    paper = load_scenario("paper")
+    build_scenario(paper, data, scale, config.seed, slices_per_patient)
     rows = []
     for sigma in noise_multipliers:
         run = out / f"noise-{sigma:g}"

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
 from common.config import FEDERATED_PARTS, RunConfig
-from simulations.phantoms import write_study
+from simulations.scenarios import MANIFEST, Scenario, build_scenario, load_scenario
 
 
 def simulate(
@@ -16,20 +17,31 @@ def simulate(
     scale: float = 1.0,
     slices_per_patient: int = 6,
     client_app=None,
+    scenario: Scenario | None = None,
 ) -> dict:
-    """Write phantom sites (unless present), run the federation, return metrics.
+    """Write the scenario's sites (unless present), run the federation, return
+    metrics. Without a scenario: the one `out` was built with, else the paper's.
 
     `client_app` replaces the hospitals' ClientApp (tests wrap it in mods that
     record what leaves a site)."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     data = out / "data"
-    if not (data / "hospital_b" / "labels.csv").exists():
-        write_study(
-            data, scale=scale, seed=config.seed, slices_per_patient=slices_per_patient
+    if scenario is None and (data / MANIFEST).is_file():  # e.g. a resumed run
+        sim_sites = json.loads((data / MANIFEST).read_text())["sim_sites"]
+    else:
+        sim_sites = build_scenario(
+            scenario or load_scenario("paper"),
+            data,
+            scale,
+            config.seed,
+            slices_per_patient,
         )
     config = dataclasses.replace(
-        config, sim_data_root=str(data.resolve()), out_dir=str(out.resolve())
+        config,
+        sim_data_root=str(data.resolve()),
+        out_dir=str(out.resolve()),
+        sim_sites=sim_sites,
     )
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
@@ -46,8 +58,11 @@ def simulate(
         result.update(run_federation(grid, context, config, out))
 
     backend = {
-        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {"num_cpus": 2},
+        "client_resources": {
+            "num_cpus": config.sim_client_cpus,
+            "num_gpus": config.sim_client_gpus,
+        },
+        "init_args": {"num_cpus": max(2, os.cpu_count() or 2)},
     }
     run_simulation(
         server_app=server_app,
