@@ -44,7 +44,7 @@ def discriminator_scores(model, images: np.ndarray, batch: int = 64) -> np.ndarr
             [downsample_for_d(x, model.preset), z], training=False
         )
         out.append(sum(np.asarray(s, np.float64).ravel() for s in scores))
-    return np.concatenate(out)
+    return np.concatenate(out) if out else np.zeros(0)
 
 
 def membership_inference(run_dir: Path, config: RunConfig) -> dict:

@@ -1,0 +1,209 @@
+"""Scenarios build their sites with the right patients, by patient, with one
+external site that never trains."""
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from common.splits import split_patients
+from simulations.scenarios import (
+    MANIFEST,
+    ScenarioError,
+    build_scenario,
+    load_scenario,
+    parse_override,
+    phantom_sites,
+    scenario_names,
+)
+
+SCALE = 0.1  # 4-10 patients a site, one slice each: seconds
+
+
+def _labels(site_dir: Path) -> dict[str, int]:
+    with open(site_dir / "labels.csv", newline="") as fh:
+        return {row["patient_id"]: int(row["label"]) for row in csv.DictReader(fh)}
+
+
+def _roster(sim_sites: str) -> list[tuple[str, str]]:
+    return [tuple(item.split(":")) for item in sim_sites.split(",")]
+
+
+def test_every_built_in_scenario_loads_with_one_external_and_two_or_more_trainers():
+    assert {"paper", "scanner-shift", "label-skew", "size-skew", "real-images"} <= set(
+        scenario_names()
+    )
+    for name in ("scanner-shift", "label-skew", "size-skew"):
+        roles = [s.role for s in load_scenario(name).sites]
+        assert roles.count("external") == 1 and roles.count("train") >= 2, name
+
+
+@pytest.mark.parametrize("name", ["scanner-shift", "label-skew", "size-skew"])
+def test_phantom_scenarios_write_their_sites_by_patient(tmp_path, name):
+    scenario = load_scenario(name)
+    roster = _roster(build_scenario(scenario, tmp_path, SCALE, seed=3, slices=1))
+    assert roster == [(s.name, s.role) for s in scenario.sites]
+    planned = {s.name: s for s in phantom_sites(scenario, SCALE, seed=3)}
+    seen: set[str] = set()
+    for site, _ in roster:
+        labels = _labels(tmp_path / site)
+        folders = {p.name for p in (tmp_path / site / "dicom").iterdir()}
+        assert folders == set(labels)  # every patient folder is labelled
+        assert not seen & set(labels), f"{site} shares patients with another site"
+        seen |= set(labels)
+        n_covid = sum(labels.values())
+        assert (n_covid, len(labels) - n_covid) == (
+            planned[site].n_covid,
+            planned[site].n_other,
+        )
+        # each training site's split is by patient: no patient in two splits
+        if dict(roster)[site] == "train":
+            groups = split_patients(
+                [
+                    type("P", (), {"patient_id": p, "label": y})
+                    for p, y in labels.items()
+                ],
+                0.1,
+                0.1,
+                0,
+            )
+            ids = [p.patient_id for g in groups.values() for p in g]
+            assert len(ids) == len(set(ids)) == len(labels)
+    # the same data dir is reused for the same scenario, refused for another
+    assert build_scenario(scenario, tmp_path, SCALE, 3, 1) == ",".join(
+        f"{n}:{r}" for n, r in roster
+    )
+    with pytest.raises(ScenarioError, match="another scenario or setting"):
+        build_scenario(scenario, tmp_path, SCALE, seed=4, slices=1)
+
+
+def test_scanner_shift_sites_carry_their_scanners_conventions(tmp_path):
+    scenario = load_scenario("scanner-shift")
+    build_scenario(scenario, tmp_path, SCALE, seed=0, slices=1)
+    seen = set()
+    for site in scenario.sites:
+        first = next((tmp_path / site.name / "dicom").rglob("*.dcm"))
+        ds = pydicom.dcmread(first, stop_before_pixels=True)
+        profile = scenario.scanners[site.scanner]
+        assert ds.Manufacturer == profile.manufacturer
+        assert float(ds.SliceThickness) == profile.slice_thickness
+        assert ds.Rows == profile.matrix
+        assert float(ds.RescaleIntercept) == profile.rescale_intercept
+        assert ds.get("PixelPaddingValue") == profile.padding_value
+        seen.add(
+            (ds.Manufacturer, float(ds.SliceThickness), ds.Rows, ds.ConvolutionKernel)
+        )
+    assert len(seen) == 5  # five different scanners
+    thickness = {t for _, t, _, _ in seen}
+    matrices = {r for _, _, r, _ in seen}
+    assert {1.0, 5.0} <= thickness and {256, 512} <= matrices
+
+
+def test_label_skew_draws_each_training_sites_mix_and_alpha_controls_it():
+    def covid_shares(alpha: float, seed: int) -> list[float]:
+        scenario = load_scenario(
+            "label-skew", parse_override(f"label-skew.alpha={alpha}")
+        )
+        sites = phantom_sites(scenario, 1.0, seed)
+        return [
+            s.n_covid / (s.n_covid + s.n_other)
+            for s in sites
+            if s.profile.role == "train"
+        ]
+
+    skewed = [abs(f - 0.5) for seed in range(5) for f in covid_shares(0.1, seed)]
+    mild = [abs(f - 0.5) for seed in range(5) for f in covid_shares(100.0, seed)]
+    assert np.mean(skewed) > 0.3 > 0.1 > np.mean(mild)
+    assert covid_shares(0.5, 1) == covid_shares(0.5, 1)  # a function of the seed
+
+
+def test_size_skew_has_one_large_site():
+    sites = [
+        s
+        for s in phantom_sites(load_scenario("size-skew"), 1.0, 0)
+        if s.profile.role == "train"
+    ]
+    sizes = sorted(s.n_covid + s.n_other for s in sites)
+    assert sizes[-1] >= 5 * sizes[0]
+
+
+def _image_collection(root: Path) -> Path:
+    """<root>/<label>/<patient>/*.png for 3 hospitals x 4 patients, + manifest."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for h, hospital in enumerate(("north", "south", "east")):
+        for i in range(4):
+            patient = f"{hospital}-{i}"
+            folder = root / "images" / ("covid" if i % 2 else "other") / patient
+            folder.mkdir(parents=True)
+            for j in range(2):
+                pixels = rng.integers(0, 255, (32, 32), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{j}.png")
+            rows.append((patient, hospital, h))
+    manifest = root / "manifest.csv"
+    with manifest.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["patient", "hospital", "source"])
+        writer.writerows(rows)
+    return manifest
+
+
+def test_real_images_split_into_sites_by_manifest_without_touching_the_source(tmp_path):
+    manifest = _image_collection(tmp_path)
+    before = {p: p.read_bytes() for p in (tmp_path / "images").rglob("*.png")}
+    settings = {
+        "images": {
+            "root": str(tmp_path / "images"),
+            "manifest": str(manifest),
+            "external": "east",
+        }
+    }
+    data = tmp_path / "data"
+    roster = _roster(
+        build_scenario(load_scenario("real-images", settings), data, 1.0, 0, 1)
+    )
+    assert roster == [("east", "external"), ("north", "train"), ("south", "train")]
+    for site, _ in roster:
+        patients = {p.name for p in (data / site).glob("*/*")}
+        assert patients == {f"{site}-{i}" for i in range(4)}
+        files = list((data / site).rglob("*.png"))
+        assert len(files) == 8 and all(f.is_symlink() for f in files)
+    assert (data / MANIFEST).is_file()
+    assert before == {p: p.read_bytes() for p in (tmp_path / "images").rglob("*.png")}
+
+
+def test_real_images_errors_name_what_is_wrong(tmp_path):
+    manifest = _image_collection(tmp_path)
+    root = str(tmp_path / "images")
+
+    def build(**images):
+        settings = {"images": {"root": root, "manifest": str(manifest), **images}}
+        return build_scenario(
+            load_scenario("real-images", settings), tmp_path / "d", 1.0, 0, 1
+        )
+
+    with pytest.raises(ScenarioError, match="images.external 'west' is not a site"):
+        build(external="west")
+    with pytest.raises(ScenarioError, match="images.root"):
+        build(root=str(tmp_path / "nowhere"), external="east")
+    lines = manifest.read_text().splitlines()
+    manifest.write_text("\n".join(lines[:-1]) + "\n")  # east-3 unlisted
+    with pytest.raises(ScenarioError, match="does not list 1 patient folder"):
+        build(external="east")
+
+
+def test_bad_scenario_files_are_refused_with_the_key(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[sites]]\nname = "a"\nrole = "train"\nscaner = "x"\n')
+    with pytest.raises(ScenarioError, match="unknown key 'scaner'"):
+        load_scenario(str(bad))
+    bad.write_text(
+        '[[sites]]\nname = "a"\nrole = "train"\n[[sites]]\nname = "b"\nrole = "train"\n'
+    )
+    with pytest.raises(ScenarioError, match="exactly one external"):
+        load_scenario(str(bad))
+    with pytest.raises(ScenarioError, match="not found"):
+        load_scenario("no-such-scenario")
