@@ -42,6 +42,7 @@ SERVER_KEYS = (
     "slice-threshold",
     "run-token",
     "dp-sites",
+    "gan-round",
 )
 
 
@@ -62,8 +63,33 @@ def _model(config: RunConfig, federated: list[np.ndarray] | None = None):
     at their initial values: only E matters outside the BigBiGAN rounds)."""
     model, initial = _model_and_initial(config)
     if federated is not None:
-        indices = federated_indices(model, config.federated_parts)
+        indices = federated_indices(model, config.federated_parts, config.strategy)
         model.set_weights(merge(initial, indices, list(federated)))
+    return model
+
+
+def _site_model(run: RunConfig, site, config: dict, federated: list, images):
+    """The model a site scores with. Under FedBN the global arrays lack every
+    BatchNorm layer's: a training site adds its own from the last BigBiGAN
+    round; the external site, which has none, estimates E's statistics on its
+    own `images` (AdaBN)."""
+    model = _model(run, federated)
+    last = int(config.get("gan-round", 0))
+    if run.strategy != "fedbn" or last == 0:
+        return model
+    if site.role == "external":
+        model.adapt_batchnorm(images)
+        return model
+    store = LocalParts(cache_dir(site, run) / "local-model", str(config["run-token"]))
+    own = store.load(last)
+    if own is None:
+        raise RuntimeError(
+            f"{site.name}: FedBN: this site's BatchNorm arrays of round {last} "
+            f"are not in {store.directory}; they are written by the site's own "
+            "BigBiGAN rounds: was the node's cache-dir changed during the run?"
+        )
+    kept = local_indices(model, run.federated_parts, run.strategy)
+    model.set_weights(merge(model.get_weights(), kept, own))
     return model
 
 
@@ -98,18 +124,18 @@ class HospitalClient(NumPyClient):
         if config["phase"] == "gan":
             return _gan_round(run, site, train, parameters, config)
         if config["phase"] == "moments":
-            model = _model(run, parameters)
+            model = _site_model(run, site, config, parameters, train.images)
             moments = feature_moments(model.encode(train.images))
             moments, clipped = clip_for_secagg(moments, float(config["head-clip"]))
             return moments, len(train), {"clipped": clipped}
         if config["phase"] == "head":  # parameters: weights, pooled mean, pooled std
-            model = _model(run, parameters[:-2])
+            model = _site_model(run, site, config, parameters[:-2], train.images)
             stats, clipped = standardized_statistics(
                 model.encode(train.images), train.labels, *parameters[-2:]
             )
             return stats, len(train), {"clipped": clipped}
         if config["phase"] == "logit":  # weights, mean, std, current logistic head
-            model = _model(run, parameters[:-3])
+            model = _site_model(run, site, config, parameters[:-3], train.images)
             mean, std, beta = parameters[-3:]
             z = standardize(model.encode(train.images), mean, std)
             new = logistic_steps(
@@ -118,7 +144,7 @@ class HospitalClient(NumPyClient):
             delta, clipped = clip_for_secagg([new - beta], run.secagg.delta_clip)
             return delta, len(train), {"clipped": clipped}
         if config["phase"] == "eval":
-            hist = _histograms(run, parameters, data)
+            hist = _histograms(run, site, config, parameters, data)
             arrays = [hist[k].astype(np.float64) for k in histogram_keys()]
             arrays, clipped = clip_for_secagg(arrays, float(config["head-clip"]))
             return arrays, 1, {"clipped": clipped}  # weight 1: the server sums
@@ -135,14 +161,17 @@ class HospitalClient(NumPyClient):
             "patient": float(config["threshold"]),
             "slice": float(config["slice-threshold"]),
         }
-        hists = _histograms(run, parameters, data)  # fine: they stay here
+        hists = _histograms(run, site, config, parameters, data)  # they stay here
         metrics = site_report(hists, "external", thresholds)
         return 0.0, sum(len(s) for s in data.values()), metrics
 
 
-def _histograms(run: RunConfig, parameters: list, data: dict) -> dict[str, np.ndarray]:
+def _histograms(
+    run: RunConfig, site, config: dict, parameters: list, data: dict
+) -> dict[str, np.ndarray]:
     """Per split and level, per-class counts of head scores on the fixed grid."""
-    model = _model(run, parameters[:-1])
+    images = np.concatenate([s.images for s in data.values()])
+    model = _site_model(run, site, config, parameters[:-1], images)
     coef = parameters[-1]
     out = {}
     for split, slices in data.items():
@@ -171,8 +200,8 @@ def _gan_round(run: RunConfig, site, train, parameters: list, config: dict):
     parts and the site's own kept parts; send the federated parts' change."""
     model, initial = _model_and_initial(run)
     rnd = int(config["server-round"])
-    shared = federated_indices(model, run.federated_parts)
-    kept = local_indices(model, run.federated_parts)
+    shared = federated_indices(model, run.federated_parts, run.strategy)
+    kept = local_indices(model, run.federated_parts, run.strategy)
     store = LocalParts(cache_dir(site, run) / "local-model", str(config["run-token"]))
     own = (store.load(rnd - 1) if rnd > 1 else None) if kept else None
     if kept and own is None:

@@ -310,6 +310,28 @@ class BigBiGAN:
         corr = (z_c * h_c).sum(0) / np.sqrt((z_c**2).sum(0) * (h_c**2).sum(0) + 1e-12)
         return float(corr.mean())
 
+    def adapt_batchnorm(self, images: np.ndarray, batch: int = 64) -> None:
+        """AdaBN (Li et al. 2016): E's BatchNorm statistics re-estimated on
+        `images` (the mean of per-batch statistics), its other weights kept.
+
+        For a site whose own statistics were never trained (FedBN keeps every
+        training site's at home, so an unseen site has none)."""
+        layers = [
+            layer
+            for layer in self.encoder._flatten_layers()
+            if isinstance(layer, keras.layers.BatchNormalization)
+        ]
+        momenta = [layer.momentum for layer in layers]
+        try:
+            for k, start in enumerate(range(0, len(images), batch), start=1):
+                for layer in layers:
+                    # moving = (1 - 1/k) moving + (1/k) batch: a running mean
+                    layer.momentum = 1.0 - 1.0 / k
+                self.encoder(images[start : start + batch], training=True)
+        finally:
+            for layer, momentum in zip(layers, momenta, strict=True):
+                layer.momentum = momentum
+
     # -- features -----------------------------------------------------------------
     def encode(self, images: np.ndarray, batch: int = 64) -> np.ndarray:
         """z_mean for each image (the paper's 120-d feature)."""

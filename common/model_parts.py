@@ -2,7 +2,10 @@
 
 `BigBiGAN.variables` lists E's, then G's, then D's arrays; `federated-parts`
 ("egd", "eg" or "e") picks the parts that are averaged across sites; the others
-stay at each site (see client/local_parts.py).
+stay at each site (see client/local_parts.py). Under the "fedbn" strategy every
+BatchNorm layer's parameters and statistics stay at the site too (FedBN, Li et
+al. 2021); G's conditional BatchNorm keeps its statistics home, while its gain
+and offset projections, dense layers on z, are federated.
 """
 
 from __future__ import annotations
@@ -23,15 +26,27 @@ def part_ranges(model) -> dict[str, range]:
     }
 
 
-def federated_indices(model, parts: str) -> list[int]:
-    """Indices of the arrays that are federated under `parts`."""
+BATCHNORM_ARRAYS = ("gamma", "beta", "moving_mean", "moving_variance")
+
+
+def is_batchnorm(path: str) -> bool:
+    """A BatchNorm layer's parameter or statistic (Keras names them so)."""
+    return path.rsplit("/", 1)[-1] in BATCHNORM_ARRAYS
+
+
+def federated_indices(model, parts: str, strategy: str = "fedavg") -> list[int]:
+    """Indices of the arrays that are federated under `parts` and `strategy`."""
     ranges = part_ranges(model)
-    return [i for part in FEDERATED_PARTS[parts] for i in ranges[part]]
+    indices = [i for part in FEDERATED_PARTS[parts] for i in ranges[part]]
+    if strategy == "fedbn":
+        paths = [v.path for v in model.variables]
+        indices = [i for i in indices if not is_batchnorm(paths[i])]
+    return indices
 
 
-def local_indices(model, parts: str) -> list[int]:
-    """Indices of the arrays that stay at the site under `parts`."""
-    shared = set(federated_indices(model, parts))
+def local_indices(model, parts: str, strategy: str = "fedavg") -> list[int]:
+    """Indices of the arrays that stay at the site under `parts` and `strategy`."""
+    shared = set(federated_indices(model, parts, strategy))
     return [i for i in range(len(model.variables)) if i not in shared]
 
 

@@ -70,13 +70,16 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
 
         model = initial_model(config)
         initial = model.get_weights()
-        shared = federated_indices(model, config.federated_parts)
+        shared = federated_indices(model, config.federated_parts, config.strategy)
         legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord()
         state = _resume(config, initial, shared)
         write_config(out, config)
         state = _gan_rounds(grid, legacy, strategy, config, out, model, state, sizes)
         weights, history, secure_rounds = state.weights, state.history, state.round
         gan_rounds = config.gan_rounds if config.trains_encoder else 0
+        # FedBN: a site completes its encoder with its own kept BatchNorm arrays
+        # of the last BigBiGAN round, named by run token and round
+        flat = {**flat, "run-token": state.token, "gan-round": gan_rounds}
         fed = select(weights, shared)  # all that leaves the server from here on
         coef, head_scale = _federated_lm(
             grid, legacy, strategy, config, flat, gan_rounds + 1, fed, max(sizes)
@@ -176,7 +179,7 @@ def _gan_rounds(grid, legacy, strategy, config, out, model, state, sizes):
     federated parts, checkpointed; returns the state after the last (`round` is
     then the number of SecAgg+ rounds run, resumed ones included)."""
     flat = config.to_flat()
-    shared = federated_indices(model, config.federated_parts)
+    shared = federated_indices(model, config.federated_parts, config.strategy)
     gan_rounds = config.gan_rounds if config.trains_encoder else 0
     private = config.dp_noise_multiplier > 0
     weights, history, opt_state = state.weights, state.history, state.optimizer_state

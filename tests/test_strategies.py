@@ -114,3 +114,87 @@ def test_strategy_keys_round_trip_and_bad_values_are_named():
         RunConfig.from_flat({**flat, "strategy": "scaffold"})
     with pytest.raises(ConfigError, match="fedprox-mu"):
         RunConfig.from_flat({**flat, "fedprox-mu": -1.0})
+
+
+def _shapes_recorder(log: list, where: str):
+    """A mod noting the array shapes of every message passing it, both ways."""
+
+    def shapes(message) -> list:
+        if not message.has_content():
+            return []
+        return [
+            list(a.shape)
+            for record in message.content.array_records.values()
+            for a in record.values()
+        ]
+
+    def mod(msg, context, call_next):
+        stage = msg.content.config_records.get("secaggplus", {}).get("stage", "")
+        log.append({"where": where, "way": "in", "stage": stage, "shapes": shapes(msg)})
+        reply = call_next(msg, context)
+        log.append(
+            {"where": where, "way": "out", "stage": stage, "shapes": shapes(reply)}
+        )
+        return reply
+
+    return mod
+
+
+@pytest.mark.slow
+def test_fedbn_never_sends_batchnorm_values(tmp_path):
+    from flwr.client.mod import secaggplus_mod
+    from flwr.clientapp import ClientApp
+
+    from client.client_app import client_fn
+    from common.model_parts import federated_indices, is_batchnorm
+    from simulations.simulate import simulate
+
+    config = RunConfig(gan_rounds=2, logit_rounds=1, strategy="fedbn")
+    log: list[dict] = []
+    # outer: what crosses the network; inner: what the client hands SecAgg+
+    app = ClientApp(
+        client_fn=client_fn,
+        mods=[
+            _shapes_recorder(log, "wire"),
+            secaggplus_mod,
+            _shapes_recorder(log, "plain"),
+        ],
+    )
+    out = tmp_path / "run"
+    metrics = simulate(out, config, scale=0.15, slices_per_patient=2, client_app=app)
+
+    model = BigBiGAN(config.model, seed=0)
+    paths = [v.path for v in model.variables]
+    weights = model.get_weights()
+    shared = federated_indices(model, "egd", "fedbn")
+    bn = [i for i, p in enumerate(paths) if is_batchnorm(p)]
+    assert len(bn) > 20 and not set(bn) & set(shared)
+    assert len(shared) + len(bn) == len(federated_indices(model, "egd"))
+    shared_shapes = [list(weights[i].shape) for i in shared]
+    shared_values = sum(weights[i].size for i in shared)
+    # every BigBiGAN update handed to SecAgg+ is exactly the non-BatchNorm arrays
+    gan_replies = [
+        e
+        for e in log
+        if e["where"] == "plain"
+        and e["way"] == "out"
+        and len(e["shapes"]) == len(shared)
+    ]
+    assert len(gan_replies) == 2 * 2  # 2 training sites x 2 rounds
+    assert all(e["shapes"] == shared_shapes for e in gan_replies)
+    # and no message either way, masked or not, is big enough to hold more
+    # (later phases send E with the head's vectors: 3 of 121 values at most)
+    head_vectors = 4 * (config.model.z_dim + 1)
+    assert sum(weights[i].size for i in bn) > 10 * head_vectors
+    for entry in log:
+        values = sum(int(np.prod(s)) for s in entry["shapes"])
+        assert values <= shared_values + head_vectors, entry
+    assert metrics["payload"]["federated_values"] == shared_values
+    # the sites keep their BatchNorm arrays (with any other kept part) at home
+    kept = sorted((out / "ingest-cache").rglob("local-*-r0002.npz"))
+    assert len(kept) == 2
+    with np.load(kept[0]) as data:
+        assert len(data.files) == len(bn)
+    # the external site scored with its own AdaBN statistics: a real AUC
+    assert 0.0 <= metrics["splits"]["external"]["auc"] <= 1.0
+    assert metrics["splits"]["external"]["n_patients"] > 0
