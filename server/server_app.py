@@ -136,6 +136,7 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
             max(np.abs(a - b).max() for a, b in zip(weights, initial, strict=True))
         )
         metrics["federated_parts"] = config.federated_parts
+        metrics["strategy"] = config.strategy
         metrics["payload"] = payload_bytes(fed)
         metrics["dp"] = dp_summary(config, gan_rounds)
         write_run(

@@ -34,6 +34,20 @@ def test_round_trip_is_exact(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_the_server_optimisers_state_round_trips(tmp_path):
+    config = RunConfig(strategy="fedadam")
+    saved = _checkpoint(config, 1)
+    saved.optimizer_state = [np.full((3, 4), 0.25, np.float32), np.arange(7.0)]
+    save_checkpoint(tmp_path, saved)
+    loaded = load_checkpoint(tmp_path, config)
+    assert len(loaded.weights) == 2 and len(loaded.optimizer_state) == 2
+    for a, b in zip(loaded.optimizer_state, saved.optimizer_state, strict=True):
+        assert np.array_equal(a, b)
+    # FedAvg has none: an empty state stays empty
+    save_checkpoint(tmp_path, _checkpoint(config, 2))
+    assert load_checkpoint(tmp_path, config).optimizer_state == []
+
+
 def test_a_different_config_is_refused_but_paths_may_move(tmp_path):
     config = RunConfig()
     save_checkpoint(tmp_path, _checkpoint(config))

@@ -116,8 +116,10 @@ def test_strategy_keys_round_trip_and_bad_values_are_named():
         RunConfig.from_flat({**flat, "fedprox-mu": -1.0})
 
 
-def _shapes_recorder(log: list, where: str):
-    """A mod noting the array shapes of every message passing it, both ways."""
+def _shapes_recorder(log_dir, where: str):
+    """A mod writing down the array shapes of every message passing it, both
+    ways (to files: the Simulation Engine runs clients in other processes)."""
+    import json
 
     def shapes(message) -> list:
         if not message.has_content():
@@ -129,19 +131,20 @@ def _shapes_recorder(log: list, where: str):
         ]
 
     def mod(msg, context, call_next):
-        stage = msg.content.config_records.get("secaggplus", {}).get("stage", "")
-        log.append({"where": where, "way": "in", "stage": stage, "shapes": shapes(msg)})
+        entries = [{"where": where, "way": "in", "shapes": shapes(msg)}]
         reply = call_next(msg, context)
-        log.append(
-            {"where": where, "way": "out", "stage": stage, "shapes": shapes(reply)}
-        )
+        entries.append({"where": where, "way": "out", "shapes": shapes(reply)})
+        with (log_dir / f"{where}-{context.node_id}.jsonl").open("a") as handle:
+            handle.writelines(json.dumps(e) + "\n" for e in entries)
         return reply
 
     return mod
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_fedbn_never_sends_batchnorm_values(tmp_path):
+    import json
+
     from flwr.client.mod import secaggplus_mod
     from flwr.clientapp import ClientApp
 
@@ -150,19 +153,26 @@ def test_fedbn_never_sends_batchnorm_values(tmp_path):
     from simulations.simulate import simulate
 
     config = RunConfig(gan_rounds=2, logit_rounds=1, strategy="fedbn")
-    log: list[dict] = []
+    log_dir = tmp_path / "messages"
+    log_dir.mkdir()
     # outer: what crosses the network; inner: what the client hands SecAgg+
     app = ClientApp(
         client_fn=client_fn,
         mods=[
-            _shapes_recorder(log, "wire"),
+            _shapes_recorder(log_dir, "wire"),
             secaggplus_mod,
-            _shapes_recorder(log, "plain"),
+            _shapes_recorder(log_dir, "plain"),
         ],
     )
     out = tmp_path / "run"
     metrics = simulate(out, config, scale=0.15, slices_per_patient=2, client_app=app)
 
+    log = [
+        json.loads(line)
+        for f in log_dir.glob("*.jsonl")
+        for line in f.read_text().splitlines()
+    ]
+    assert len(log) > 40  # every phase's messages, both ways, at 3 sites
     model = BigBiGAN(config.model, seed=0)
     paths = [v.path for v in model.variables]
     weights = model.get_weights()
