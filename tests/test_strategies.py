@@ -124,8 +124,10 @@ def _shapes_recorder(log_dir, where: str):
     def shapes(message) -> list:
         if not message.has_content():
             return []
+        # the arrays' own shapes: legacy (NumPyClient) records leave Array.shape
+        # empty and keep the shape in the serialised bytes
         return [
-            list(a.shape)
+            list(np.asarray(a.numpy()).shape)
             for record in message.content.array_records.values()
             for a in record.values()
         ]
