@@ -224,24 +224,27 @@ def plot_roc(path: Path, run: RunContents, results: dict[str, dict]) -> bool:
     return True
 
 
-def plot_losses(path: Path, rounds: list[dict]) -> bool:
-    """D, E and G losses per round, one panel each (their scales differ).
-    False when there are none (no rounds, or DP on: sites send no losses)."""
+def plot_losses(path: Path, rounds: list[dict], unit: str = "round") -> bool:
+    """D, E and G losses per round (or per epoch of a central run: `unit`
+    "epoch"), one panel each (their scales differ). False when there are none
+    (no rounds, or DP on: sites send no losses)."""
     if not rounds or "d_loss" not in rounds[0]:
         return False
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-    x = [r["round"] for r in rounds]
+    x = [r[unit] for r in rounds]
     for ax, (key, name, colour) in zip(
         axes,
         (("d_loss", "D", "C0"), ("e_loss", "E", "C1"), ("g_loss", "G", "C2")),
         strict=True,
     ):
         ax.plot(x, [r[key] for r in rounds], marker="o", color=colour)
-        ax.set(title=f"{name} loss", xlabel="round", ylabel="mean over sites")
+        ylabel = "mean over sites" if unit == "round" else "mean over steps"
+        ax.set(title=f"{name} loss", xlabel=unit, ylabel=ylabel)
         if len(x) <= 12:  # whole rounds; longer runs keep matplotlib's ticks
             ax.set_xticks(x)
-    fig.suptitle("BigBiGAN losses per federated round")
+    where = "federated round" if unit == "round" else "epoch (central run)"
+    fig.suptitle(f"BigBiGAN losses per {where}")
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=90)
     plt.close(fig)

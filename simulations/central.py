@@ -181,6 +181,35 @@ def paired_auc_difference(
     return {"difference": diff, "ci": [diff - float(half), diff + float(half)], "p": p}
 
 
+def joint_pairing(model, n: int = 64, seed: int = 0) -> float:
+    """How much D's joint score s_xz depends on which z goes with which G(z):
+    mean s_xz of shuffled generator pairs (G(z), z') minus matched ones (G(z), z).
+
+    E's only route to x-specific gradients is J: while this stays near 0, J
+    scores pairs by their marginals alone and E cannot learn to invert G.
+    """
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((n, model.preset.z_dim)).astype(np.float32)
+    x = np.asarray(model.generator(z, training=False))
+    matched = model.discriminator([x, z], training=False)[2]
+    shuffled = model.discriminator([x, np.roll(z, 1, axis=0)], training=False)[2]
+    return float(np.mean(shuffled) - np.mean(matched))
+
+
+def save_loss_curves(path: Path, history: list[dict]) -> None:
+    """D, E and G losses per epoch so far (the federated run's losses.png)."""
+    from server.report import plot_losses
+
+    rows = [
+        {"epoch": h["epoch"], "d_loss": h["d"], "e_loss": h["e"], "g_loss": h["g"]}
+        for h in history
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    plot_losses(tmp, rows, unit="epoch")
+    os.replace(tmp, path)
+
+
 def train_central(
     out: Path, config: RunConfig, save_grids: bool = True, probe_every: int = 0
 ) -> dict:
@@ -219,6 +248,7 @@ def train_central(
         history.append({"epoch": epoch + 1, **dataclasses.asdict(losses)})
         log.info("epoch %d/%d %s", epoch + 1, epochs, history[-1])
         history[-1]["latent_recovery"] = model.latent_recovery()
+        history[-1]["joint_pairing"] = joint_pairing(model)
         if probe_every and (epoch + 1) % probe_every == 0:
             log.info(
                 "probe at epoch %d: %s",
@@ -229,6 +259,7 @@ def train_central(
             save_reconstructions(
                 out / "recon" / f"epoch_{epoch + 1:03d}.png", model, fixed
             )
+            save_loss_curves(out / "losses.png", history)
     trained_probe = probe(model, train, evals, config.head_ridge)
     trained_cv = probe_cv(model, everyone, config.head_ridge)
     trained_probe["cv"] = _public(trained_cv)

@@ -43,6 +43,9 @@ def test_central_run_trains_and_reports_probes_of_both_encoders(central):
         "epoch_001.png",
         "epoch_002.png",
     ]
+    assert (out / "losses.png").read_bytes().startswith(b"\x89PNG")
+    for h in metrics["history"]:
+        assert np.isfinite([h["d"], h["e"], h["g"], h["joint_pairing"]]).all()
     for kind in ("probe_random", "probe_trained"):
         assert set(metrics[kind]) == {"val", "test", "hospital_b", "cv"}
         for m in metrics[kind].values():
