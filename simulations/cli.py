@@ -374,3 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{head[:34]:34s}" + "".join(f"{row[t]['auc']:17.3f}" for t in targets))
     print(f"run directory: {args.out}")
     return 0
+
+
+if __name__ == "__main__":  # python -m simulations.cli, like the entry point
+    raise SystemExit(main())

@@ -77,7 +77,10 @@ def _train_central(args: argparse.Namespace, config: RunConfig) -> int:
     data = args.out / "data"
     if not (data / "hospital_b" / "labels.csv").exists():
         write_study(data, args.scale, config.seed, args.slices)
-    config = dataclasses.replace(config, sim_data_root=str(data.resolve()))
+    # the ingest caches go under --out too, not under the working directory
+    config = dataclasses.replace(
+        config, sim_data_root=str(data.resolve()), out_dir=str(args.out.resolve())
+    )
     metrics = train_central(args.out, config)
     for kind in ("probe_random", "probe_trained"):
         for split, m in metrics[kind].items():
