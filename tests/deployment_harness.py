@@ -10,17 +10,22 @@ ServerApp processes Flower spawns go with it.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 from common.pki import add_site, init_pki, register_command
 
 FEDERATION = "hospitals"
+# the app under test: this checkout (a worktree may differ from the editable install)
+APP_DIR = Path(__file__).resolve().parents[1]
 QUIET_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
     "FLWR_DISABLE_UPDATE_CHECK": "1",
@@ -78,9 +83,19 @@ class Process:
     def wait(self, timeout: float) -> int:
         return self.proc.wait(timeout=timeout)
 
+    def kill(self) -> None:
+        """SIGKILL to the whole process group at once: a machine that dies, with
+        the ClientApp it was running; no chance to say goodbye."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
     def stop(self) -> None:
         """SIGTERM to the process group led by our PID, then SIGKILL if needed;
-        then SIGKILL to what is left of the group (a ClientApp mid-message)."""
+        then SIGKILL to what is left of the group (a ClientApp mid-message) and
+        to every descendant found before: the SuperLink starts its SuperExec in
+        a session of its own, and that one's ServerApps outlive the group."""
+        tree = descendants(self.proc.pid) if self.proc.poll() is None else []
         with contextlib.suppress(ProcessLookupError, PermissionError):
             if self.proc.poll() is None:
                 os.killpg(self.proc.pid, signal.SIGTERM)
@@ -90,13 +105,43 @@ class Process:
                     os.killpg(self.proc.pid, signal.SIGKILL)
                     self.proc.wait(timeout=10)
             os.killpg(self.proc.pid, signal.SIGKILL)
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
         self._fh.close()
 
 
-class Federation:
-    """A SuperLink with TLS + node auth, and the sites that join it."""
+# Put first on the SuperNodes' PATH as `flwr-clientapp`: the real one starts
+# once one of the host's slots is free. Each slot is an flock held by the
+# ClientApp process itself (the descriptor survives exec and is released when
+# the process ends, however it ends).
+CLIENTAPP_GATE = """#!{python}
+import fcntl, os, sys, time
 
-    def __init__(self, root: Path):
+while True:
+    for slot in range({slots}):
+        fd = os.open(os.path.join({folder!r}, f"slot-{{slot}}"), os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        os.set_inheritable(fd, True)
+        os.execv({real!r}, [{real!r}, *sys.argv[1:]])
+    time.sleep(0.2)
+"""
+
+
+class Federation:
+    """A SuperLink with TLS + node auth, and the sites that join it.
+
+    `max_clientapps` bounds how many ClientApp processes run at once on this
+    host (all SuperNodes together). Real sites each have their own machine; on
+    one test host, 20 SuperNodes would otherwise start 20 TensorFlow processes
+    at once (~0.7 GB each when training), more memory than a CI runner has.
+    """
+
+    def __init__(self, root: Path, max_clientapps: int | None = None):
         self.root = Path(root)
         self.pki = self.root / "pki"
         self.flwr_home = self.root / "flwr-home"
@@ -105,9 +150,37 @@ class Federation:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.processes: list[Process] = []
-        self.env = {**os.environ, **QUIET_ENV, "FLWR_HOME": str(self.flwr_home)}
+        # PYTHONPATH: Flower's own subprocesses import this checkout's packages too
+        python_path = os.pathsep.join(
+            p for p in (str(APP_DIR), os.environ.get("PYTHONPATH", "")) if p
+        )
+        self.env = {
+            **os.environ,
+            **QUIET_ENV,
+            "FLWR_HOME": str(self.flwr_home),
+            "PYTHONPATH": python_path,
+        }
+        if max_clientapps:
+            self.env["PATH"] = (
+                f"{self._clientapp_gate(max_clientapps)}:{os.environ['PATH']}"
+            )
         init_pki(self.pki, "localhost,127.0.0.1")
         self.write_flwr_config()
+
+    def _clientapp_gate(self, slots: int) -> Path:
+        """A folder holding the gated `flwr-clientapp` (see CLIENTAPP_GATE)."""
+        real = shutil.which("flwr-clientapp")
+        assert real, "flwr-clientapp is not on PATH"
+        folder = self.root / "gate"
+        folder.mkdir(parents=True, exist_ok=True)
+        gate = folder / "flwr-clientapp"
+        gate.write_text(
+            CLIENTAPP_GATE.format(
+                python=sys.executable, slots=slots, folder=str(folder), real=real
+            )
+        )
+        gate.chmod(0o755)
+        return folder
 
     def write_flwr_config(self, root_certificates: Path | None = None) -> Path:
         """The coordinator's federation entry: address and the federation's CA."""
@@ -127,7 +200,12 @@ class Federation:
         self.processes.append(proc)
         return proc
 
-    def start_superlink(self) -> Process:
+    def start_superlink(self, database: bool = True) -> Process:
+        """The SuperLink; its state in `superlink.db` if `database`, else in
+        memory (no SQLite: on a loaded host SQLite's "database is locked"
+        reached the Fleet API as HTTP 500s, and a SuperNode that got one on
+        pull-messages stopped polling and was dropped as offline)."""
+        state = ["--database", str(self.root / "superlink.db")] if database else []
         link = self.start(
             "superlink",
             [
@@ -140,8 +218,7 @@ class Federation:
                 str(self.pki / "superlink" / "server.key"),
                 "--enable-supernode-auth",
                 "--disable-runtime-dependency-installation",
-                "--database",
-                str(self.root / "superlink.db"),
+                *state,
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -184,6 +261,117 @@ class Federation:
         cmd += ["--port", str(free_port()), *(extra or [])]
         return self.start(f"supernode-{name}", cmd)
 
+    def start_sites(self, sites: dict[str, tuple[Path, str]]) -> dict[str, Process]:
+        """Register and start one SuperNode per site {name: (data dir, role)},
+        each with its own ingest cache; returns them once all have joined."""
+        nodes = {}
+        for name, (data_dir, role) in sites.items():
+            node_config = (
+                f'data-dir="{data_dir}" role="{role}" '
+                f'cache-dir="{self.root / "cache" / name}"'
+            )
+            nodes[name] = self.start_supernode(name, self.add_site(name), node_config)
+        for node in nodes.values():
+            node.wait_for(r"SuperNode ID: \d+", timeout=120)
+        return nodes
+
+    def flwr_run(self, run_config: str, name: str = "flwr-run") -> Process:
+        """`flwr run` of this checkout's app on the federation, streaming its log."""
+        return self.start(
+            name,
+            ["flwr", "run", str(APP_DIR), FEDERATION, "--stream"]
+            + ["--run-config", run_config],
+            cwd=str(APP_DIR),
+        )
+
+    def flwr(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        """One `flwr` CLI command against the federation."""
+        return subprocess.run(
+            ["flwr", *args],
+            env={**self.env, "COLUMNS": "250"},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def run_info(self, run_id: int) -> dict | None:
+        """`flwr list --run-id`: status, timings, traffic; None if not answered
+        (under load the SuperLink's SQLite may say "database is locked")."""
+        done = self.flwr(
+            "list", FEDERATION, "--run-id", str(run_id), "--format", "json"
+        )
+        with contextlib.suppress(ValueError, KeyError, IndexError):
+            return json.loads(done.stdout)["runs"][0]
+        return None
+
+    def run_log(self, run_id: int) -> str:
+        """The run's whole ServerApp log as the SuperLink keeps it."""
+        for _ in range(5):
+            done = self.flwr("log", str(run_id), FEDERATION, "--show", timeout=120)
+            if done.returncode == 0:
+                return done.stdout
+            time.sleep(2)
+        raise AssertionError(f"flwr log {run_id}: {done.stdout}{done.stderr}")
+
+    def wait_for_run(
+        self, run: Process, timeout: float, check=lambda: None
+    ) -> tuple[int, dict]:
+        """Wait until the run `flwr run` started is finished, by asking the
+        SuperLink (not by `flwr run --stream` ending: its log stream can end
+        early, exit code 0, when the SuperLink's database is busy). `check()`
+        is called every few seconds (to fail early). Returns (run id, info)."""
+        run_id = int(run.wait_for(r"Successfully started run (\d+)", 120).group(1))
+        deadline = time.monotonic() + timeout
+        while True:
+            info = self.run_info(run_id)
+            if info and info["status"].startswith("finished"):
+                return run_id, info
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"run {run_id} not finished within {timeout:.0f}s ({info}):\n"
+                    + run.text()[-3000:]
+                )
+            check()
+            time.sleep(5)
+
+    def serverapp_pids(self) -> list[int]:
+        """PIDs of the ServerApp processes the SuperLink started (via its
+        SuperExec), found among the SuperLink's descendants."""
+        link = next(p for p in self.processes if p.name == "superlink")
+        found = []
+        for pid in descendants(link.pid):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:  # ended meanwhile
+                continue
+            if any(part.endswith(b"flwr-serverapp") for part in cmdline[:2]):
+                found.append(pid)
+        return found
+
     def stop(self) -> None:
+        """Stop every process, even if stopping one fails or is interrupted."""
+        failed: BaseException | None = None
         for proc in reversed(self.processes):
-            proc.stop()
+            try:
+                proc.stop()
+            except BaseException as err:  # the rest must stop too
+                failed = failed or err
+        if failed is not None:
+            raise failed
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
