@@ -102,7 +102,7 @@ def test_a_training_site_killed_mid_round_the_other_four_finish(federation, tmp_
     error, SecAgg+ unmasks the other four with the lost site's shares, and the
     head and evaluation rounds run on the four. Measured: 11.4 and 18.5 min on
     a 2-core host shared with other work (the run itself 15.4 min of the
-    latter, its ClientApps 2274 CPU-s: 4 SecAgg+ rounds x 4 stages, each
+    latter; 2274 ClientApp-seconds by `flwr list`: 4 SecAgg+ rounds x 4 stages, each
     message a fresh process; ~60 s is the wait for the heartbeat verdict)."""
     sites = study(tmp_path / "data", 5)
     nodes = federation.start_sites(sites)
