@@ -120,6 +120,14 @@ class HospitalClient(NumPyClient):
         if site.role != "train":
             raise RuntimeError(f"{site.name} is an external site and never trains")
         _seed_secagg_rounding(run.seed, site.name, config)
+        reply = self._fit_phase(run, site, data, parameters, config)
+        # again: SecAgg+ quantises the reply with NumPy's global generator after
+        # this returns, and building a model (Keras reseeds it) happens in a
+        # fresh process but not in a reused one
+        _seed_secagg_rounding(run.seed, site.name, config)
+        return reply
+
+    def _fit_phase(self, run: RunConfig, site, data: dict, parameters, config):
         train = data["train"]
         if config["phase"] == "gan":
             return _gan_round(run, site, train, parameters, config)

@@ -22,6 +22,7 @@ class PhaseStrategy(Strategy):
         self.aggregate = None
         self.site_metrics: list[dict] = []
         self.dropped = 0  # sites lost in the last round
+        self._asked = 0  # sites sent the last round's train message
         self.train_messages_to: set[int] = set()  # audit: who ever got a train message
 
     def initialize_parameters(self, client_manager):
@@ -34,6 +35,7 @@ class PhaseStrategy(Strategy):
             if int(node_id) in self.train_node_ids
         ]
         self.train_messages_to |= {int(proxy.node_id) for proxy in clients}
+        self._asked = len(clients)
         return [(proxy, FitIns(parameters, dict(self.config))) for proxy in clients]
 
     def aggregate_fit(self, server_round, results, failures):
@@ -46,12 +48,16 @@ class PhaseStrategy(Strategy):
         """
         if not results:
             raise RuntimeError(f"round {server_round}: no site completed the round")
-        self.dropped = len(failures)
+        # Flower's SecAgg+ workflow can list one lost site twice in `failures`
+        # (stage and unmasking): count the sites that did not complete instead
+        self.dropped = (
+            max(self._asked - len(results), 0) if self._asked else len(failures)
+        )
         if failures:
             log.warning(
                 "round %d: %d site(s) dropped (%s); the round goes on with %d",
                 server_round,
-                len(failures),
+                self.dropped,
                 "; ".join(str(f) for f in failures)[:300],
                 len(results),
             )

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from deployment_harness import Federation, Process
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.extended
 
 SCALE, SLICES = 0.3, 2  # the phantom study's size: ~25 patients x 2 slices a site
 EXTERNAL = "hospital_b"
