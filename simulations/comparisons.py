@@ -32,8 +32,9 @@ from simulations.central import concat, pooled_data
 
 
 def _auc(score, features: np.ndarray, data, how: str) -> dict:
-    """Patient AUC with DeLong CI of a head on one test set (NaN when empty)."""
-    if len(data) == 0:  # e.g. a small site's test split at a small --scale
+    """Patient AUC with DeLong CI of a head on one test set (NaN when empty, or
+    when the head could not be fitted: `score` None)."""
+    if len(data) == 0 or score is None:  # e.g. a small site at a small --scale
         return {"auc": float("nan"), "ci": [float("nan")] * 2, "n_patients": 0}
     patient, labels = patient_scores(score(features), data.patient, data.labels, how)
     auc, low, high = auc_ci(patient, labels)
@@ -77,7 +78,8 @@ def compare(run_dir: Path, config: RunConfig) -> dict:
         return make_pipeline(StandardScaler(), SVC()).fit(x, y).decision_function
 
     def knn(x, y):
-        fitted = make_pipeline(StandardScaler(), KNeighborsClassifier(5)).fit(x, y)
+        k = min(5, len(y))  # a small site at a small --scale has few slices
+        fitted = make_pipeline(StandardScaler(), KNeighborsClassifier(k)).fit(x, y)
         return lambda f: fitted.predict_proba(f)[:, 1]
 
     heads = {
@@ -107,9 +109,10 @@ def compare(run_dir: Path, config: RunConfig) -> dict:
         heads["pooled logistic (not federated)"] = lambda f: predict(pooled_logit, f)
     for n in train_sites:
         x, y = train_x[n], train[n].labels
-        heads[f"local lm ({n})"] = lm(x, y)
-        heads[f"local SVM ({n})"] = svm(x, y)
-        heads[f"local KNN ({n})"] = knn(x, y)
+        one_class = len(np.unique(y)) < 2  # nothing to fit: the row stays NaN
+        heads[f"local lm ({n})"] = None if one_class else lm(x, y)
+        heads[f"local SVM ({n})"] = None if one_class else svm(x, y)
+        heads[f"local KNN ({n})"] = None if one_class else knn(x, y)
     table = {
         head: {
             t: _auc(score, features[t], targets[t], config.patient_score)

@@ -238,7 +238,11 @@ def _central_rows(sweep: Sweep, out: Path, base_flat: dict) -> list[dict]:
             RunConfig.from_flat(flat), sim_data_root=str(data.resolve())
         )
         run = out / f"{scenario_name}__central__s{seed}"
-        metrics = train_central(run, config)
+        done = run / "metrics.json"  # written last: a finished run is reused
+        if done.is_file():
+            metrics = json.loads(done.read_text())
+        else:
+            metrics = train_central(run, config)
         external = next(
             (
                 m

@@ -7,6 +7,7 @@ import pydicom
 import pytest
 
 from common.config import RunConfig
+from simulations import central as central_module
 from simulations import simulate as simulate_module
 from simulations.scenarios import ScenarioError
 from simulations.sweep import SWEEP_CSV, SWEEP_PNG, load_sweep, run_sweep
@@ -17,6 +18,7 @@ strategies = ["fedavgm"]
 seeds = [0, 1]
 scale = 0.12
 slices = 2
+central = true
 [run-config]
 gan-rounds = 1
 logit-rounds = 0
@@ -34,14 +36,15 @@ def test_a_two_seed_sweep_writes_its_table_and_plot_and_resumes(tmp_path, monkey
 
     with (out / SWEEP_CSV).open(newline="") as handle:
         table = list(csv.DictReader(handle))
-    assert len(table) == len(rows) == 2 * (1 + 1 + 2)  # federated, pooled, 2 local
+    # per seed: federated, pooled head, 2 local-only, and centralized
+    assert len(table) == len(rows) == 2 * (1 + 1 + 2 + 1)
     for seed in (0, 1):
         mine = [r for r in table if r["seed"] == str(seed)]
-        assert {r["setting"] for r in mine} == {
-            "federated",
-            "pooled head",
-            "local-only",
-        }
+        settings = {"federated", "pooled head", "local-only", "centralized"}
+        assert {r["setting"] for r in mine} == settings
+        central = next(r for r in mine if r["setting"] == "centralized")
+        assert 0 <= float(central["external_auc"]) <= 1
+        assert (out / central["run"] / "model.npz").is_file()
         fed = next(r for r in mine if r["setting"] == "federated")
         auc, low, high = (float(fed[k]) for k in ("external_auc", "ci_low", "ci_high"))
         assert 0 <= low <= auc <= high <= 1 and int(fed["external_patients"]) > 0
@@ -65,6 +68,7 @@ def test_a_two_seed_sweep_writes_its_table_and_plot_and_resumes(tmp_path, monkey
         raise AssertionError("a finished run was simulated again")
 
     monkeypatch.setattr(simulate_module, "simulate", refuse)
+    monkeypatch.setattr(central_module, "train_central", refuse)
     assert run_sweep(sweep, out, base) == rows
 
 
