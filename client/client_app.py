@@ -68,17 +68,17 @@ def _model(config: RunConfig, federated: list[np.ndarray] | None = None):
     return model
 
 
-def _site_model(run: RunConfig, site, config: dict, federated: list, images):
+def _site_model(run: RunConfig, site, config: dict, federated: list, data: dict):
     """The model a site scores with. Under FedBN the global arrays lack every
     BatchNorm layer's: a training site adds its own from the last BigBiGAN
     round; the external site, which has none, estimates E's statistics on its
-    own `images` (AdaBN)."""
+    own slices (AdaBN)."""
     model = _model(run, federated)
     last = int(config.get("gan-round", 0))
     if run.strategy != "fedbn" or last == 0:
         return model
     if site.role == "external":
-        model.adapt_batchnorm(images)
+        model.adapt_batchnorm(data["external"].images)
         return model
     store = LocalParts(cache_dir(site, run) / "local-model", str(config["run-token"]))
     own = store.load(last)
@@ -132,18 +132,18 @@ class HospitalClient(NumPyClient):
         if config["phase"] == "gan":
             return _gan_round(run, site, train, parameters, config)
         if config["phase"] == "moments":
-            model = _site_model(run, site, config, parameters, train.images)
+            model = _site_model(run, site, config, parameters, data)
             moments = feature_moments(model.encode(train.images))
             moments, clipped = clip_for_secagg(moments, float(config["head-clip"]))
             return moments, len(train), {"clipped": clipped}
         if config["phase"] == "head":  # parameters: weights, pooled mean, pooled std
-            model = _site_model(run, site, config, parameters[:-2], train.images)
+            model = _site_model(run, site, config, parameters[:-2], data)
             stats, clipped = standardized_statistics(
                 model.encode(train.images), train.labels, *parameters[-2:]
             )
             return stats, len(train), {"clipped": clipped}
         if config["phase"] == "logit":  # weights, mean, std, current logistic head
-            model = _site_model(run, site, config, parameters[:-3], train.images)
+            model = _site_model(run, site, config, parameters[:-3], data)
             mean, std, beta = parameters[-3:]
             z = standardize(model.encode(train.images), mean, std)
             new = logistic_steps(
@@ -178,8 +178,7 @@ def _histograms(
     run: RunConfig, site, config: dict, parameters: list, data: dict
 ) -> dict[str, np.ndarray]:
     """Per split and level, per-class counts of head scores on the fixed grid."""
-    images = np.concatenate([s.images for s in data.values()])
-    model = _site_model(run, site, config, parameters[:-1], images)
+    model = _site_model(run, site, config, parameters[:-1], data)
     coef = parameters[-1]
     out = {}
     for split, slices in data.items():

@@ -321,12 +321,7 @@ def plot_sweep(path: Path, rows: list[dict]) -> None:
                         ax.plot([xs, xs], [lo, hi], color=colour, alpha=0.4)
             else:
                 ax.plot([xs, xs], [aucs.min(), aucs.max()], color=colour, alpha=0.6)
-            label = (
-                setting
-                if x == 0 or setting not in ax.get_legend_handles_labels()[1]
-                else None
-            )
-            ax.plot(xs, aucs.mean(), marker, color=colour, label=label)
+            ax.plot(xs, aucs.mean(), marker, color=colour, label=setting)
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
     ax.set_xticks(range(len(configs)))
     ax.set_xticklabels(
@@ -336,7 +331,7 @@ def plot_sweep(path: Path, rows: list[dict]) -> None:
     ax.set_ylabel("external patient AUC")
     ax.set_title("External validation across the sweep (bars: 95% CI or range)")
     handles, labels = ax.get_legend_handles_labels()
-    unique = dict(zip(labels, handles, strict=True))
+    unique = dict(zip(labels, handles, strict=True))  # one entry per setting
     ax.legend(unique.values(), unique.keys(), fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
