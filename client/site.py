@@ -17,8 +17,7 @@ from flwr.common.logger import log
 
 from common.config import RunConfig
 from common.dataset import SliceSet, slices_from_ingest
-from common.ingest import IngestConfig, default_cache_dir, ingest_site
-from common.site_index import SiteError
+from common.ingest.config import IngestConfig
 from common.splits import split_patients
 
 
@@ -66,6 +65,8 @@ def cache_dir(site: Site, config: RunConfig) -> Path:
         return site.cache
     if site.path.resolve().parent == Path(config.sim_data_root).resolve():
         return Path(config.out_dir) / "ingest-cache" / site.name
+    from common.ingest import default_cache_dir
+
     return default_cache_dir(site.path)
 
 
@@ -74,6 +75,10 @@ _CACHE: dict[tuple, dict[str, SliceSet]] = {}
 
 def site_data(site: Site, config: RunConfig) -> dict[str, SliceSet]:
     """The site's slices per split: train/val/test, or 'external' for that role."""
+    # imported here: most of a run's messages (SecAgg+'s key stages) never read data
+    from common.ingest import ingest_site
+    from common.site_index import SiteError
+
     ingest = ingest_config(config)
     key = (
         str(site.path),

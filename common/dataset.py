@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from common.dicom_io import load_slice
 from common.ingest.result import IngestedPatient
-from common.site_index import Patient
+
+if TYPE_CHECKING:
+    from common.site_index import Patient
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ def load_slices(
     patients: list[Patient], size: int, max_per_patient: int = 0
 ) -> SliceSet:
     """Read and preprocess the slices of `patients` from their files (no cache)."""
+    from common.dicom_io import load_slice  # pydicom + scipy: only when reading
+
     images, labels, owner = [], [], []
     for index, patient in enumerate(patients):
         files = _central(patient.files, max_per_patient)

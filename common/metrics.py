@@ -6,8 +6,9 @@ them and computes ROC, AUC and the operating point from the pooled counts.
 
 from __future__ import annotations
 
+from statistics import NormalDist
+
 import numpy as np
-from scipy import stats
 
 GRID_LOW, GRID_HIGH, GRID_BINS = -1.0, 2.0, 3000
 
@@ -124,7 +125,7 @@ def auc_ci_from_histograms(
     auc, var = delong_from_histograms(pos, neg)
     if not np.isfinite(auc):
         return auc, float("nan"), float("nan")
-    half = float(stats.norm.ppf(0.5 + level / 2)) * np.sqrt(var)
+    half = NormalDist().inv_cdf(0.5 + level / 2) * np.sqrt(var)
     return auc, max(0.0, auc - half), min(1.0, auc + half)
 
 
@@ -136,7 +137,7 @@ def wilson_ci(successes: int, total: int, level: float = 0.95) -> tuple[float, f
     """
     if total <= 0:
         return float("nan"), float("nan")
-    z = float(stats.norm.ppf(0.5 + level / 2))
+    z = NormalDist().inv_cdf(0.5 + level / 2)
     p = successes / total
     denom = 1 + z * z / total
     centre = (p + z * z / (2 * total)) / denom

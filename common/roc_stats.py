@@ -6,12 +6,15 @@ federated path uses the histogram ROC in `common.metrics`.
 
 from __future__ import annotations
 
+from statistics import NormalDist
+
 import numpy as np
-from scipy import stats
 
 
 def _midranks(x: np.ndarray) -> np.ndarray:
-    return stats.rankdata(x, method="average")
+    from scipy.stats import rankdata  # lazily: ClientApps that never rank skip it
+
+    return rankdata(x, method="average")
 
 
 def delong_auc(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -38,7 +41,7 @@ def auc_ci(
     auc, var = delong_auc(scores, labels)
     if not np.isfinite(auc):
         return auc, float("nan"), float("nan")
-    half = stats.norm.ppf(0.5 + level / 2) * np.sqrt(var)
+    half = NormalDist().inv_cdf(0.5 + level / 2) * np.sqrt(var)
     return auc, max(0.0, auc - half), min(1.0, auc + half)
 
 

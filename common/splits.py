@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from common.site_index import Patient
+if TYPE_CHECKING:
+    from common.site_index import Patient
+
 
 SPLITS = ("train", "val", "test")
 
