@@ -37,11 +37,19 @@ class ServerCheckpoint:
     config_hash: str
     token: str  # names the sites' kept parts (federated-parts "eg"/"e") of this run
     optimizer_state: list[np.ndarray] = field(default_factory=list)
+    # the run config it was written under (volatile keys left out), so a
+    # refused resume can say which keys differ
+    settings: dict = field(default_factory=dict)
+
+
+def stable_config(config: RunConfig) -> dict:
+    """The flat run config without its volatile keys: what a resume must match."""
+    return {k: v for k, v in config.to_flat().items() if k not in VOLATILE_KEYS}
 
 
 def config_hash(config: RunConfig) -> str:
     """SHA-256 of the run config without its volatile keys."""
-    flat = {k: v for k, v in config.to_flat().items() if k not in VOLATILE_KEYS}
+    flat = stable_config(config)
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()
 
 
@@ -60,6 +68,7 @@ def save_checkpoint(run_dir: Path, checkpoint: ServerCheckpoint) -> Path:
                 history=np.array(json.dumps(checkpoint.history)),
                 config_hash=np.array(checkpoint.config_hash),
                 token=np.array(checkpoint.token),
+                settings=np.array(json.dumps(checkpoint.settings, sort_keys=True)),
             )
             handle.flush()
             os.fsync(handle.fileno())
@@ -91,11 +100,29 @@ def load_checkpoint(run_dir: Path, config: RunConfig) -> ServerCheckpoint:
             config_hash=str(data["config_hash"]),
             token=str(data["token"]),
             optimizer_state=[data[f"opt_{i}"] for i in range(n_state)],
+            settings=json.loads(str(data["settings"])) if "settings" in data else {},
         )
     if checkpoint.config_hash != config_hash(config):
         raise ValueError(
-            f"{path} was written under another run configuration; resume with "
-            "the same run config (only out-dir and sim-data-root may change), or "
-            "start a new run without resume"
+            f"{path} was written under another run configuration"
+            f"{_differences(checkpoint.settings, stable_config(config))}; resume "
+            "with the same run config (only out-dir and sim-data-root may "
+            "change), or start a new run without resume"
         )
     return checkpoint
+
+
+def _differences(saved: dict, now: dict) -> str:
+    """' (key: checkpoint X, now Y; ...)', or '' for a checkpoint without settings."""
+    if not saved:
+        return ""
+    keys = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+    missing = "(not set)"
+    return (
+        " ("
+        + "; ".join(
+            f"{k}: checkpoint {saved.get(k, missing)!r}, now {now.get(k, missing)!r}"
+            for k in keys
+        )
+        + ")"
+    )

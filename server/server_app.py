@@ -3,6 +3,7 @@ SecAgg+-pooled statistics, (3) evaluation of every site from score histograms.""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import time
@@ -30,6 +31,7 @@ from server.checkpointing import (
     config_hash,
     load_checkpoint,
     save_checkpoint,
+    stable_config,
 )
 from server.evaluation import cutoffs, summarise
 from server.phase_strategy import PhaseStrategy
@@ -164,7 +166,15 @@ def _resume(
     if not config.resume:
         token = secrets.token_hex(8)  # names the sites' kept parts for this run
         opt_state = initial_state(config, select(initial, shared))
-        return ServerCheckpoint(0, initial, [], config_hash(config), token, opt_state)
+        return ServerCheckpoint(
+            0,
+            initial,
+            [],
+            config_hash(config),
+            token,
+            opt_state,
+            settings=stable_config(config),
+        )
     checkpoint = load_checkpoint(Path(config.resume), config)
     if [w.shape for w in checkpoint.weights] != [w.shape for w in initial]:
         raise ValueError(
@@ -218,8 +228,12 @@ def _gan_rounds(grid, legacy, strategy, config, out, model, state, sizes):
             if entry["clipped"]:
                 log.warning("round %d: delta values clipped: %s", rnd, entry)
         history.append(entry)
-        state = ServerCheckpoint(
-            rnd, weights, history, state.config_hash, state.token, opt_state
+        state = dataclasses.replace(
+            state,
+            round=rnd,
+            weights=weights,
+            history=history,
+            optimizer_state=opt_state,
         )
         save_checkpoint(out, state)
         if "g" in FEDERATED_PARTS[config.federated_parts]:

@@ -12,6 +12,7 @@ from server.checkpointing import (
     config_hash,
     load_checkpoint,
     save_checkpoint,
+    stable_config,
 )
 
 
@@ -19,7 +20,14 @@ def _checkpoint(config: RunConfig, rnd: int = 1) -> ServerCheckpoint:
     rng = np.random.default_rng(rnd)
     weights = [rng.normal(size=(3, 4)).astype(np.float32), rng.normal(size=7)]
     history = [{"round": r, "d_loss": 1.5 / r} for r in range(1, rnd + 1)]
-    return ServerCheckpoint(rnd, weights, history, config_hash(config), "0123abcd")
+    return ServerCheckpoint(
+        rnd,
+        weights,
+        history,
+        config_hash(config),
+        "0123abcd",
+        settings=stable_config(config),
+    )
 
 
 def test_round_trip_is_exact(tmp_path):
@@ -55,9 +63,14 @@ def test_a_different_config_is_refused_but_paths_may_move(tmp_path):
         config, out_dir="/elsewhere", sim_data_root="/data", resume=str(tmp_path)
     )
     assert load_checkpoint(tmp_path, moved).round == 1
-    other = dataclasses.replace(config, gan_rounds=config.gan_rounds + 1)
-    with pytest.raises(ValueError, match="another run configuration"):
+    other = dataclasses.replace(config, gan_rounds=config.gan_rounds + 1, seed=7)
+    with pytest.raises(ValueError, match="another run configuration") as refused:
         load_checkpoint(tmp_path, other)
+    # the coordinator is told which keys differ, with both values
+    n = config.gan_rounds
+    assert f"gan-rounds: checkpoint {n}, now {n + 1}" in str(refused.value)
+    assert f"seed: checkpoint {config.seed}, now 7" in str(refused.value)
+    assert "out-dir: checkpoint" not in str(refused.value)  # volatile: may move
 
 
 def test_no_checkpoint_is_named(tmp_path):
