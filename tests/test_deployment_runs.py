@@ -29,7 +29,6 @@ import pytest
 from deployment_harness import APP_DIR, Federation, Process
 
 from server.checkpointing import CHECKPOINT
-from server.server_app import MOMENTS_CLIP
 
 pytestmark = pytest.mark.extended
 
@@ -160,7 +159,6 @@ RESUME_CONFIG = {  # 3 BigBiGAN rounds; the head and evaluation rounds after
     "local-epochs": 1,
     "logit-rounds": 0,
     "secagg-timeout": 600.0,
-    "secagg-quantization-bits": 28,
 }
 
 # The same run in Flower's Simulation Engine, in a subprocess (bounded, killed
@@ -233,13 +231,13 @@ def test_serverapp_killed_after_round_1_resumes_to_the_unbroken_weights(
     round 2); a new `flwr run` with `resume` finishes rounds 2-3, the head and
     the evaluation. The reference is the same config run uninterrupted in the
     Simulation Engine (alongside; a second deployment run would cost ~15 min
-    more). Its BigBiGAN weights and losses equal the resumed run's bit for bit:
-    each round is a function of the global weights, the site's data and name,
-    and the seed, and SecAgg+'s masks cancel exactly (integers mod 2^32), so
-    neither the kill, the masks, the transport nor the node ids matter. The
-    head is only within one SecAgg+ quantisation step (see the end).
-    Measured here: 22 min on a loaded 2-core host (16.5 min of it the resumed
-    run: 5 SecAgg+ rounds; ClientApps 1372 s, ServerApp 991 s of compute)."""
+    more). Its weights (E, G, D and the head) and losses equal the resumed
+    run's bit for bit: each round is a function of the global weights, the
+    site's data and name, and the seed, and SecAgg+'s masks cancel exactly
+    (integers mod 2^32), so neither the kill, the masks, the transport nor the
+    node ids matter. Measured: 9 min on a 2-core host with other work (the
+    resumed run 6.5 min: 5 SecAgg+ rounds; ClientApps 459 s, ServerApp 393 s
+    of compute); 22 min on a more loaded one."""
     federation = sqlite_federation
     data = tmp_path / "data"
     sites = study(data, 2)
@@ -289,19 +287,12 @@ def test_serverapp_killed_after_round_1_resumes_to_the_unbroken_weights(
         np.load(ref / "global_weights.npz") as unbroken,
     ):
         assert resumed.files == unbroken.files
-        head = {"head", "head_mean", "head_std"}
-        model = [key for key in unbroken.files if key not in head]
-        assert len(model) == len(unbroken.files) - len(head)
-        for key in model:  # E, G and D after round 3: bit for bit
+        assert {"head", "head_mean", "head_std"} <= set(unbroken.files)
+        # E, G, D and the head after every round: bit for bit (the sites seed
+        # SecAgg+'s stochastic rounding per round, so even the head's pooled
+        # moments, quantised and masked, come out the same)
+        for key in unbroken.files:
             assert np.array_equal(resumed[key], unbroken[key]), key
-        # The head is not: the pooled feature moments differ by one SecAgg+
-        # quantisation step (measured: 72 of 120 means), i.e. the two engines'
-        # stochastic rounding draws differ in the head rounds, and the lm solve
-        # on an untrained E's nearly constant features (SD ~0.025) turns that
-        # into different coefficients. Assert what holds: at most one step.
-        step = 2 * MOMENTS_CLIP / 2 ** int(RESUME_CONFIG["secagg-quantization-bits"])
-        gap = np.abs(resumed["head_mean"] - unbroken["head_mean"]).max()
-        assert gap <= step * (1 + 1e-6), (gap, step)
 
 
 # ClientApp processes at once in the 20-node test: enough to keep 2 cores busy
