@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 from flwr.serverapp import Grid
@@ -137,7 +137,12 @@ class LoopbackGrid(Grid):
         incoming.metadata.__dict__["_src_node_id"] = 0
         wire = time.perf_counter() - start
         start = time.perf_counter()
-        reply = self.client_app(incoming, self.contexts[node])
+        try:
+            reply = self.client_app(incoming, self.contexts[node])
+        except Exception as err:  # as a SuperNode does: an error reply
+            reason = f"{type(err).__name__}: {err}"
+            error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason)
+            reply = Message(error, reply_to=incoming)
         self.traffic.client_seconds += time.perf_counter() - start
         start = time.perf_counter()
         if reply.has_content():
