@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from cryptography.exceptions import InvalidTag
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.client import NumPyClient
@@ -198,7 +199,7 @@ def test_share_encryption_is_bound_to_sender_receiver_and_round():
     blob = keys.encrypt_shares(a, keys.public_key(b), "r1", 1, 2, b"share")
     assert keys.decrypt_shares(b, keys.public_key(a), "r1", 1, 2, blob) == b"share"
     for rid, src, dst in (("r2", 1, 2), ("r1", 3, 2)):
-        with pytest.raises(Exception):  # InvalidTag
+        with pytest.raises(InvalidTag):
             keys.decrypt_shares(b, keys.public_key(a), rid, src, dst, blob)
 
 
