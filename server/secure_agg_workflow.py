@@ -421,6 +421,7 @@ class SecureAggWorkflow(SecureAggregator):
         except SecureAggregationError as err:
             log.error("secure aggregation halted: %s", err)
             return
+        self.last_stats = result.stats  # for benchmarks: where the time went
         mean = ndarrays_to_parameters(result.ndarrays("fitres.parameters"))
         results = []
         for nid, content in sorted(result.replies.items()):

@@ -20,6 +20,7 @@ from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 from flwr.serverapp import Grid
+from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 
@@ -81,7 +82,7 @@ class LoopbackGrid(Grid):
         self.drop: dict[int, Callable[[Message], bool]] = {}
         self._ids = itertools.count(1)
         self._pending: dict[str, Message] = {}
-        self._run = None
+        self._run = Run.create_empty(run_id=1)
 
     def set_run(self, run) -> None:
         self._run = run
