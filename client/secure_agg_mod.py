@@ -74,8 +74,7 @@ def _check_order(state: dict, stage: str, round_id: str) -> None:
     before = p.STAGES[p.STAGES.index(stage) - 1]
     if state.get(p.STAGE) != before:
         raise SecureAggRefusal(
-            f"stage {stage!r} after {state.get(p.STAGE)!r}, "
-            f"expected after {before!r}"
+            f"stage {stage!r} after {state.get(p.STAGE)!r}, expected after {before!r}"
         )
 
 
