@@ -15,7 +15,8 @@ message it answers:
   ciphertexts and shares of bounded size; masked vectors whose shapes are those
   of the allowed arrays.
 - **aggregate metrics**: per phase, the named scalar metrics (losses, a count
-  of clipped values), `num_examples`, a node's role and training-set size, and
+  of clipped values; the node's seconds and peak memory for the message),
+  `num_examples`, a node's role and training-set size, and
   an external site's report (`common.site_evaluation`: AUC, rates and their
   CIs, confusion counts, coarse-bin counts; no list of scores); Flower's status
   record with the message "Success".
@@ -81,6 +82,10 @@ class Phase:
     arrays: Callable[[Shapes, int], Shapes]  # (incoming shapes, z) -> reply shapes
     metrics: frozenset[str]
 
+
+# Every train reply's cost on the node (client_app.node_cost): the server times
+# its rounds' overhead with them. Not patient data: a site's size is sent anyway.
+NODE_COST_METRICS = frozenset({"seconds", "peak-rss-mb"})
 
 # The ClientApp's train phases (client/client_app.py). A new phase needs a line.
 PHASES: dict[str, Phase] = {
@@ -250,7 +255,7 @@ def _rules_for(incoming: _Incoming) -> dict[tuple[str, str], Callable]:
         raise AuditRefusal("a train reply for a phase the audit does not know")
     shapes = phase.arrays(incoming.shapes, incoming.z)
     rules = {
-        ("config", "fitres.metrics"): _scalars(phase.metrics),
+        ("config", "fitres.metrics"): _scalars(phase.metrics | NODE_COST_METRICS),
         ("metric", "fitres.num_examples"): _num_examples,
         ("config", "fitres.status"): _status,
     }

@@ -5,6 +5,8 @@ pixels, tags or per-patient scores."""
 
 from __future__ import annotations
 
+import resource
+import time
 import zlib
 from logging import WARNING
 
@@ -99,6 +101,13 @@ def clip_for_secagg(arrays: list[np.ndarray], limit: float) -> tuple[list, int]:
     return [np.clip(a, -limit, limit) for a in arrays], clipped
 
 
+def node_cost(started: float) -> dict[str, float]:
+    """This message's seconds on the node (data, model, work) and the process's
+    peak memory: the server sets them against its round's wall time."""
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {"seconds": time.perf_counter() - started, "peak-rss-mb": peak_kb / 1024}
+
+
 class HospitalClient(NumPyClient):
     def __init__(self, context: Context):
         self.node_config = dict(context.node_config)
@@ -116,16 +125,17 @@ class HospitalClient(NumPyClient):
         return {"role": site.role, "n_train": n}
 
     def fit(self, parameters, config):
+        started = time.perf_counter()
         run, site, data = self._setup(config)
         if site.role != "train":
             raise RuntimeError(f"{site.name} is an external site and never trains")
         _seed_secagg_rounding(run.seed, site.name, config)
-        reply = self._fit_phase(run, site, data, parameters, config)
+        arrays, n, metrics = self._fit_phase(run, site, data, parameters, config)
         # again: SecAgg+ quantises the reply with NumPy's global generator after
         # this returns, and building a model (Keras reseeds it) happens in a
         # fresh process but not in a reused one
         _seed_secagg_rounding(run.seed, site.name, config)
-        return reply
+        return arrays, n, {**metrics, **node_cost(started)}
 
     def _fit_phase(self, run: RunConfig, site, data: dict, parameters, config):
         train = data["train"]

@@ -24,6 +24,7 @@ class PhaseStrategy(Strategy):
         self.dropped = 0  # sites lost in the last round
         self._asked = 0  # sites sent the last round's train message
         self.train_messages_to: set[int] = set()  # audit: who ever got a train message
+        self.timings: list[dict] = []  # per secure round, see server.timing
 
     def initialize_parameters(self, client_manager):
         return None

@@ -38,6 +38,7 @@ from server.phase_strategy import PhaseStrategy
 from server.privacy_summary import dp_summary, payload_bytes
 from server.run_dir import write_config, write_run
 from server.server_optimizer import initial_state, server_step
+from server.timing import round_timing, summarise_timing
 
 log = logging.getLogger("flwr")
 # score-histogram counts never reach 2**20 per bin; with 28-bit quantisation the
@@ -140,6 +141,7 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
         metrics["federated_parts"] = config.federated_parts
         metrics["strategy"] = config.strategy
         metrics["payload"] = payload_bytes(fed)
+        metrics["timing"] = summarise_timing(strategy.timings)
         metrics["dp"] = dp_summary(config, gan_rounds)
         write_run(
             out,
@@ -371,7 +373,17 @@ def _secure_round(grid, legacy, rnd, weights, config, clip, max_weight):
         quantization_range=2**config.secagg.quantization_bits,
         timeout=config.secagg.timeout,
     )
+    started = time.monotonic()
     workflow(grid, legacy)
+    if legacy.strategy.aggregate is not None:
+        legacy.strategy.timings.append(
+            round_timing(
+                str(legacy.strategy.config.get("phase")),
+                rnd,
+                time.monotonic() - started,
+                legacy.strategy.site_metrics,
+            )
+        )
     if legacy.strategy.aggregate is None:
         raise RuntimeError(
             f"round {rnd}: secure aggregation did not complete: fewer training "

@@ -56,6 +56,16 @@ def test_whole_chain_two_training_sites_and_one_external(reference_run):
     assert sum(m["n_slices"] for m in splits) == slices
     assert metrics["train_message_roles"] == ["train"]  # external never trained
     assert [r["round"] for r in metrics["rounds"]] == [1, 2]
+    # every secure round timed: the slowest site's work fits in the round's wall
+    timing = metrics["timing"]
+    assert [r["phase"] for r in timing["rounds"]] == ["gan"] * 2 + [
+        "moments",
+        "head",
+    ] + ["logit"] * 2 + ["eval"]
+    for r in timing["rounds"]:
+        assert 0 < r["site_seconds"] < r["seconds"], r
+        assert r["site_peak_rss_mb"] > 100, r  # a process holding TensorFlow
+    assert 0 < timing["overhead"] < 1
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk["splits"]["external"]["n_patients"] == 10  # scale 0.3 of 15 + 20
     for split in ("train", "val", "test", "external"):  # DeLong and Wilson 95% CIs
