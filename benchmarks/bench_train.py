@@ -17,6 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from gpu_step import graph_flops  # noqa: E402  (this folder)
 
 from common.config import TrainConfig, get_preset  # noqa: E402
 from common.gan_training import BigBiGAN  # noqa: E402
@@ -35,16 +36,6 @@ def matmul_flops(n: int = 2048, repeats: int = 10) -> float:
     return 2 * n**3 * repeats / (time.perf_counter() - start)
 
 
-def step_flops(concrete) -> float:
-    """FLOPs of one traced step as TensorFlow's profiler counts them."""
-    from tensorflow.python.profiler import model_analyzer, option_builder
-
-    opts = option_builder.ProfileOptionBuilder.float_operation()
-    opts["output"] = "none"
-    info = model_analyzer.profile(concrete.graph, options=opts)
-    return float(info.total_float_ops)
-
-
 def bench_preset(name: str, batch: int, steps: int) -> dict:
     preset = get_preset(name)
     model = BigBiGAN(preset, seed=0)
@@ -58,7 +49,7 @@ def bench_preset(name: str, batch: int, steps: int) -> dict:
     start = time.perf_counter()
     model.train_epochs(images, config, seed=1)
     train_time = time.perf_counter() - start
-    flops = step_flops(model._step.get_concrete_function(tf.constant(images[:batch])))
+    flops = graph_flops(model._step.get_concrete_function(tf.constant(images[:batch])))
     model.encode(images[:batch])  # trace inference
     start = time.perf_counter()
     model.encode(images, batch=batch)
