@@ -105,3 +105,30 @@ def test_our_secure_aggregation_runs_the_app_and_ends_where_secagg_plus_does(
         np.testing.assert_allclose(
             got["head_mean"], want["head_mean"], rtol=0, atol=moments_atol
         )
+
+
+def test_payload_and_precision_follow_the_chosen_protocol():
+    from server.privacy_summary import payload_bytes
+
+    arrays = [np.zeros((10, 3), np.float32), np.zeros(5, np.float32)]
+    stock, ours = payload_bytes(arrays), payload_bytes(arrays, "fedbigbigan")
+    assert stock["protocol"] == "secaggplus" and ours["protocol"] == "fedbigbigan"
+    assert stock["down_bytes"] == ours["down_bytes"] == 4 * 35
+    assert (stock["up_bytes"], stock["up_dtype"]) == (8 * 36, "int64")
+    assert (ours["up_bytes"], ours["up_dtype"]) == (4 * 36, "uint32")
+    ours_config = dataclasses.replace(CONFIG, secure_aggregation="fedbigbigan")
+    # the evaluation counts: a power-of-two step of at most 1 sums them exactly
+    assert quantisation_step(CONFIG, 2.0**20, 2) == 2.0**-7
+    for n, step in ((2, 2.0**-9), (3, 2.0**-9), (15, 2.0**-7), (2047, 1.0)):
+        assert quantisation_step(ours_config, 2.0**20, n) == step, n
+
+
+def test_the_client_app_refuses_a_train_message_outside_both_protocols():
+    from flwr.app.message_type import MessageType
+    from test_audit_mod import context, fit_content, message
+
+    from client.audit_mod import AuditRefusal
+    from client.client_app import app
+
+    with pytest.raises(AuditRefusal, match="SecureAggRefusal"):
+        app(message(fit_content("gan"), MessageType.TRAIN), context())
