@@ -14,6 +14,13 @@ message it answers:
   stage's keys only, with their types; node ids among those the server named;
   ciphertexts and shares of bounded size; masked vectors whose shapes are those
   of the allowed arrays.
+- **our protocol's records** (`common.secure_agg`: config record `secure-agg`,
+  masked `secure-agg.masked`), stage by stage, as strictly: the stage's keys
+  only, its own stage name; 32-byte public keys; node ids among those the
+  server named, each once; ciphertexts and shares no longer than ours are; in
+  the collect stage a layout naming exactly the allowed arrays (float, with
+  their shapes) and uint32 chunks, in order, whose total length is that
+  layout's (the weight and every allowed value).
 - **aggregate metrics**: per phase, the named scalar metrics (losses, a count
   of clipped values; the node's seconds and peak memory for the message),
   `num_examples`, a node's role and training-set size, and
@@ -28,11 +35,11 @@ the ClientApp becomes one naming only the exception type: Flower would
 otherwise send the exception's text (which can hold a file path or a patient
 id) to the server.
 
-Use it on both sides of SecAgg+:
-`ClientApp(client_fn=..., mods=[audit_mod, secaggplus_mod, audit_mod])`. The
-outer one sees what actually leaves (protocol records, masked vectors, metrics);
-the inner one sees the plaintext arrays before they are masked, where dtypes
-can still be checked.
+Use it on both sides of the secure protocol:
+`ClientApp(client_fn=..., mods=[audit_mod, secure_dispatch_mod, audit_mod])`
+(or `secaggplus_mod` / `secure_agg_mod` in the middle). The outer one sees what
+actually leaves (protocol records, masked vectors, metrics); the inner one sees
+the plaintext arrays before they are masked, where dtypes can still be checked.
 
 It guards against mistakes (a metric added in passing, a debug record); code
 that controls the node can bypass any mod.
@@ -58,6 +65,8 @@ from flwr.common.secure_aggregation.secaggplus_constants import (
 
 from common.config import Z_DIM, ConfigError, get_preset
 from common.metrics import GRID_BINS, histogram_keys
+from common.secure_agg import keys as secure_keys
+from common.secure_agg import protocol as secure
 from common.site_evaluation import COARSE_BINS, report_keys
 
 log = logging.getLogger("flwr")
@@ -67,6 +76,13 @@ log = logging.getLogger("flwr")
 MAX_PUBLIC_KEY_BYTES = 1024
 MAX_SHARE_BYTES = 4096
 MAX_CIPHERTEXT_BYTES = 8192
+# our protocol's bytes, exactly as long as it makes them: raw X25519 public
+# keys; a Shamir share is a 2-byte index and one 16-byte value per block of a
+# 32-byte secret; a ciphertext is a nonce, two length-prefixed shares, a tag
+OURS_PUBLIC_KEY_BYTES = secure_keys.KEY_BYTES
+OURS_SHARE_BYTES = 2 + secure_keys.KEY_BYTES
+OURS_CIPHERTEXT_BYTES = secure_keys.NONCE_BYTES + 2 + 2 * OURS_SHARE_BYTES + 16
+SECAGGPLUS, OURS = "secaggplus", "fedbigbigan"
 
 ALLOWED_STATUS_MESSAGES = frozenset({"Success"})
 SITE_REPORT_KEYS = frozenset(report_keys())
@@ -120,6 +136,7 @@ class _Incoming:
     SecAgg+ mod consumes part of the incoming message)."""
 
     message_type: str
+    protocol: str | None = None  # SECAGGPLUS, OURS, or None (a plain message)
     stage: str | None = None
     phase: str | None = None
     z: int = Z_DIM
@@ -131,7 +148,13 @@ class _Incoming:
         content = msg.content if msg.has_content() else RecordDict()
         out = cls(msg.metadata.message_type)
         secagg = content.config_records.get(RECORD_KEY_CONFIGS)
-        if secagg is not None and isinstance(secagg.get(Key.STAGE), str):
+        ours = content.config_records.get(secure.RECORD)
+        if secagg is not None and ours is not None:
+            out.protocol = "both"  # refused: one round, one protocol
+        elif ours is not None:
+            out._read_ours(ours)
+        elif secagg is not None and isinstance(secagg.get(Key.STAGE), str):
+            out.protocol = SECAGGPLUS
             out.stage = secagg[Key.STAGE]
             if out.stage == Stage.SHARE_KEYS:
                 out.node_ids = frozenset(int(k) for k in secagg if k != Key.STAGE)
@@ -156,6 +179,21 @@ class _Incoming:
             except AuditRefusal:  # unreadable: no reply array can match
                 out.shapes = []
         return out
+
+    def _read_ours(self, record) -> None:
+        """Stage and named node ids of our protocol's record (what the stage's
+        reply may name: share-keys' neighbours, unmask's uploaders and dropped)."""
+        self.protocol = OURS
+        stage = record.get(secure.STAGE)
+        self.stage = stage if isinstance(stage, str) else ""
+        names = {
+            secure.SHARE_KEYS: (secure.NODES,),
+            secure.UNMASK: (secure.ACTIVE, secure.DEAD),
+        }.get(self.stage, ())
+        ids = [n for key in names for n in record.get(key, [])]
+        self.node_ids = frozenset(
+            n for n in ids if isinstance(n, int) and not isinstance(n, bool)
+        )
 
 
 def audit_mod(msg: Message, context: Context, call_next) -> Message:
@@ -248,7 +286,18 @@ def _rules_for(incoming: _Incoming) -> dict[tuple[str, str], Callable]:
         }
     if kind != MessageType.TRAIN:
         raise AuditRefusal(f"no reply is allowed to a {kind!r} message")
-    if incoming.stage in (Stage.SETUP, Stage.SHARE_KEYS, Stage.UNMASK):
+    if incoming.protocol == "both":
+        raise AuditRefusal("a train message naming two secure aggregation protocols")
+    ours = incoming.protocol == OURS
+    if ours and incoming.stage not in secure.STAGES:
+        raise AuditRefusal("a secure aggregation stage the audit does not know")
+    if ours and incoming.stage != secure.COLLECT:
+        return {("config", secure.RECORD): _secure_agg_stage(incoming)}
+    if incoming.protocol == SECAGGPLUS and incoming.stage in (
+        Stage.SETUP,
+        Stage.SHARE_KEYS,
+        Stage.UNMASK,
+    ):
         return {("config", RECORD_KEY_CONFIGS): _secagg_stage(incoming)}
     phase = PHASES.get(incoming.phase or "")
     if phase is None:
@@ -259,10 +308,14 @@ def _rules_for(incoming: _Incoming) -> dict[tuple[str, str], Callable]:
         ("metric", "fitres.num_examples"): _num_examples,
         ("config", "fitres.status"): _status,
     }
-    if incoming.stage == Stage.COLLECT_MASKED_VECTORS:
+    if ours:  # the collect stage
+        rules[("array", "fitres.parameters")] = _empty_arrays
+        rules[("config", secure.RECORD)] = _layout(shapes)
+        rules[("array", secure.MASKED)] = _masked_chunks(shapes)
+    elif incoming.stage == Stage.COLLECT_MASKED_VECTORS:
         rules[("array", "fitres.parameters")] = _empty_arrays
         rules[("config", RECORD_KEY_CONFIGS)] = _masked_vectors(shapes)
-    else:  # a plain reply, or the plaintext seen from inside secaggplus_mod
+    else:  # a plain reply, or the plaintext seen from inside the secure mod
         rules[("array", "fitres.parameters")] = _float_arrays(shapes)
     return rules
 
@@ -284,7 +337,7 @@ def _float_arrays(shapes: Shapes):
 
 def _empty_arrays(record) -> None:
     if len(record):
-        raise AuditRefusal("arrays next to SecAgg+ masked vectors (sent unmasked)")
+        raise AuditRefusal("arrays next to masked vectors (sent unmasked)")
 
 
 def _masked_vectors(shapes: Shapes):
@@ -326,6 +379,108 @@ def _secagg_stage(incoming: _Incoming):
             _node_list(Key.NODE_ID_LIST, record, incoming.node_ids)
             _bounded_bytes(Key.SHARE_LIST, record[Key.SHARE_LIST], MAX_SHARE_BYTES)
             _same_length(record, Key.NODE_ID_LIST, Key.SHARE_LIST)
+
+    return check
+
+
+def _secure_agg_stage(incoming: _Incoming):
+    """Our protocol's setup, share-keys and unmask replies."""
+    stage = incoming.stage
+
+    def check(record) -> None:
+        if stage == secure.SETUP:
+            _exact_keys(record, {secure.STAGE, secure.PK_MASK, secure.PK_ENC})
+            for key in (secure.PK_MASK, secure.PK_ENC):
+                value = record[key]
+                if not isinstance(value, bytes) or len(value) != OURS_PUBLIC_KEY_BYTES:
+                    raise AuditRefusal(f"{key}: not a {OURS_PUBLIC_KEY_BYTES}-byte key")
+        elif stage == secure.SHARE_KEYS:
+            _exact_keys(record, {secure.STAGE, secure.NODES, secure.CIPHERTEXTS})
+            _distinct_node_list(secure.NODES, record, incoming.node_ids)
+            _bounded_bytes(
+                secure.CIPHERTEXTS, record[secure.CIPHERTEXTS], OURS_CIPHERTEXT_BYTES
+            )
+            _same_length(record, secure.NODES, secure.CIPHERTEXTS)
+        else:
+            _exact_keys(record, {secure.STAGE, secure.NODES, secure.SHARES})
+            _distinct_node_list(secure.NODES, record, incoming.node_ids)
+            _bounded_bytes(secure.SHARES, record[secure.SHARES], OURS_SHARE_BYTES)
+            _same_length(record, secure.NODES, secure.SHARES)
+        _stage_name(record, stage)
+
+    return check
+
+
+def _stage_name(record, stage: str) -> None:
+    if record[secure.STAGE] != stage:
+        raise AuditRefusal(f"{secure.STAGE}: not the stage of the message ({stage})")
+
+
+LAYOUT_KEYS = {
+    secure.STAGE,
+    secure.LAYOUT_RECORDS,
+    secure.LAYOUT_KEYS,
+    secure.LAYOUT_DTYPES,
+    secure.LAYOUT_NDIMS,
+    secure.LAYOUT_DIMS,
+}
+
+
+def _layout(shapes: Shapes):
+    """Our collect reply's layout: exactly the allowed arrays, float, in order,
+    as the legacy reply names them (`fitres.parameters`, keys 0, 1, ...)."""
+
+    def check(record) -> None:
+        _exact_keys(record, LAYOUT_KEYS)
+        _stage_name(record, secure.COLLECT)
+        try:
+            layout = secure.Layout.from_config(record)
+        except (ValueError, TypeError) as err:
+            raise AuditRefusal("the layout does not parse") from err
+        if len(layout.entries) != len(shapes):
+            raise AuditRefusal(
+                f"the layout names {len(layout.entries)} arrays, the phase sends "
+                f"{len(shapes)}"
+            )
+        for i, (entry, shape) in enumerate(zip(layout.entries, shapes, strict=True)):
+            if (entry.record, entry.key) != ("fitres.parameters", str(i)):
+                raise AuditRefusal(f"layout entry {i} is not fitres.parameters/{i}")
+            try:
+                kind = np.dtype(entry.dtype).kind
+            except TypeError as err:
+                raise AuditRefusal(f"layout entry {i} has no numpy dtype") from err
+            if kind != "f":
+                raise AuditRefusal(f"layout entry {i} is not a float array")
+            if entry.shape != tuple(shape):
+                raise AuditRefusal(
+                    f"layout entry {i} has shape {entry.shape}, expected {shape}"
+                )
+
+    return check
+
+
+def _masked_chunks(shapes: Shapes):
+    """Our masked upload: uint32 chunks 000000, 000001, ... of one size (the
+    last may be shorter) holding the weight and every allowed value."""
+    expected = 1 + sum(int(np.prod(s, dtype=np.int64)) for s in shapes)
+
+    def check(record) -> None:
+        names = list(record.keys())
+        if names != [secure.chunk_key(i) for i in range(len(names))] or not names:
+            raise AuditRefusal("chunks are not numbered 000000, 000001, ... in order")
+        sizes = []
+        for i, array in enumerate(record.values()):
+            dtype, shape = _array_header(array)
+            if dtype != np.uint32 or len(shape) != 1:
+                raise AuditRefusal(f"masked chunk {i} is {dtype} {shape}, not uint32")
+            sizes.append(shape[0])
+        if any(n != sizes[0] for n in sizes[:-1]) or sizes[-1] > sizes[0]:
+            raise AuditRefusal("masked chunks of uneven sizes")
+        if sum(sizes) != expected:
+            raise AuditRefusal(
+                f"masked chunks hold {sum(sizes)} values, the phase's arrays "
+                f"{expected} (weight included)"
+            )
 
     return check
 
@@ -410,6 +565,12 @@ def _node_list(key: str, record, allowed: frozenset[int]) -> None:
     ids = record[key]
     if not _list_of(ids, int) or not set(ids) <= allowed:
         raise AuditRefusal(f"{key}: not a list of the node ids the server named")
+
+
+def _distinct_node_list(key: str, record, allowed: frozenset[int]) -> None:
+    _node_list(key, record, allowed)
+    if len(set(record[key])) != len(record[key]):
+        raise AuditRefusal(f"{key}: a node id named twice")
 
 
 def _bounded_bytes(key: str, values, limit: int) -> None:

@@ -1,7 +1,8 @@
 """Flower ClientApp: a hospital node. Trains locally, sends only masked weight
-deltas, pooled statistics and score histograms through SecAgg+ (every train
-message), and, at the external site alone, its metrics as aggregates. Never
-pixels, tags or per-patient scores."""
+deltas, pooled statistics and score histograms through secure aggregation
+(every train message: Flower's SecAgg+ or ours, whichever the server runs),
+and, at the external site alone, its metrics as aggregates. Never pixels, tags
+or per-patient scores."""
 
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ from logging import WARNING
 
 import numpy as np
 from flwr.client import NumPyClient
-from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.common import Context
 from flwr.common.logger import log
 
 from client.audit_mod import audit_mod
 from client.local_parts import LocalParts
+from client.secure_dispatch_mod import secure_dispatch_mod
 from client.site import cache_dir, resolve_site, site_data
 from common.config import FEDERATED_PARTS, RunConfig
 from common.dp import clip_and_noise
@@ -96,7 +97,8 @@ def _site_model(run: RunConfig, site, config: dict, federated: list, data: dict)
 
 
 def clip_for_secagg(arrays: list[np.ndarray], limit: float) -> tuple[list, int]:
-    """SecAgg+ clips silently; clip here instead and count what was clipped."""
+    """SecAgg+ clips silently (ours only logs it); clip here instead and count
+    what was clipped."""
     clipped = sum(int((np.abs(a) > limit).sum()) for a in arrays)
     return [np.clip(a, -limit, limit) for a in arrays], clipped
 
@@ -132,8 +134,9 @@ class HospitalClient(NumPyClient):
         _seed_secagg_rounding(run.seed, site.name, config)
         arrays, n, metrics = self._fit_phase(run, site, data, parameters, config)
         # again: SecAgg+ quantises the reply with NumPy's global generator after
-        # this returns, and building a model (Keras reseeds it) happens in a
-        # fresh process but not in a reused one
+        # this returns (ours seeds its rounding generator from it), and building
+        # a model (Keras reseeds it) happens in a fresh process but not in a
+        # reused one
         _seed_secagg_rounding(run.seed, site.name, config)
         return arrays, n, {**metrics, **node_cost(started)}
 
@@ -264,9 +267,10 @@ def _gan_round(run: RunConfig, site, train, parameters: list, config: dict):
 
 
 def _seed_secagg_rounding(seed: int, site: str, config: dict) -> None:
-    """SecAgg+ quantises our reply with stochastic rounding from NumPy's global
-    generator; seed it per (run seed, site, phase, round), so that a resumed run
-    sends exactly what the uninterrupted one did. The masks use their own keys."""
+    """Both protocols round our reply stochastically from NumPy's global
+    generator (SecAgg+ draws from it, ours seeds its own generator with it);
+    seed it per (run seed, site, phase, round), so that a resumed run sends
+    exactly what the uninterrupted one did. The masks use their own keys."""
     key = (site, str(config["phase"]), str(config.get("server-round", 0)))
     np.random.seed([seed, *(zlib.crc32(part.encode()) for part in key)])
 
@@ -275,6 +279,7 @@ def client_fn(context: Context):
     return HospitalClient(context).to_client()
 
 
-# the audit mod checks every reply: outside SecAgg+ what actually leaves, inside
-# it the plaintext before masking (client/audit_mod.py)
-app = ClientApp(client_fn=client_fn, mods=[audit_mod, secaggplus_mod, audit_mod])
+# the audit mod checks every reply: outside the secure protocol what actually
+# leaves, inside it the plaintext before masking (client/audit_mod.py); the
+# dispatch mod runs SecAgg+ or ours, as the server's messages say
+app = ClientApp(client_fn=client_fn, mods=[audit_mod, secure_dispatch_mod, audit_mod])

@@ -147,6 +147,11 @@ FEDERATED_PARTS = {"egd": ("e", "g", "d"), "eg": ("e", "g"), "e": ("e",)}
 # update (FedAvg, FedAvgM, FedAdam), FedProx's proximal local step, or FedBN
 # (BatchNorm parameters and statistics never leave a site)
 STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedbn")
+# secure-aggregation values: the protocol of every securely aggregated round.
+# "secaggplus" is Flower's SecAgg+ (int64 uploads, 32-bit seeds into NumPy's
+# generator); "fedbigbigan" is ours (common.secure_agg: uint32 uploads, AES-CTR
+# masks from 256-bit seeds, chunked vectors)
+SECURE_AGGREGATIONS = ("secaggplus", "fedbigbigan")
 
 
 @dataclass(frozen=True)
@@ -196,6 +201,10 @@ class RunConfig:
     strategy: str = "fedavg"
     server_opt: ServerOptConfig = field(default_factory=ServerOptConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
+    # which protocol carries the secure rounds (SECURE_AGGREGATIONS); the
+    # secagg-* settings apply to both, but for quantization-bits (SecAgg+ only:
+    # ours derives its precision from the number of sites)
+    secure_aggregation: str = "secaggplus"
     split: SplitConfig = field(default_factory=SplitConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     encoder_mode: str = "trained"  # "trained" (BigBiGAN rounds) or "frozen"
@@ -359,6 +368,11 @@ class RunConfig:
             (self.dp_noise_multiplier >= 0, "dp-noise-multiplier must be >= 0"),
             (self.dp_clip > 0, "dp-clip must be > 0"),
             (0 < self.dp_delta < 1, "dp-delta must be in (0, 1)"),
+            (
+                self.secure_aggregation in SECURE_AGGREGATIONS,
+                "secure-aggregation must be 'secaggplus' (Flower's SecAgg+) or "
+                f"'fedbigbigan' (ours), got {self.secure_aggregation!r}",
+            ),
             (self.secagg.delta_clip > 0, "secagg-delta-clip must be > 0"),
             (
                 8 <= self.secagg.quantization_bits <= 30,

@@ -44,7 +44,12 @@ class ServerCheckpoint:
 
 def stable_config(config: RunConfig) -> dict:
     """The flat run config without its volatile keys: what a resume must match."""
-    return {k: v for k, v in config.to_flat().items() if k not in VOLATILE_KEYS}
+    flat = {k: v for k, v in config.to_flat().items() if k not in VOLATILE_KEYS}
+    # runs checkpointed before the key existed used SecAgg+: the default adds
+    # nothing to the hash, so they still resume
+    if flat.get("secure-aggregation") == "secaggplus":
+        del flat["secure-aggregation"]
+    return flat
 
 
 def config_hash(config: RunConfig) -> str:

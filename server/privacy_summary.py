@@ -24,20 +24,29 @@ def dp_summary(config: RunConfig, gan_rounds: int) -> dict:
         if on
         else math.inf,
         "scope": "site-level, BigBiGAN weight updates; the linear head's pooled "
-        "statistics and the evaluation counts are SecAgg+ sums without DP noise",
+        "statistics and the evaluation counts are secure sums without DP noise",
     }
 
 
-def payload_bytes(federated: list[np.ndarray]) -> dict:
-    """Payload bytes per site and BigBiGAN round for these federated arrays.
+# bytes per uploaded masked value: SecAgg+ (Flower 1.42) sends int64, ours uint32
+UPLOAD_BYTES = {"secaggplus": 8, "fedbigbigan": 4}
+UPLOAD_DTYPES = {"secaggplus": "int64", "fedbigbigan": "uint32"}
 
-    The server sends them as float32; SecAgg+ uploads the masked update as
-    int64 (Flower 1.42), twice the float32 size. Protocol messages (keys,
-    shares) come on top and do not grow with the model.
+
+def payload_bytes(federated: list[np.ndarray], protocol: str = "secaggplus") -> dict:
+    """Payload bytes per site and BigBiGAN round for these federated arrays
+    under the run's secure aggregation (`secure-aggregation`).
+
+    The server sends them as float32. A site uploads one masked value per
+    federated value plus its weight: SecAgg+ as int64 (twice the float32
+    size), ours as uint32 (the float32 size). Protocol messages (keys,
+    shares, array headers) come on top and do not grow with the model.
     """
     values = int(sum(a.size for a in federated))
     return {
+        "protocol": protocol,
         "federated_values": values,
         "down_bytes": 4 * values,
-        "up_bytes": 8 * values,
+        "up_bytes": UPLOAD_BYTES[protocol] * (values + 1),
+        "up_dtype": UPLOAD_DTYPES[protocol],
     }

@@ -562,6 +562,8 @@ PARTS_TEXT = {
     "eg": "E and G (D stayed at each site)",
     "e": "E only (G and D stayed at each site)",
 }
+# metrics["secure_aggregation"]: the protocol that masked every update
+_PROTOCOLS = {"secaggplus": "Flower's SecAgg+", "fedbigbigan": "our secure aggregation"}
 
 
 def _privacy_curve(run: RunContents) -> tuple[list[dict], Path] | None:
@@ -579,15 +581,17 @@ def privacy_section(run: RunContents, figures: dict[str, bytes]) -> list[str]:
     parts = ["<h2>Privacy</h2>"]
     shared = PARTS_TEXT.get(m.get("federated_parts", "egd"), "E, G and D")
     payload = m.get("payload")
+    protocol = _PROTOCOLS.get(m.get("secure_aggregation", "secaggplus"), "SecAgg+")
     sent = (
         f" Per site and BigBiGAN round: {payload['down_bytes'] / 1e6:.1f} MB down "
-        f"(float32), {payload['up_bytes'] / 1e6:.1f} MB up (SecAgg+ masks int64)."
+        f"(float32), {payload['up_bytes'] / 1e6:.1f} MB up "
+        f"(masks as {payload.get('up_dtype', 'int64')})."
         if payload
         else ""
     )
     parts.append(
         f"<p>Weights federated in the BigBiGAN rounds: {html.escape(shared)}; every "
-        "update masked by SecAgg+, so the server saw only sums." + sent + "</p>"
+        f"update masked by {protocol}, so the server saw only sums." + sent + "</p>"
     )
     dp = m.get("dp")
     if dp and dp.get("on"):

@@ -1,5 +1,7 @@
-"""Flower ServerApp: (1) BigBiGAN rounds with SecAgg+, (2) the linear head from
-SecAgg+-pooled statistics, (3) evaluation of every site from score histograms."""
+"""Flower ServerApp: (1) BigBiGAN rounds with secure aggregation, (2) the linear
+head from securely pooled statistics, (3) evaluation of every site from score
+histograms. Every secure round runs Flower's SecAgg+ or our protocol
+(run config `secure-aggregation`)."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from common.config import FEDERATED_PARTS, RunConfig
 from common.grids import save_samples
 from common.metrics import histogram_keys
 from common.model_parts import federated_indices, floor_variances, merge, select
+from common.secure_agg.quantize import FixedPoint
 from common.site_evaluation import read_site_report
 from server.checkpointing import (
     ServerCheckpoint,
@@ -37,12 +40,15 @@ from server.evaluation import cutoffs, summarise
 from server.phase_strategy import PhaseStrategy
 from server.privacy_summary import dp_summary, payload_bytes
 from server.run_dir import write_config, write_run
+from server.secure_agg_workflow import SecureAggWorkflow
 from server.server_optimizer import initial_state, server_step
 from server.timing import round_timing, summarise_timing
 
 log = logging.getLogger("flwr")
-# score-histogram counts never reach 2**20 per bin; with 28-bit quantisation the
-# SecAgg+ step is 2**-7 per count, so the rounded sum is exact
+# score-histogram counts never reach 2**20 per bin, and the step is a power of two
+# at most 1 per count, so the rounded sum is exact: SecAgg+ with 28-bit
+# quantisation steps 2**-7; ours steps 2**(ceil(log2(n + 1)) - 11) for n sites
+# (2**-9 for 2 or 3 sites, 2**-7 up to 15, still <= 1 up to 2047 sites)
 EVAL_CLIP = float(2**20)
 # raw feature moments: only their scale matters (any shared mean/std standardises)
 MOMENTS_CLIP = 1e4
@@ -66,7 +72,7 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
         sizes = [n for r, n in roles.values() if r == "train"]
         if len(strategy.train_node_ids) < 2:
             raise RuntimeError(
-                "SecAgg+ needs at least 2 training sites, "
+                "secure aggregation needs at least 2 training sites, "
                 f"got roles {sorted(r for r, _ in roles.values())}"
             )
         from common.checkpoint import initial_model
@@ -100,7 +106,7 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
             head_scale,
         )
         secure_rounds += config.logit_rounds
-        # training sites' histograms: summed by SecAgg+, never seen one by one
+        # training sites' histograms: securely summed, never seen one by one
         strategy.config = {**flat, "phase": "eval", "head-clip": EVAL_CLIP}
         mean_hist = _secure_round(
             grid,
@@ -117,7 +123,7 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
             key: np.rint(np.asarray(h, np.float64) * n_sites).astype(np.int64)
             for key, h in zip(histogram_keys(), mean_hist, strict=True)
         }
-        site_hist = {"training sites (SecAgg+ sum)": secure_hist}
+        site_hist = {"training sites (secure sum)": secure_hist}
         # the external site: its own metrics at the validation cut-offs, as aggregates
         cuts = cutoffs(site_hist)
         eval_config = {
@@ -140,7 +146,8 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
         )
         metrics["federated_parts"] = config.federated_parts
         metrics["strategy"] = config.strategy
-        metrics["payload"] = payload_bytes(fed)
+        metrics["secure_aggregation"] = config.secure_aggregation
+        metrics["payload"] = payload_bytes(fed, config.secure_aggregation)
         metrics["timing"] = summarise_timing(strategy.timings)
         metrics["dp"] = dp_summary(config, gan_rounds)
         write_run(
@@ -260,7 +267,7 @@ def _federated_lm(grid, legacy, strategy, config, flat, rnd, weights, max_weight
     )
     # the variance comes from a difference of quantised moments: floor it at
     # the quantisation error, so a feature's SD is never underestimated
-    step = 2 * MOMENTS_CLIP / 2**config.secagg.quantization_bits
+    step = quantisation_step(config, MOMENTS_CLIP, len(strategy.train_node_ids))
     mean, std = pooled_scale(
         *(np.asarray(m, np.float64) for m in moments), variance_floor=8 * step
     )
@@ -358,14 +365,27 @@ def _query_roles(grid: Grid, flat: dict, timeout: float) -> dict[int, tuple[str,
     return roles
 
 
-def _secure_round(grid, legacy, rnd, weights, config, clip, max_weight):
-    """One SecAgg+ round over the training sites; returns the weighted mean."""
-    legacy.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND] = rnd
-    legacy.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
-        ndarrays_to_parameters(weights), keep_input=True
-    )
-    legacy.strategy.aggregate = None
-    workflow = SecAggPlusWorkflow(
+def quantisation_step(config: RunConfig, clip: float, n_sites: int) -> float:
+    """One site's quantisation step for values clipped to +-clip under the run's
+    protocol: SecAgg+ splits [-clip, clip] into 2**quantization-bits levels;
+    ours keeps headroom for the sum of `n_sites` in 32 bits."""
+    if config.secure_aggregation == "fedbigbigan":
+        return FixedPoint(clip, max(n_sites, 1)).step
+    return 2 * clip / 2**config.secagg.quantization_bits
+
+
+def _workflow(config: RunConfig, clip: float, max_weight: float):
+    """The secure round's workflow for the run's protocol (same legacy use)."""
+    if config.secure_aggregation == "fedbigbigan":
+        # precision follows from the number of sites: no quantization range
+        return SecureAggWorkflow(
+            config.secagg.num_shares,
+            config.secagg.reconstruction_threshold,
+            max_weight=float(max_weight),
+            clipping_range=float(clip),
+            timeout=config.secagg.timeout,
+        )
+    return SecAggPlusWorkflow(
         num_shares=config.secagg.num_shares,
         reconstruction_threshold=config.secagg.reconstruction_threshold,
         max_weight=float(max_weight),
@@ -373,6 +393,17 @@ def _secure_round(grid, legacy, rnd, weights, config, clip, max_weight):
         quantization_range=2**config.secagg.quantization_bits,
         timeout=config.secagg.timeout,
     )
+
+
+def _secure_round(grid, legacy, rnd, weights, config, clip, max_weight):
+    """One secure round (SecAgg+ or ours, see `secure-aggregation`) over the
+    training sites; returns the weighted mean."""
+    legacy.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND] = rnd
+    legacy.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
+        ndarrays_to_parameters(weights), keep_input=True
+    )
+    legacy.strategy.aggregate = None
+    workflow = _workflow(config, clip, max_weight)
     started = time.monotonic()
     workflow(grid, legacy)
     if legacy.strategy.aggregate is not None:
@@ -386,8 +417,9 @@ def _secure_round(grid, legacy, rnd, weights, config, clip, max_weight):
         )
     if legacy.strategy.aggregate is None:
         raise RuntimeError(
-            f"round {rnd}: secure aggregation did not complete: fewer training "
-            "sites answered than SecAgg+ needs to unmask the sum (reconstruction "
+            f"round {rnd}: secure aggregation ({config.secure_aggregation}) did "
+            "not complete: fewer training sites answered than it needs to unmask "
+            "the sum, or a site refused its part (reconstruction "
             f"threshold {config.secagg.reconstruction_threshold} of the sites, at "
             f"least 2) within secagg-timeout = {config.secagg.timeout:.0f} s; "
             "see the log for the sites that dropped. The last completed round is "

@@ -1,12 +1,13 @@
 """The message audit mod: our ClientApp's replies pass, through the real SecAgg+
-protocol; a DICOM tag, a pixel array or per-patient scores never leave, and an
-exception's text stays on the node."""
+protocol and through ours; a DICOM tag, a pixel array or per-patient scores
+never leave, and an exception's text stays on the node."""
 
+import contextlib
 import time
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
+from flwr.app import Array, ConfigRecord, Context, Message, Metadata, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.client import NumPyClient
 from flwr.client.mod import secaggplus_mod
@@ -26,9 +27,13 @@ from flwr.common.secure_aggregation.secaggplus_constants import (
 from flwr.compat.common import recorddict_compat as compat
 
 from client.audit_mod import AuditRefusal, audit_mod
+from client.secure_dispatch_mod import secure_dispatch_mod
 from common.config import Z_DIM
 from common.metrics import GRID_BINS, histogram, histogram_keys
+from common.secure_agg import protocol as ours
 from common.site_evaluation import report_keys, site_report
+from server.secure_agg_workflow import SecureAggregationError, SecureAggregator
+from simulations.loopback import LoopbackGrid
 
 WEIGHTS = [np.zeros((3, 3, 1, 8), np.float32), np.zeros(8, np.float32)]
 EXTERNAL_KEYS = [
@@ -433,3 +438,193 @@ def test_the_real_client_app_replies_pass_the_audit(phantom_sites, tmp_path):
     assert not reply.has_error(), reply.error
     metrics = reply.content.config_records["evaluateres.metrics"]
     assert set(metrics) == report_keys()
+
+
+# --- our secure aggregation (common.secure_agg), as the server runs it with
+# --- secure-aggregation = "fedbigbigan"; the dispatch mod serves both protocols
+
+STAGE_NAMES = {
+    ours.SETUP: "setup",
+    ours.SHARE_KEYS: "share",
+    ours.COLLECT: "collect",
+    ours.UNMASK: "unmask",
+}
+DISPATCH = [audit_mod, secure_dispatch_mod, audit_mod]
+
+
+def our_round(site: NumPyClient, mods, phase: str, fit=None) -> dict:
+    """Run one round of our protocol over two nodes of `site` behind `mods`, as
+    `SecureAggWorkflow` does; returns each stage's replies (or exceptions) like
+    `secure_round`. `fit()` makes the collect stage's fit instructions."""
+    fit = fit or (lambda: fit_content(phase))
+    replies: dict[str, dict] = {}
+
+    def record(msg, ctxt, call_next):
+        stage = STAGE_NAMES[msg.content.config_records[ours.RECORD][ours.STAGE]]
+        node = msg.metadata.dst_node_id
+        try:
+            reply = call_next(msg, ctxt)
+        except Exception as err:  # what Flower turns into an error reply
+            replies.setdefault(stage, {})[node] = err
+            raise
+        replies.setdefault(stage, {})[node] = reply
+        return reply
+
+    grid = LoopbackGrid(app_for(site, [record, *mods]), 2)
+    aggregator = SecureAggregator(2, 2, max_weight=100.0, clipping_range=8.0)
+    with contextlib.suppress(SecureAggregationError):
+        aggregator.run(grid, {n: fit() for n in grid.get_node_ids()})
+    return replies
+
+
+@pytest.mark.parametrize("phase", ["gan", "moments", "head", "logit", "eval"])
+def test_every_phase_through_our_protocol_is_allowed(phase):
+    replies = our_round(FakeSite(), DISPATCH, phase)
+    assert list(replies) == ["setup", "share", "collect", "unmask"]
+    assert_allowed(replies)
+    for reply in replies["collect"].values():  # nothing but masked uint32 left
+        assert set(reply.content.array_records) == {"fitres.parameters", ours.MASKED}
+        assert not len(reply.content.array_records["fitres.parameters"])
+
+
+def test_the_dispatch_mod_runs_secagg_plus_rounds_too():
+    apps = {n: app_for(FakeSite(), DISPATCH) for n in (1, 2)}
+    assert_allowed(secure_round(apps, "gan"))
+
+
+def test_a_plain_train_message_is_refused_by_the_dispatch_mod():
+    app = app_for(FakeSite(), DISPATCH)
+    assert "SecureAggRefusal" in refusal(plain_fit(app, "gan"))
+    both = fit_content("gan")
+    both.config_records[ours.RECORD] = ConfigRecord({ours.STAGE: ours.SETUP})
+    both.config_records[RECORD_KEY_CONFIGS] = ConfigRecord({Key.STAGE: Stage.SETUP})
+    reason = refusal(lambda: app(message(both, MessageType.TRAIN), context()))
+    assert "SecureAggRefusal" in reason
+
+
+def test_a_dicom_tag_value_is_refused_through_our_protocol():
+    site = FakeSite(extra={"metrics": {"StudyDate": "20200301"}})
+    replies = our_round(site, [audit_mod, secure_dispatch_mod], "gan")
+    reasons = [refusal(r) for r in replies["collect"].values()]
+    assert all("fitres.metrics" in r and "20200301" not in r for r in reasons)
+    assert "unmask" not in replies  # the round stopped: nothing was unmasked
+
+
+def test_a_pixel_array_is_refused_through_our_protocol():
+    # an integer image is refused by the protocol's mod itself (not float)
+    slice_u16 = np.zeros((64, 64), np.uint16)
+    site = FakeSite(extra={"arrays": lambda a: [*a, slice_u16]})
+    replies = our_round(site, [audit_mod, secure_dispatch_mod], "gan")
+    assert "SecureAggRefusal" in refusal(replies["collect"][min(replies["collect"])])
+    slice_f32 = np.zeros((64, 64), np.float32)
+    slices = np.zeros((6, 64, 64), np.float32)
+    for extra, phase in (
+        ({"arrays": lambda a: [*a, slice_f32]}, "gan"),  # an extra image array
+        ({"arrays": lambda a: [slices, a[1]]}, "moments"),  # slices in place of z
+    ):
+        # the outer audit alone: the layout and the chunks' length give it away
+        replies = our_round(
+            FakeSite(extra=extra), [audit_mod, secure_dispatch_mod], phase
+        )
+        reason = refusal(replies["collect"][min(replies["collect"])])
+        assert ours.MASKED in reason and ours.RECORD in reason, reason
+        # the inner audit stops it before masking
+        replies = our_round(FakeSite(extra=extra), DISPATCH, phase)
+        assert "refused" in refusal(replies["collect"][min(replies["collect"])])
+
+
+def test_per_patient_scores_are_refused_through_our_protocol():
+    scores = np.array([0.91, 0.12, 0.55])
+    site = FakeSite(extra={"arrays": lambda a: [*a, scores]})
+    for mods in ([audit_mod, secure_dispatch_mod], DISPATCH):
+        replies = our_round(site, mods, "eval")
+        reason = refusal(replies["collect"][min(replies["collect"])])
+        assert "refused" in reason
+
+
+def test_exception_text_stays_on_the_node_through_our_protocol(caplog):
+    err = ValueError(f"/data/{PATIENT_ID}/IM0001.dcm: Modality is MR, expected CT")
+    replies = our_round(FakeSite(extra={"raise": err}), DISPATCH, "gan")
+    reason = refusal(replies["collect"][min(replies["collect"])])
+    assert "ValueError" in reason and PATIENT_ID not in reason
+    assert PATIENT_ID in caplog.text
+
+
+def _tamper(stage: str, change):
+    """A mod inside the outer audit that changes our protocol's reply in one
+    stage, as a bug or a debug hook could."""
+
+    def mod(msg, ctxt, call_next):
+        asked = msg.content.config_records.get(ours.RECORD, {}).get(ours.STAGE)
+        reply = call_next(msg, ctxt)
+        if asked == stage:
+            change(reply.content)
+        return reply
+
+    return mod
+
+
+def _config(content):
+    return content.config_records[ours.RECORD]
+
+
+@pytest.mark.parametrize(
+    ("stage", "change", "names"),
+    [
+        (ours.SETUP, lambda c: _config(c).__setitem__("debug", 1), ours.RECORD),
+        (
+            ours.SETUP,
+            lambda c: _config(c).__setitem__(ours.PK_MASK, PATIENT_ID.encode() * 2),
+            ours.PK_MASK,
+        ),
+        (
+            ours.SHARE_KEYS,
+            lambda c: _config(c).__setitem__(
+                ours.NODES, [*_config(c)[ours.NODES][:-1], 4242]
+            ),
+            ours.NODES,
+        ),
+        (
+            ours.SHARE_KEYS,
+            lambda c: _config(c).__setitem__(
+                ours.CIPHERTEXTS, [b"\0" * 4096 for _ in _config(c)[ours.NODES]]
+            ),
+            ours.CIPHERTEXTS,
+        ),
+        (
+            ours.COLLECT,
+            lambda c: c.array_records[ours.MASKED].__setitem__(
+                ours.chunk_key(len(c.array_records[ours.MASKED])),
+                Array(np.zeros(4096, np.uint32)),
+            ),
+            ours.MASKED,
+        ),
+        (
+            ours.COLLECT,
+            lambda c: c.array_records["fitres.parameters"].__setitem__(
+                "0", Array(np.zeros(8, np.float32))
+            ),
+            "fitres.parameters",
+        ),
+        (
+            ours.UNMASK,
+            lambda c: _config(c).__setitem__(
+                ours.SHARES, [b"\0" * 1024 for _ in _config(c)[ours.NODES]]
+            ),
+            ours.SHARES,
+        ),
+        (
+            ours.UNMASK,
+            lambda c: _config(c).__setitem__(ours.STAGE, ours.SETUP),
+            ours.STAGE,
+        ),
+    ],
+)
+def test_our_protocol_records_outside_their_stage_rules_are_refused(
+    stage, change, names
+):
+    mods = [audit_mod, _tamper(stage, change), secure_dispatch_mod, audit_mod]
+    replies = our_round(FakeSite(), mods, "gan")
+    reason = refusal(replies[STAGE_NAMES[stage]][min(replies[STAGE_NAMES[stage]])])
+    assert names in reason, reason
+    assert PATIENT_ID not in reason

@@ -21,6 +21,8 @@ def test_pyproject_run_config_round_trips_through_the_typed_config():
         ({"local-epochs": "3"}, "local-epochs"),
         ({"encoder-mode": "half"}, "encoder-mode"),
         ({"patient-score": "mode"}, "patient-score"),
+        ({"secure-aggregation": "secagg"}, "secure-aggregation"),
+        ({"secure-aggregation": ""}, "secure-aggregation"),
     ],
 )
 def test_bad_values_raise_a_config_error_naming_the_key(flat, names):
@@ -47,3 +49,15 @@ def test_patient_score_is_configurable():
         got, y = patient_scores(scores, patient, labels, how)
         assert got[0] == pytest.approx(first) and list(y) == [1, 0]
     assert RunConfig.from_flat({"patient-score": "max"}).patient_score == "max"
+
+
+def test_secure_aggregation_is_secagg_plus_unless_ours_is_chosen():
+    from server.checkpointing import stable_config
+
+    assert _default_config().secure_aggregation == "secaggplus"
+    ours = RunConfig.from_flat({"secure-aggregation": "fedbigbigan"})
+    assert ours.secure_aggregation == "fedbigbigan"
+    assert ours.to_flat()["secure-aggregation"] == "fedbigbigan"
+    # a checkpoint written before the switch existed (SecAgg+) still resumes
+    assert "secure-aggregation" not in stable_config(RunConfig())
+    assert stable_config(ours)["secure-aggregation"] == "fedbigbigan"
