@@ -50,8 +50,13 @@ log = logging.getLogger("flwr")
 # quantisation steps 2**-7; ours steps 2**(ceil(log2(n + 1)) - 11) for n sites
 # (2**-9 for 2 or 3 sites, 2**-7 up to 15, still <= 1 up to 2047 sites)
 EVAL_CLIP = float(2**20)
-# raw feature moments: only their scale matters (any shared mean/std standardises)
-MOMENTS_CLIP = 1e4
+# a site's per-feature mean and mean square of z_mean (a code whose prior is
+# N(0, 1): mean squares near 1). The variance is a difference of quantised
+# moments, floored at their error (8 steps), so the clip sets the smallest SD the
+# head can see: at 1e4 that floor (SD 0.024 under SecAgg+) was above an untrained
+# encoder's feature SDs (~0.025) and swamped them; at 1e2 it is 0.0024. A site
+# whose mean square exceeds it is clipped, counted and logged.
+MOMENTS_CLIP = 1e2
 
 
 def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -> dict:
@@ -265,6 +270,14 @@ def _federated_lm(grid, legacy, strategy, config, flat, rnd, weights, max_weight
     moments = _secure_round(
         grid, legacy, rnd, weights, config, clip=MOMENTS_CLIP, max_weight=max_weight
     )
+    clipped = sum(int(m["clipped"]) for m in strategy.site_metrics)
+    if clipped:
+        log.warning(
+            "moments: %d feature moments clipped at %g (features far from the "
+            "N(0, 1) code scale): the head's standardisation is biased",
+            clipped,
+            MOMENTS_CLIP,
+        )
     # the variance comes from a difference of quantised moments: floor it at
     # the quantisation error, so a feature's SD is never underestimated
     step = quantisation_step(config, MOMENTS_CLIP, len(strategy.train_node_ids))
