@@ -82,7 +82,8 @@ def main() -> None:
             flat.update(parse_override(item))
         simulate(args.out, RunConfig.from_flat(flat), args.scale, args.slices)
     metrics = json.loads((args.out / "metrics.json").read_text())
-    print(f"{args.out}: preset {metrics.get('preset', args.preset)}")
+    config = json.loads((args.out / "config.json").read_text())
+    print(f"{args.out}: preset {config['preset']}")
     print("\n".join(summarise(metrics)))
 
 
