@@ -3,19 +3,13 @@ within quantisation error, including values far outside the default +-8 range.""
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord
 from flwr.client import NumPyClient
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
-from flwr.server import LegacyContext, ServerConfig
-from flwr.server.compat.app_utils import start_update_client_manager_thread
-from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD
-from flwr.serverapp import ServerApp
-from flwr.simulation import run_simulation
+from secure_rounds import run_on_legacy
 
 from common.config import RunConfig
-from server.phase_strategy import PhaseStrategy
-from server.server_app import _secure_round, _wait_for_nodes
+from server.server_app import _secure_round
 
 SIZES = (30, 70, 50)  # num_examples per site
 
@@ -40,33 +34,7 @@ def run_secure(site_class, server_step):
         client_fn=lambda c: site_class(int(c.node_config["partition-id"])).to_client(),
         mods=[secaggplus_mod],
     )
-    result = {}
-    server = ServerApp()
-
-    @server.main()
-    def _main(grid, context):
-        strategy = PhaseStrategy(set())
-        legacy = LegacyContext(context, ServerConfig(num_rounds=1), strategy=strategy)
-        thread, stop, ready = start_update_client_manager_thread(
-            grid, legacy.client_manager
-        )
-        ready.wait()
-        try:
-            _wait_for_nodes(grid, len(SIZES), 60)
-            strategy.train_node_ids = {int(n) for n in grid.get_node_ids()}
-            legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord()
-            result["value"] = server_step(grid, legacy, strategy)
-        finally:
-            stop.set()
-            thread.join()
-
-    run_simulation(
-        server_app=server,
-        client_app=client,
-        num_supernodes=len(SIZES),
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
-    )
-    return result["value"]
+    return run_on_legacy(client, len(SIZES), server_step)
 
 
 @pytest.mark.slow

@@ -390,20 +390,15 @@ def test_upload_is_at_most_float32_size():
 @pytest.mark.slow
 def test_same_aggregate_as_flower_secaggplus_in_the_simulation_engine():
     from flwr.client.mod import secaggplus_mod
-    from flwr.server import LegacyContext, ServerConfig
-    from flwr.server.compat.app_utils import start_update_client_manager_thread
     from flwr.server.workflow import SecAggPlusWorkflow
     from flwr.server.workflow.constant import (
         MAIN_CONFIGS_RECORD,
         MAIN_PARAMS_RECORD,
         Key,
     )
-    from flwr.serverapp import ServerApp
-    from flwr.simulation import run_simulation
+    from secure_rounds import run_on_legacy
 
-    from server.phase_strategy import PhaseStrategy
     from server.secure_agg_workflow import SecureAggWorkflow
-    from server.server_app import _wait_for_nodes
 
     def either(msg, ctxt, call_next):
         """Ours for our rounds, Flower's for its own: one federation runs both."""
@@ -412,55 +407,27 @@ def test_same_aggregate_as_flower_secaggplus_in_the_simulation_engine():
         return secaggplus_mod(msg, ctxt, call_next)
 
     n = 4
-    results = {}
-    server = ServerApp()
+    kwargs = dict(max_weight=float(max(SIZES)), clipping_range=CLIP, timeout=60)
+    workflows = {
+        "stock": SecAggPlusWorkflow(1.0, 0.67, quantization_range=2**24, **kwargs),
+        "ours": SecureAggWorkflow(1.0, 0.67, **kwargs),
+    }
 
-    @server.main()
-    def _main(grid, context):
-        strategy = PhaseStrategy(set())
-        legacy = LegacyContext(context, ServerConfig(num_rounds=1), strategy=strategy)
-        thread, stop, ready = start_update_client_manager_thread(
-            grid, legacy.client_manager
-        )
-        ready.wait()
-        try:
-            _wait_for_nodes(grid, n, 60)
-            strategy.train_node_ids = {int(i) for i in grid.get_node_ids()}
-            legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord()
-            kwargs = dict(max_weight=float(max(SIZES)), clipping_range=CLIP, timeout=60)
-            for rnd, (name, workflow) in enumerate(
-                [
-                    (
-                        "stock",
-                        SecAggPlusWorkflow(
-                            1.0, 0.67, quantization_range=2**24, **kwargs
-                        ),
-                    ),
-                    ("ours", SecureAggWorkflow(1.0, 0.67, **kwargs)),
-                ],
-                start=1,
-            ):
-                legacy.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND] = (
-                    rnd
+    def both_rounds(grid, legacy, strategy):
+        results = {}
+        for rnd, (name, workflow) in enumerate(workflows.items(), start=1):
+            legacy.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND] = rnd
+            legacy.state.array_records[MAIN_PARAMS_RECORD] = (
+                compat.parameters_to_arrayrecord(
+                    ndarrays_to_parameters([np.zeros(3, np.float32)]), True
                 )
-                legacy.state.array_records[MAIN_PARAMS_RECORD] = (
-                    compat.parameters_to_arrayrecord(
-                        ndarrays_to_parameters([np.zeros(3, np.float32)]), True
-                    )
-                )
-                strategy.aggregate = None
-                workflow(grid, legacy)
-                results[name] = (strategy.aggregate, list(strategy.site_metrics))
-        finally:
-            stop.set()
-            thread.join()
+            )
+            strategy.aggregate = None
+            workflow(grid, legacy)
+            results[name] = (strategy.aggregate, list(strategy.site_metrics))
+        return results
 
-    run_simulation(
-        server_app=server,
-        client_app=_client_app(either),
-        num_supernodes=n,
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
-    )
+    results = run_on_legacy(_client_app(either), n, both_rounds)
     expected = weighted_mean(range(n))
     stock, ours = results["stock"][0], results["ours"][0]
     stock_step = 2 * CLIP / 2**24
