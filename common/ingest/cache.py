@@ -30,6 +30,7 @@ crash) never sees half a file.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -284,6 +285,33 @@ class PackWriter:
             self._handle = None
 
 
+def npy_header(rows: int, size: int) -> bytes:
+    """The .npy header `write_array` writes for [rows, size, size] float16."""
+    header = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(PACK_DTYPE)),
+        "fortran_order": False,
+        "shape": (rows, size, size),
+    }
+    out = io.BytesIO()
+    np.lib.format.write_array_header_1_0(out, header)
+    return out.getvalue()
+
+
+def write_rows(folder: Path | str, frames: list[np.ndarray], size: int) -> str:
+    """Write float16 frame blocks ([n, size, size] each), in order, as one new
+    .npy in `folder` (not atomic: packs are the running ingest's own files).
+
+    A series whose slices are exactly such a file's rows becomes its array by
+    a rename, not a copy (see `SeriesBuffer`)."""
+    rows = sum(len(block) for block in frames)
+    fd, name = tempfile.mkstemp(dir=folder, prefix="series-", suffix=".npy")
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(npy_header(rows, size))
+        for block in frames:
+            handle.write(np.ascontiguousarray(block, dtype=PACK_DTYPE).data)
+    return name
+
+
 def read_pack(path: Path | str, size: int) -> np.ndarray:
     """A pack as [rows, size, size] float16, memory-mapped."""
     return np.memmap(path, dtype=PACK_DTYPE, mode="r").reshape(-1, size, size)
@@ -347,11 +375,6 @@ def copy_rows(path: Path, rows: list[tuple[str, int, int]], size: int) -> None:
     result is the .npy that `write_array` writes for the same rows. Atomic.
     """
     row_bytes = size * size * np.dtype(PACK_DTYPE).itemsize
-    header = {
-        "descr": np.lib.format.dtype_to_descr(np.dtype(PACK_DTYPE)),
-        "fortran_order": False,
-        "shape": (len(rows), size, size),
-    }
     runs: list[list] = []  # [source, first byte, bytes]
     for source, base, row in rows:
         start = base + row * row_bytes
@@ -365,7 +388,7 @@ def copy_rows(path: Path, rows: list[tuple[str, int, int]], size: int) -> None:
     sources: dict[str, int] = {}
     try:
         with os.fdopen(fd, "wb") as out:
-            np.lib.format.write_array_header_1_0(out, header)
+            out.write(npy_header(len(rows), size))
             out.flush()
             for source, start, count in runs:
                 if source not in sources:

@@ -111,6 +111,11 @@ def _slices_of(cand: Candidate) -> list[SliceRef]:
     return out
 
 
+def file_order(rel: str, key: str, header: Header) -> tuple:
+    """Where a file's first slice sorts among its series' slices (`_order`)."""
+    return _order(_slices_of(Candidate(rel, key, header))[0])
+
+
 def _normal(orientation: tuple[float, ...] | None) -> tuple[float, ...] | None:
     """Slice normal: positions projected on it order slices along the body axis."""
     if orientation is None:
