@@ -45,18 +45,34 @@ class SeriesBuffer:
         self.size = size
         self.pack = PackWriter(folder, size)  # lone slices and image files
         self._groups: dict[Hashable, list[tuple[tuple, Placed, np.ndarray]]] = {}
-        self._held = 0
+        # Held frames live in a reused buffer: a fresh array per file costs
+        # page faults (~40 a 256 px slice here) that the decoding does not.
+        self._arena = np.empty((0, size, size), PACK_DTYPE)
+        self._used = 0  # rows of the arena in use
+        self._held = 0  # rows held (in this arena or, after it grew, an older one)
+        self._max_rows = max(1, MAX_HELD_BYTES // (size * size * 2))
 
     def append(self, frames: np.ndarray) -> tuple[str, int]:
         """Write frames now, to the shared pack: (pack path, first row)."""
         return self.pack.append(frames)
 
-    def add(self, result: Placed, frames: np.ndarray, group: Hashable, order: tuple):
-        """Hold a file's frames; `order` sorts files within their `group`."""
-        self._groups.setdefault(group, []).append((order, result, frames))
-        self._held += frames.nbytes
-        if self._held > MAX_HELD_BYTES:
+    def frames_out(self, count: int) -> np.ndarray:
+        """Where the next file's `count` frames are to be decoded (for `add`)."""
+        if self._held and self._held + count > self._max_rows:
             self.flush()
+        if self._used + count > len(self._arena):
+            # Held rows stay in the old arena (their views keep it).
+            rows = max(count, 64, min(2 * len(self._arena), self._max_rows))
+            self._arena = np.empty((rows, self.size, self.size), PACK_DTYPE)
+            self._used = 0
+        return self._arena[self._used : self._used + count]
+
+    def add(self, result: Placed, frames: np.ndarray, group: Hashable, order: tuple):
+        """Hold a file's frames (the last `frames_out`); `order` sorts files
+        within their `group`."""
+        self._groups.setdefault(group, []).append((order, result, frames))
+        self._used += len(frames)
+        self._held += len(frames)
 
     def flush(self) -> None:
         """Write every held group (sets each result's pack and row)."""
@@ -76,7 +92,7 @@ class SeriesBuffer:
                 result.pack, result.row = path, row
                 row += len(frames)
         self._groups.clear()
-        self._held = 0
+        self._used = self._held = 0
         self.pack.flush()
 
     def close(self) -> None:

@@ -173,7 +173,9 @@ def process_data(
     if setup.labelled is not None and header.patient_id not in setup.labelled:
         return result  # no label: decoding it would be wasted work
     try:
-        frames, result.ranges = cached_slices(parsed, header, setup.config)
+        frames, result.ranges = cached_slices(
+            parsed, header, setup.config, sink.frames_out(header.frames)
+        )
     except Skip as skip:  # the bytes themselves are bad: remember it
         result.record["skip"] = skip_record(skip)
         return result
