@@ -72,12 +72,15 @@ def test_renamed_and_copied_series_are_the_same_bytes(site, tmp_path, monkeypatc
     two = ingest_site(
         site, cache_dir=tmp_path / "two", config=IngestConfig(image_size=16, workers=2)
     )
+    monkeypatch.setattr(packs_module, "MAX_HELD_BYTES", 2 * 16 * 16 * 2)
+    ingest_site(site, cache_dir=tmp_path / "held", config=config)  # written early
     monkeypatch.setattr(pipeline_module, "whole_packs", lambda c, _d, _s: ([], c))
     copied = ingest_site(site, cache_dir=tmp_path / "copied", config=config)
     assert one.summary.slices == 10 and len(one.patients[1].series) == 1
     expected = _cache_bytes(tmp_path / "copied")
     assert _cache_bytes(tmp_path / "one") == expected
     assert _cache_bytes(tmp_path / "two") == expected
+    assert _cache_bytes(tmp_path / "held") == expected
     assert not list((tmp_path / "one").rglob("packs"))
     for result in (one, two, copied):
         assert result.patients[2].series[0].positions == (0.0, 2.0, 4.0, 6.0)
