@@ -7,8 +7,8 @@ Layout of a cache folder (never inside the site folder):
     pixels/<pixel key>/index.json  per series array, each row's content key,
                                    frame, the HU mapped to -1 and 1, lung share
     pixels/<pixel key>/series/<series key>.npy   one series, [n, size, size] f16
-    pixels/<pixel key>/packs/      frames decoded by the running ingest (deleted
-                                   once they are in series arrays)
+    pixels/<pixel key>/packs/      frames decoded by the running ingest (renamed
+                                   into series arrays, or deleted once copied)
     ingest_report.json             what the last run did, file by file
 
 The content key is XXH3-128 of the file's bytes: fast (~10 GB/s, a tenth of the
@@ -19,12 +19,14 @@ whose size, mtime, ctime and inode are unchanged keeps its key (ctime and inode
 change on any rewrite, even one that restores mtime); a changed stat re-hashes,
 and an unchanged hash still decodes nothing. `rehash=True` trusts no stat.
 
-Decoded frames are appended to one pack file per process of the run (creating
-a file per slice costs more than decoding it) and copied, file to file in the
-kernel, into one array per series at the end of the run; a series that gains a
-file is rebuilt from the old array plus the new frames. Arrays and JSON are
-written to a temporary name in the same folder and renamed, so a reader (or a
-crash) never sees half a file.
+Decoded frames are written to the packs folder, one .npy per series and chunk
+of files where they can be (lone slices go to one pack file per process:
+creating a file per slice costs more than decoding it); at the end of the run a
+pack that is exactly one series becomes its array by a rename, and other series
+are copied, file to file in the kernel (see `common.ingest.packs`). A series
+that gains a file is rebuilt from the old array plus the new frames. Arrays and
+JSON are written to a temporary name in the same folder and renamed, so a
+reader (or a crash) never sees half a file.
 """
 
 from __future__ import annotations
