@@ -108,3 +108,41 @@ def test_the_usual_file_reader_agrees_with_dcmread(folder):
             else:
                 assert fast[1] == full[1], path
     assert usual > len(files) // 3  # many took the short way
+
+
+@pytest.mark.parametrize("folder", _corpora(), ids=lambda p: p.parent.name)
+def test_the_element_walker_reads_what_pydicom_reads(folder):
+    """`usual_elements` gives pydicom's raw elements, or leaves the file to it."""
+    from io import BytesIO
+
+    from pydicom.filereader import read_dataset as pydicom_read
+
+    from common.ingest.elements import usual_elements
+    from common.ingest.headers import _FAST_TAGS, _usual_syntax
+
+    walked = 0
+    with quiet_pydicom():
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            data = path.read_bytes()
+            fast = usual_elements(data, _FAST_TAGS, _usual_syntax, 1 << 16)
+            if fast is None:
+                continue
+            walked += 1
+            stream = BytesIO(data)
+            stream.seek(132)
+            meta = pydicom_read(
+                stream, False, True, stop_when=lambda tag, vr, n: tag >> 16 != 2
+            )
+            ds = pydicom_read(
+                stream,
+                _usual_syntax(fast.transfer_syntax),
+                True,
+                stop_when=lambda tag, vr, n: (
+                    tag in (0x7FE00008, 0x7FE00009, 0x7FE00010)
+                ),
+                specific_tags=list(_FAST_TAGS),
+            )
+            assert dict(meta._dict) == fast.meta, path
+            assert dict(ds._dict) == fast.dataset, path
+            assert stream.tell() == fast.pixel_offset, path
+    assert walked > 20

@@ -7,8 +7,8 @@ Layout of a cache folder (never inside the site folder):
     pixels/<pixel key>/index.json  per series array, each row's content key,
                                    frame, the HU mapped to -1 and 1, lung share
     pixels/<pixel key>/series/<series key>.npy   one series, [n, size, size] f16
-    pixels/<pixel key>/packs/      frames decoded by the running ingest (deleted
-                                   once they are in series arrays)
+    pixels/<pixel key>/packs/      frames decoded by the running ingest (renamed
+                                   into series arrays, or deleted once copied)
     ingest_report.json             what the last run did, file by file
 
 The content key is XXH3-128 of the file's bytes: fast (~10 GB/s, a tenth of the
@@ -19,17 +19,20 @@ whose size, mtime, ctime and inode are unchanged keeps its key (ctime and inode
 change on any rewrite, even one that restores mtime); a changed stat re-hashes,
 and an unchanged hash still decodes nothing. `rehash=True` trusts no stat.
 
-Decoded frames are appended to one pack file per process of the run (creating
-a file per slice costs more than decoding it) and copied, file to file in the
-kernel, into one array per series at the end of the run; a series that gains a
-file is rebuilt from the old array plus the new frames. Arrays and JSON are
-written to a temporary name in the same folder and renamed, so a reader (or a
-crash) never sees half a file.
+Decoded frames are written to the packs folder, one .npy per series and chunk
+of files where they can be (lone slices go to one pack file per process:
+creating a file per slice costs more than decoding it); at the end of the run a
+pack that is exactly one series becomes its array by a rename, and other series
+are copied, file to file in the kernel (see `common.ingest.packs`). A series
+that gains a file is rebuilt from the old array plus the new frames. Arrays and
+JSON are written to a temporary name in the same folder and renamed, so a
+reader (or a crash) never sees half a file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -284,6 +287,33 @@ class PackWriter:
             self._handle = None
 
 
+def npy_header(rows: int, size: int) -> bytes:
+    """The .npy header `write_array` writes for [rows, size, size] float16."""
+    header = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(PACK_DTYPE)),
+        "fortran_order": False,
+        "shape": (rows, size, size),
+    }
+    out = io.BytesIO()
+    np.lib.format.write_array_header_1_0(out, header)
+    return out.getvalue()
+
+
+def write_rows(folder: Path | str, frames: list[np.ndarray], size: int) -> str:
+    """Write float16 frame blocks ([n, size, size] each), in order, as one new
+    .npy in `folder` (not atomic: packs are the running ingest's own files).
+
+    A series whose slices are exactly such a file's rows becomes its array by
+    a rename, not a copy (see `SeriesBuffer`)."""
+    rows = sum(len(block) for block in frames)
+    fd, name = tempfile.mkstemp(dir=folder, prefix="series-", suffix=".npy")
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(npy_header(rows, size))
+        for block in frames:
+            handle.write(np.ascontiguousarray(block, dtype=PACK_DTYPE).data)
+    return name
+
+
 def read_pack(path: Path | str, size: int) -> np.ndarray:
     """A pack as [rows, size, size] float16, memory-mapped."""
     return np.memmap(path, dtype=PACK_DTYPE, mode="r").reshape(-1, size, size)
@@ -347,11 +377,6 @@ def copy_rows(path: Path, rows: list[tuple[str, int, int]], size: int) -> None:
     result is the .npy that `write_array` writes for the same rows. Atomic.
     """
     row_bytes = size * size * np.dtype(PACK_DTYPE).itemsize
-    header = {
-        "descr": np.lib.format.dtype_to_descr(np.dtype(PACK_DTYPE)),
-        "fortran_order": False,
-        "shape": (len(rows), size, size),
-    }
     runs: list[list] = []  # [source, first byte, bytes]
     for source, base, row in rows:
         start = base + row * row_bytes
@@ -365,7 +390,7 @@ def copy_rows(path: Path, rows: list[tuple[str, int, int]], size: int) -> None:
     sources: dict[str, int] = {}
     try:
         with os.fdopen(fd, "wb") as out:
-            np.lib.format.write_array_header_1_0(out, header)
+            out.write(npy_header(len(rows), size))
             out.flush()
             for source, start, count in runs:
                 if source not in sources:

@@ -16,13 +16,15 @@ from io import BytesIO
 from typing import Any
 
 import pydicom
-from pydicom.dataelem import RawDataElement
+from pydicom.charset import convert_encodings, default_encoding
+from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset as read_elements
 from pydicom.uid import UID
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
+from common.ingest.elements import usual_elements
 from common.ingest.reasons import Skip, short_error
 
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
@@ -197,6 +199,16 @@ def _read_usual(data: bytes, name: str) -> Parsed | None:
     """
     if data[128:132] != b"DICM":
         return None
+    fast = usual_elements(data, _FAST_TAGS, _usual_syntax, _DEFER_BYTES)
+    if fast is not None:
+        return Parsed(
+            _dataset(fast.dataset, implicit=_usual_syntax(fast.transfer_syntax)),
+            data,
+            name,
+            _native_pixels(fast.transfer_syntax, data, fast.pixel_offset),
+            True,
+            meta=_dataset(fast.meta, implicit=False),
+        )
     stream = BytesIO(data)
     stream.seek(132)
     try:
@@ -255,6 +267,20 @@ def _read_native(stream: BytesIO, implicit: bool) -> tuple[Dataset, int | None]:
 # Pixel Data longer than this stays in the file's bytes (not copied by pydicom).
 _DEFER_BYTES = 1 << 16
 _NATIVE_TAGS = [*HEADER_TAGS, 0x7FE00008, 0x7FE00009, 0x7FE00010]
+_FAST_TAGS = frozenset((*HEADER_TAGS, 0x00080005))  # pydicom adds the charset
+
+
+def _dataset(elements: dict, implicit: bool) -> Dataset:
+    """A Dataset of raw elements, as pydicom's `read_dataset` makes it."""
+    ds = Dataset(elements)
+    charset = elements.get(0x00080005)
+    encoding = (
+        convert_encodings(convert_raw_data_element(charset).value)
+        if charset is not None
+        else default_encoding
+    )
+    ds.set_original_encoding(implicit, True, encoding)
+    return ds
 
 
 def _after_meta(tag: int, vr: str | None, length: int) -> bool:

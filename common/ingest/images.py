@@ -15,7 +15,8 @@ from pathlib import Path, PurePath
 import numpy as np
 from PIL import Image
 
-from common.ingest.cache import PACK_DTYPE, PackWriter
+from common.ingest.cache import PACK_DTYPE
+from common.ingest.packs import SeriesBuffer
 from common.ingest.pixels import resize_stored
 from common.ingest.policy import paper_unit_range
 from common.ingest.reasons import Skip, short_error
@@ -72,7 +73,7 @@ def process_image(
     data: bytes,
     setup: WorkerSetup,
     decode: bool,
-    pack: PackWriter,
+    sink: SeriesBuffer,
 ) -> FileResult:
     """Worker step for an image file (same contract as `worker.process_file`).
 
@@ -92,7 +93,7 @@ def process_image(
         result.record["skip"] = skip_record(skip)
         return result
     small = resize_stored(pixels, setup.config.image_size)
-    result.pack, result.row = pack.append(
+    result.pack, result.row = sink.append(
         paper_unit_range(small)[None].astype(PACK_DTYPE)
     )
     result.ranges = [[float("nan"), float("nan")]]  # no HU: no lung share

@@ -24,7 +24,6 @@ from tqdm import tqdm
 
 from common.ingest.cache import (
     Cache,
-    PackWriter,
     State,
     copy_rows,
     durable_together,
@@ -42,6 +41,7 @@ from common.ingest.labels import (
     read_labels,
     unmatched,
 )
+from common.ingest.packs import SeriesBuffer, folder_chunks, whole_packs
 from common.ingest.policy import from_unit, lung_fraction, select_slices
 from common.ingest.reasons import IngestError, Skip, is_error
 from common.ingest.report import (
@@ -389,19 +389,40 @@ class _Run:
         return rows
 
     def _write_series(self, copies: list[tuple[Path, list]]) -> None:
-        """Write series arrays from their rows. The kernel copies the bytes
-        (GIL released), so with several workers as many threads copy at once:
-        at 256 px this is the largest part of the run's serial end."""
+        """Write series arrays from their rows: a pack that holds exactly one
+        series' rows in order is renamed into place (see `SeriesBuffer`); the
+        others are copied. The kernel copies the bytes (GIL released), so with
+        several workers as many threads copy at once."""
         size = self.config.image_size
+        renames, copies = whole_packs(
+            copies, self.cache.packs_dir(self.pixel_key), size
+        )
         threads = min(self.config.workers, len(copies))
         if threads <= 1:
             for path, rows in copies:
                 copy_rows(path, rows, size)
+        else:
+            with ThreadPoolExecutor(threads) as pool:
+                jobs = [
+                    pool.submit(copy_rows, path, rows, size) for path, rows in copies
+                ]
+                for job in jobs:
+                    job.result()
+        self._rename_packs(renames)
+
+    def _rename_packs(self, renames: list[tuple[str, Path]]) -> None:
+        """Packs become series arrays; what pointed at a pack points at its array
+        (renamed after the copies: none of them reads a renamed pack)."""
+        if not renames:
             return
-        with ThreadPoolExecutor(threads) as pool:
-            jobs = [pool.submit(copy_rows, path, rows, size) for path, rows in copies]
-            for job in jobs:
-                job.result()
+        moved = {}
+        for source, path in renames:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, path)
+            moved[source] = str(path)
+        for ref, (source, row, low, high) in self.stored.items():
+            if source in moved:
+                self.stored[ref] = (moved[source], row, low, high)
 
     def _series_key(self, plan: SeriesPlan) -> str:
         members = "\n".join(f"{ref.key}:{ref.frame}" for ref in plan.slices)
@@ -568,18 +589,16 @@ class _Run:
         )
         try:
             workers = min(self.config.workers, len(jobs))
-            # One pack per process; small chunks keep two workers busy to the end.
-            size = 64 if workers <= 1 else max(1, min(16, len(jobs) // (workers * 4)))
-            chunks = [jobs[i : i + size] for i in range(0, len(jobs), size)]
+            chunks = folder_chunks(jobs, workers)
             if workers <= 1:
-                pack = PackWriter(setup.packs_dir, self.config.image_size)
+                sink = SeriesBuffer(setup.packs_dir, self.config.image_size)
                 try:
                     for chunk in chunks:
-                        results = process_chunk(chunk, setup, pack)
+                        results = process_chunk(chunk, setup, sink)
                         yield from results
                         bar.update(len(results))
                 finally:
-                    pack.close()
+                    sink.close()
                 return
             pool = ProcessPoolExecutor(
                 workers,
@@ -626,18 +645,18 @@ class _Run:
 
         submitter = threading.Thread(target=submit_all, daemon=True)
         submitter.start()
-        pack = PackWriter(setup.packs_dir, self.config.image_size)
+        sink = SeriesBuffer(setup.packs_dir, self.config.image_size)
         try:
             while not any(future.done() for future in list(futures)):
                 with lock:
                     if len(queue) <= self.config.workers:
                         break  # the last chunks are the workers'
                     chunk = queue.pop()
-                results = process_chunk(chunk, setup, pack)
+                results = process_chunk(chunk, setup, sink)
                 yield from results
                 bar.update(len(results))
         finally:
-            pack.close()
+            sink.close()
             with lock:
                 if sys.exc_info()[0] is not None:
                     queue.clear()  # stop submitting

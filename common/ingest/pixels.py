@@ -406,19 +406,21 @@ def hu_slices(parsed: Parsed, header: Header, size: int) -> np.ndarray:
 
 
 def cached_slices(
-    parsed: Parsed, header: Header, config: IngestConfig
+    parsed: Parsed, header: Header, config: IngestConfig, out: np.ndarray | None = None
 ) -> tuple[np.ndarray, list[list[float]]]:
     """All frames as the cache holds them: [frames, size, size] float16 in the
     intensity policy's [-1, 1], and per frame the HU mapped to -1 and to 1.
 
     The same as `to_unit` of `hu_slices` under `intensity_range`, cast by
-    `to_pack_dtype`, bit for bit. When a frame's block sums take fewer
-    distinct integer values than it has pixels (e.g. 2 x 2 blocks of 12-bit
-    data), every step after the sums is done once per possible sum, on a
-    table, and the frame is a lookup in it: float16 casts are slow in numpy.
+    `to_pack_dtype`, bit for bit (written into `out` when given). When a
+    frame's block sums take fewer distinct integer values than it has pixels
+    (e.g. 2 x 2 blocks of 12-bit data), every step after the sums is done once
+    per possible sum, on a table, and the frame is a lookup in it: float16
+    casts are slow in numpy.
     """
     size = config.image_size
-    out = np.empty((header.frames, size, size), PACK_DTYPE)
+    if out is None:
+        out = np.empty((header.frames, size, size), PACK_DTYPE)
     ranges = []
     for index, (values, k, slope, intercept) in enumerate(
         _shrunk(parsed, header, size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -111,6 +112,12 @@ def _slices_of(cand: Candidate) -> list[SliceRef]:
     return out
 
 
+def file_order(rel: str, key: str, header: Header) -> tuple:
+    """Where a file's first slice sorts among its series' slices (`_order`)."""
+    return _order(_slices_of(Candidate(rel, key, header))[0])
+
+
+@functools.lru_cache(maxsize=256)  # a series' slices share one orientation
 def _normal(orientation: tuple[float, ...] | None) -> tuple[float, ...] | None:
     """Slice normal: positions projected on it order slices along the body axis."""
     if orientation is None:

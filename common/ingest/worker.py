@@ -12,12 +12,13 @@ from typing import Any
 
 import xxhash
 
-from common.ingest.cache import PackWriter
 from common.ingest.checks import check_usable
 from common.ingest.config import IngestConfig
 from common.ingest.headers import Header, quiet_pydicom, read_dataset, summarize
+from common.ingest.packs import SeriesBuffer
 from common.ingest.pixels import cached_slices
 from common.ingest.reasons import Skip, short_error
+from common.ingest.series import file_order
 
 
 @dataclass(frozen=True)
@@ -73,33 +74,34 @@ def content_key(data: bytes) -> str:
 def process_chunk(
     jobs: list[tuple[str, bool]],
     setup: WorkerSetup | None = None,
-    pack: PackWriter | None = None,
+    sink: SeriesBuffer | None = None,
 ) -> list[FileResult]:
-    """A batch of (path, decode) jobs; their frames are appended to `pack`.
+    """A batch of (path, decode) jobs; their frames are written through `sink`.
 
-    In a worker process (no `setup`), one pack serves all of the process's
-    batches: a file per batch costs more to create, read and delete than the
-    batch's IPC. Called in-process without a `pack`, the batch gets its own.
+    In a worker process (no `setup`), one sink serves all of the process's
+    batches (its pack: a file per batch costs more to create, read and delete
+    than the batch's IPC). Called in-process without a `sink`, the batch gets
+    its own. Every frame is on disk when this returns: the caller reads them.
     """
-    global _PACK
+    global _SINK
     own = False
     if setup is None:
         setup = _SETUP
         if setup is None:  # pragma: no cover - the pool initializer sets it
             raise RuntimeError("worker used before init_worker")
-        if _PACK is None:
-            _PACK = PackWriter(setup.packs_dir, setup.config.image_size)
-        pack = _PACK
-    elif pack is None:
-        pack, own = PackWriter(setup.packs_dir, setup.config.image_size), True
+        if _SINK is None:
+            _SINK = SeriesBuffer(setup.packs_dir, setup.config.image_size)
+        sink = _SINK
+    elif sink is None:
+        sink, own = SeriesBuffer(setup.packs_dir, setup.config.image_size), True
     try:
         with quiet_pydicom():
-            return [process_file(rel, setup, decode, pack) for rel, decode in jobs]
+            results = [process_file(rel, setup, decode, sink) for rel, decode in jobs]
+        sink.flush()
+        return results
     finally:
         if own:
-            pack.close()
-        else:
-            pack.flush()  # the parent reads the pack once every batch is back
+            sink.close()
 
 
 def read_file(rel: str, setup: WorkerSetup) -> tuple[list[int], bytes] | FileResult:
@@ -132,13 +134,13 @@ def read_file(rel: str, setup: WorkerSetup) -> tuple[list[int], bytes] | FileRes
 
 
 def process_file(
-    rel: str, setup: WorkerSetup, decode: bool, pack: PackWriter
+    rel: str, setup: WorkerSetup, decode: bool, sink: SeriesBuffer
 ) -> FileResult:
     """Read, hash, parse and (when `decode` and usable) decode one file."""
     loaded = read_file(rel, setup)
     if isinstance(loaded, FileResult):
         return loaded
-    return process_data(rel, *loaded, setup, decode, pack)
+    return process_data(rel, *loaded, setup, decode, sink)
 
 
 def process_data(
@@ -147,14 +149,15 @@ def process_data(
     data: bytes,
     setup: WorkerSetup,
     decode: bool,
-    pack: PackWriter,
+    sink: SeriesBuffer,
 ) -> FileResult:
-    """Hash, parse and (when `decode` and usable) decode one file's bytes."""
+    """Hash, parse and (when `decode` and usable) decode one file's bytes; the
+    frames reach disk (and the result its pack and row) at `sink.flush()`."""
     key = content_key(data)
     if setup.kind == "images":
         from common.ingest.images import process_image
 
-        return process_image(rel, stat, key, data, setup, decode, pack)
+        return process_image(rel, stat, key, data, setup, decode, sink)
     try:
         parsed = read_dataset(data, rel)
         header = summarize(parsed)
@@ -170,22 +173,25 @@ def process_data(
     if setup.labelled is not None and header.patient_id not in setup.labelled:
         return result  # no label: decoding it would be wasted work
     try:
-        frames, result.ranges = cached_slices(parsed, header, setup.config)
+        frames, result.ranges = cached_slices(
+            parsed, header, setup.config, sink.frames_out(header.frames)
+        )
     except Skip as skip:  # the bytes themselves are bad: remember it
         result.record["skip"] = skip_record(skip)
         return result
-    result.pack, result.row = pack.append(frames)
+    group = (header.patient_id, header.study_uid, header.series_uid)
+    sink.add(result, frames, group, file_order(rel, key, header))
     return result
 
 
 _SETUP: WorkerSetup | None = None
-_PACK: PackWriter | None = None  # this worker process's pack (see process_chunk)
+_SINK: SeriesBuffer | None = None  # this worker process's (see process_chunk)
 
 
 def init_worker(setup: WorkerSetup) -> None:
     """Pool initializer: keep the run's shared setup in the worker process."""
-    global _SETUP, _PACK
-    _SETUP, _PACK = setup, None
+    global _SETUP, _SINK
+    _SETUP, _SINK = setup, None
 
 
 def _unread(rel: str, stat: list[int], skip: Skip) -> FileResult:
