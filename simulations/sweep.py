@@ -51,6 +51,8 @@ COLUMNS = (
     "ci_low",
     "ci_high",
     "external_patients",
+    "up_mb",
+    "down_mb",
     "run",
 )
 _KEYS = {
@@ -172,6 +174,7 @@ def _rows(key: tuple, run: Path, metrics: dict) -> list[dict]:
         "federated_parts": parts,
         "seed": seed,
         "run": run.name,
+        **_payload_fields(metrics.get("payload")),
     }
     external = metrics["splits"]["external"]
     rows = [
@@ -207,6 +210,17 @@ def _rows(key: tuple, run: Path, metrics: dict) -> list[dict]:
                 }
             )
     return rows
+
+
+def _payload_fields(payload: dict | None) -> dict:
+    """Megabytes a site sends and receives per BigBiGAN round (the run's own
+    count): what choosing federated parts or a transport costs on the link."""
+    if not payload:  # frozen-encoder runs have no BigBiGAN rounds
+        return {"up_mb": "", "down_mb": ""}
+    return {
+        "up_mb": round(payload["up_bytes"] / 1e6, 3),
+        "down_mb": round(payload["down_bytes"] / 1e6, 3),
+    }
 
 
 def _external_target(table: dict) -> str | None:

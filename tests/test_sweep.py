@@ -1,6 +1,7 @@
 """A two-seed sweep of the tiny preset, end to end, and the sweep file's checks."""
 
 import csv
+import json
 
 import numpy as np
 import pydicom
@@ -49,6 +50,11 @@ def test_a_two_seed_sweep_writes_its_table_and_plot_and_resumes(tmp_path, monkey
         auc, low, high = (float(fed[k]) for k in ("external_auc", "ci_low", "ci_high"))
         assert 0 <= low <= auc <= high <= 1 and int(fed["external_patients"]) > 0
         assert fed["strategy"] == "fedavgm" and fed["scenario"] == "paper"
+        # the link's cost per BigBiGAN round, from the run's own payload count
+        payload = json.loads((out / fed["run"] / "metrics.json").read_text())["payload"]
+        assert float(fed["up_mb"]) == round(payload["up_bytes"] / 1e6, 3) > 0
+        assert float(fed["down_mb"]) == round(payload["down_bytes"] / 1e6, 3) > 0
+        assert central["up_mb"] == ""  # no federated rounds
         # the server optimiser's state went into the run's checkpoint
         with np.load(out / fed["run"] / "checkpoint.npz") as ckpt:
             n_weights = sum(k.startswith("arr_") for k in ckpt.files)
