@@ -450,10 +450,10 @@ def cached_slices(
             table = False
         if table:
             # hu is monotonic in the sum: the table's ends are the frame's
-            # min and max, so the intensity range is the frame's.
+            # min and max, so the intensity range is the frame's (and theirs).
             sums = np.arange(first, last + 1, dtype=np.int32)
             hu = _to_hu(_means(sums, k), slope, intercept)
-            low, high = intensity_range(hu, config)
+            low, high = intensity_range(hu[[0, -1]], config)
             codes = to_pack_dtype(to_unit(hu, low, high)).view(np.uint16)
             target = out[index].view(np.uint16)
             if values.dtype == np.int32 and target.flags.c_contiguous:
