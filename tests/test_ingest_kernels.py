@@ -58,6 +58,15 @@ def test_block_sums_match_numpy(dtype, k):
             assert (first, last) == (int(expected.min()), int(expected.max()))
 
 
+def test_kernels_take_only_what_they_are_built_for():
+    frame = np.zeros((4, 4), np.int16)
+    assert kernels.fits(frame)
+    assert not kernels.fits(frame[:, ::2])  # not C order
+    assert not kernels.fits(frame.astype(">i2"))  # big-endian
+    assert not kernels.fits(frame.astype(np.uint8))
+    assert not kernels.fits(frame[:0])  # empty: numpy's error is reported
+
+
 def test_lookup_is_take():
     rng = np.random.default_rng(3)
     sums = rng.integers(-500, 900, (32, 32)).astype(np.int32)

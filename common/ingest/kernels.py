@@ -85,8 +85,9 @@ def _lookup(sums, table, first, out):
 
 
 def fits(frame: np.ndarray) -> bool:
-    """Whether the kernels take this frame (16-bit integers, C order)."""
-    return frame.dtype in KERNEL_DTYPES and frame.flags.c_contiguous
+    """Whether the kernels take this frame (16-bit integers, C order, not
+    empty: numpy raises on an empty one, and the caller reports it)."""
+    return frame.dtype in KERNEL_DTYPES and frame.flags.c_contiguous and frame.size > 0
 
 
 def stored_range(values: np.ndarray) -> tuple[int, int]:
