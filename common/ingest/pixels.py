@@ -30,6 +30,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from common.ingest import kernels
 from common.ingest.cache import PACK_DTYPE, to_pack_dtype
 from common.ingest.config import IngestConfig
 from common.ingest.headers import Fields, Header, Parsed
@@ -69,7 +70,7 @@ def _native_frames(
     arr = np.frombuffer(parsed.pixels, dtype=dtype, count=count).reshape(shape)
     # The range is measured once: it also says whether there is padding and
     # how the shrink can sum (see `hu_slices`).
-    smallest, largest = int(arr.min()), int(arr.max())
+    smallest, largest = _range(arr)
     bits = fields.us(0x00280101) or header.bits_allocated  # BitsStored
     if 0 < bits < header.bits_allocated:
         low, high = (
@@ -85,9 +86,16 @@ def _native_frames(
         if smallest < low or largest > high:
             shift = header.bits_allocated - bits
             arr = np.right_shift(np.left_shift(arr, shift), shift)
-            smallest, largest = int(arr.min()), int(arr.max())
+            smallest, largest = _range(arr)
     parsed.stored_range = (smallest, largest)
     return arr
+
+
+def _range(values: np.ndarray) -> tuple[int, int]:
+    """(min, max) of integer values: one compiled read for 16-bit ones."""
+    if kernels.fits(values):
+        return kernels.stored_range(values)
+    return int(values.min()), int(values.max())
 
 
 def frame_rescales(ds: Dataset, frames: int) -> list[tuple[float, float]]:
@@ -218,7 +226,11 @@ def _min_at_or_above(frame: np.ndarray, low: int, scratch: np.ndarray):
 
     Subtracting `low` in the unsigned type of the same width wraps every value
     below `low` to the top of the range, above every value at or above it.
+    16-bit frames: the same in one compiled read, with no scratch written.
     """
+    if kernels.fits(frame):
+        found = kernels.min_at_or_above(frame, low)
+        return None if found is None else frame.dtype.type(found)
     unsigned = np.dtype(f"u{frame.itemsize}")
     shifted = scratch.view(unsigned)
     offset = np.full(frame.shape[-1], low % (1 << (8 * frame.itemsize)), unsigned)
@@ -350,10 +362,11 @@ def _means(sums: np.ndarray, k: int) -> np.ndarray:
 
 def _shrunk(
     parsed: Parsed, header: Header, size: int
-) -> Iterator[tuple[np.ndarray, int, float, float]]:
+) -> Iterator[tuple[np.ndarray, int, float, float, tuple[int, int] | None]]:
     """Each frame filled and shrunk in stored units, with its rescale:
-    (values, k, slope, intercept), where values are the integer sums of k x k
-    blocks, or (k = 0) float32 means already."""
+    (values, k, slope, intercept, span), where values are the integer sums of
+    k x k blocks, or (k = 0) float32 means already; span is the sums' (min,
+    max) when already known."""
     ds = parsed.ds
     stored = stored_frames(parsed, header)
     rescales = frame_rescales(ds, header.frames)
@@ -369,24 +382,29 @@ def _shrunk(
     for index, (slope, intercept) in enumerate(rescales):
         frame = stored[index]
         if span is None:
-            span = (int(stored.min()), int(stored.max()))
+            span = _range(stored)
         smallest = span[0] if len(stored) == 1 else None
         floor, explicit = padding_fill(
             frame, slope, intercept, padding, scratch, smallest
         )
         if block and explicit is None:  # the common case: fill while shrinking
+            if kernels.fits(frame):  # one compiled pass, int32 sums
+                sums, first, last = kernels.block_sums(frame, k, floor)
+                yield sums, k, slope, intercept, (first, last)
+                continue
             bound = max(abs(span[0] if floor is None else floor), abs(span[1]))
             if native and k * bound <= np.iinfo(stored.dtype).max:
-                yield _block_sums(frame, k, size, floor, bound), k, slope, intercept
+                sums = _block_sums(frame, k, size, floor, bound)
+                yield sums, k, slope, intercept, None
                 continue
             if k > 1:
-                yield _block_mean(frame, k, floor), 0, slope, intercept
+                yield _block_mean(frame, k, floor), 0, slope, intercept, None
                 continue
         if floor is not None:
             frame = np.maximum(frame, _row(frame, floor), out=scratch)
             if explicit is not None:
                 np.putmask(frame, explicit, floor)
-        yield resize_stored(frame, size), 0, slope, intercept
+        yield resize_stored(frame, size), 0, slope, intercept, None
 
 
 def _to_hu(small: np.ndarray, slope: float, intercept: float, out=None):
@@ -398,7 +416,7 @@ def _to_hu(small: np.ndarray, slope: float, intercept: float, out=None):
 def hu_slices(parsed: Parsed, header: Header, size: int) -> np.ndarray:
     """All frames as [frames, size, size] float32 HU, padding filled."""
     out = np.empty((header.frames, size, size), np.float32)
-    for index, (values, k, slope, intercept) in enumerate(
+    for index, (values, k, slope, intercept, _) in enumerate(
         _shrunk(parsed, header, size)
     ):
         _to_hu(_means(values, k) if k else values, slope, intercept, out[index])
@@ -422,24 +440,28 @@ def cached_slices(
     if out is None:
         out = np.empty((header.frames, size, size), PACK_DTYPE)
     ranges = []
-    for index, (values, k, slope, intercept) in enumerate(
+    for index, (values, k, slope, intercept, span) in enumerate(
         _shrunk(parsed, header, size)
     ):
         if k and values.dtype.kind in "iu":
-            first, last = int(values.min()), int(values.max())
+            first, last = span or (int(values.min()), int(values.max()))
             table = last - first < min(values.size // 2, np.iinfo(values.dtype).max)
         else:
             table = False
         if table:
             # hu is monotonic in the sum: the table's ends are the frame's
-            # min and max, so the intensity range is the frame's.
+            # min and max, so the intensity range is the frame's (and theirs).
             sums = np.arange(first, last + 1, dtype=np.int32)
             hu = _to_hu(_means(sums, k), slope, intercept)
-            low, high = intensity_range(hu, config)
+            low, high = intensity_range(hu[[0, -1]], config)
             codes = to_pack_dtype(to_unit(hu, low, high)).view(np.uint16)
-            # Every index is in the table: "clip" changes none, and unlike
-            # "raise" it writes `out` directly, without a buffer.
-            np.take(codes, values - first, out=out[index].view(np.uint16), mode="clip")
+            target = out[index].view(np.uint16)
+            if values.dtype == np.int32 and target.flags.c_contiguous:
+                kernels.lookup(values, np.ascontiguousarray(codes), first, target)
+            else:
+                # Every index is in the table: "clip" changes none, and unlike
+                # "raise" it writes `out` directly, without a buffer.
+                np.take(codes, values - first, out=target, mode="clip")
         else:
             hu = _to_hu(_means(values, k) if k else values, slope, intercept)
             low, high = intensity_range(hu, config)
