@@ -68,6 +68,8 @@ class RoundStats:
     bytes_up: dict[str, int] = field(default_factory=dict)  # nodes -> server
     unmask_seconds: float = 0.0  # server: rebuilding secrets, removing masks
     lane_bits: int = 32
+    asked: int = 0  # nodes sent the setup message
+    uploaded: int = 0  # nodes whose masked vector is in the sum
     clipped: int = 0  # values the sites clipped to the tensor clips (16-bit lanes)
 
 
@@ -158,11 +160,12 @@ class SecureAggregator:
             lane_bits=self.lane_bits,
             active=set(nodes),
         )
-        stats = RoundStats(lane_bits=self.lane_bits)
+        stats = RoundStats(lane_bits=self.lane_bits, asked=len(nodes))
         self._setup(grid, rnd, stats)
         self._share_keys(grid, rnd, stats)
         total, layout, replies = self._collect(grid, rnd, contents, stats)
         uploaded = set(replies)
+        stats.uploaded = len(uploaded)
         self._unmask(grid, rnd, total, uploaded, stats)
         arrays = _decode(total, layout, self._codes(len(nodes), layout))
         return SecureResult(
