@@ -42,7 +42,8 @@ def downcast(weights: list[np.ndarray]) -> list[np.ndarray]:
     float16 cannot hold (|x| > 65504) instead of sending infinities."""
     out = []
     for i, w in enumerate(weights):
-        half = np.asarray(w).astype(np.float16)
+        with np.errstate(over="ignore"):  # checked below, named
+            half = np.asarray(w).astype(np.float16)
         if not np.isfinite(half).all():
             raise ValueError(
                 f"federated array {i} holds values beyond float16's range "
