@@ -262,7 +262,7 @@ def _encode(
         log.warning(
             "secure aggregation: %d values clipped at +-%s",
             clipped,
-            sorted({f"{c:.3g}" for c in clips}),
+            f"{clips[0]:g}" if len(set(clips)) == 1 else "the arrays' clips",
         )
     return layout, vector, clipped
 
