@@ -332,3 +332,21 @@ def test_a_32_bit_round_asks_and_answers_as_before():
     assert seen["asked"] == {p.STAGE, p.ROUND_ID, p.NODES, p.CIPHERTEXTS}
     assert p.CLIPPED not in seen["answer"] and p.LANE_BITS not in seen["answer"]
     assert seen["dtypes"] == {np.dtype(np.uint32)}
+
+
+def test_payload_reports_the_measured_bytes_of_the_bigbigan_rounds():
+    from server.secure_agg_workflow import RoundStats
+    from server.server_app import wire_figures
+
+    sent = [np.zeros(1000, np.float16)]
+    stats = RoundStats(lane_bits=16, asked=2, uploaded=2, clipped=3)
+    stats.bytes_down = {"setup": 200, "collect": 4000}
+    stats.bytes_up = {"setup": 100, "collect": 4100}
+    gan = wire_figures(stats, 2, "gan", sent)
+    assert (gan["down_bytes"], gan["up_bytes"]) == (2100, 2100)
+    assert gan["down_ratio"] == gan["up_ratio"] == 2100 / 4000
+    assert (gan["down_dtype"], gan["lane_bits"], gan["clipped"]) == ("float16", 16, 3)
+    head = {**gan, "phase": "head", "up_ratio": 1.0}
+    payload = payload_bytes([np.zeros(1000)], "fedbigbigan", "float16", [gan, head])
+    assert payload["measured"]["rounds"] == [gan]  # BigBiGAN rounds only
+    assert payload["measured"]["mean_up_ratio"] == 2100 / 4000
