@@ -234,7 +234,7 @@ def _gan_rounds(grid, legacy, strategy, config, out, model, state, sizes):
             tensor_clips=clips if half else None,
         )
         delta = [d.astype(np.float32) for d in delta]
-        lanes = strategy.wire[-1] if strategy.wire else {}
+        wire = strategy.wire[-1] if strategy.wire else {}  # this round's, if ours
         if half:
             clips = next_clips(delta, config.secagg.delta_clip)
         new, opt_state = server_step(
@@ -250,8 +250,8 @@ def _gan_rounds(grid, legacy, strategy, config, out, model, state, sizes):
             }
             entry["clipped"] = sum(int(m["clipped"]) for m in strategy.site_metrics)
             if half:  # values clipped to the 16-bit lanes' tensor clips
-                entry["lane_bits"] = lanes.get("lane_bits", 32)
-                entry["clipped"] += lanes.get("clipped", 0)
+                entry["lane_bits"] = wire.get("lane_bits", 32)
+                entry["clipped"] += wire.get("clipped", 0)
             if entry["clipped"]:
                 log.warning("round %d: delta values clipped: %s", rnd, entry)
         history.append(entry)
