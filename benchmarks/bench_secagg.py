@@ -9,6 +9,12 @@ polling and process start-up are left out.
 
     python benchmarks/bench_secagg.py --params 1e6 1e7 --clients 3 5 10
     python benchmarks/bench_secagg.py --params encoder --clients 3   # 75M
+    python benchmarks/bench_secagg.py --transport float32 float16 --skip-stock
+
+`--transport float16` adds `ours16`: our protocol with the float16 transport
+(server.transport): weights down as float16, updates up in uint16 lanes with
+per-array clips set as the server sets them from a round's mean update (here
+the true mean, as if the previous round's were the same).
 
 Sizes: `paper` (296M federated values: E, G and D of the paper preset),
 `encoder` (its E alone, 74.9M), or a number. Flower's SecAgg+ cannot send the
@@ -39,6 +45,7 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from client.secure_agg_mod import secure_agg_mod
 from server.phase_strategy import PhaseStrategy
 from server.secure_agg_workflow import SecureAggWorkflow
+from server.transport import downcast, next_clips
 from simulations.loopback import LoopbackGrid
 
 # federated value counts of the presets (common.config, federated_parts="egd")
@@ -129,6 +136,16 @@ def secure_round(grid: LoopbackGrid, weights, workflow) -> list[np.ndarray]:
     return strategy.aggregate
 
 
+def mean_update(n: int, total: int) -> list[np.ndarray]:
+    """The sites' weighted mean update (weights 10 + partition), float64."""
+    weights = [10 + i for i in range(n)]
+    return [
+        sum(update(i, total)[k].astype(np.float64) * w for i, w in enumerate(weights))
+        / sum(weights)
+        for k in range(N_ARRAYS)
+    ]
+
+
 def run_once(name: str, grid: LoopbackGrid, weights: list[np.ndarray]):
     """One round of `name`; returns (result, wall s, CPU s, our stage stats)."""
     grid.traffic.reset()
@@ -142,6 +159,19 @@ def run_once(name: str, grid: LoopbackGrid, weights: list[np.ndarray]):
             1.0, 0.67, max_weight=100.0, clipping_range=CLIP, timeout=None
         )
         result = secure_round(grid, weights, workflow)
+    elif name == "ours16":
+        n, total = len(grid.contexts), sum(w.size for w in weights)
+        workflow = SecureAggWorkflow(
+            1.0,
+            0.67,
+            max_weight=100.0,
+            clipping_range=CLIP,
+            timeout=None,
+            lane_bits=16,
+            tensor_clips=next_clips(mean_update(n, total), CLIP),
+        )
+        result = secure_round(grid, downcast(weights), workflow)
+        stats = workflow.last_stats
     else:
         workflow = SecureAggWorkflow(
             1.0, 0.67, max_weight=100.0, clipping_range=CLIP, timeout=None
@@ -155,7 +185,12 @@ def measure(names: list[str], n: int, total: int, repeats: int) -> dict:
     """Best of `repeats` rounds per protocol, the protocols interleaved so that
     load from other work on the machine falls on all of them alike."""
     weights = [np.zeros(s, np.float32) for s in shapes(total)]
-    mods = {"plain": None, "secagg+": secaggplus_mod, "ours": secure_agg_mod}
+    mods = {
+        "plain": None,
+        "secagg+": secaggplus_mod,
+        "ours": secure_agg_mod,
+        "ours16": secure_agg_mod,
+    }
     grids = {name: LoopbackGrid(client_app(total, mods[name]), n) for name in names}
     rows: dict[str, dict] = {}
     for _ in range(repeats):
@@ -173,11 +208,12 @@ def measure(names: list[str], n: int, total: int, repeats: int) -> dict:
                 dtype=str(np.asarray(result[-1]).dtype),
                 stats=stats,
             )
-            expected = sum(
-                update(i, total)[-1].astype(np.float64) * (10 + i) for i in range(n)
-            ) / sum(10 + i for i in range(n))
-            got = np.asarray(result[-1], np.float64)
-            row["error"] = float(np.abs(got - expected).max())
+            expected = mean_update(n, total)
+            row["error"] = max(
+                float(np.abs(np.asarray(g, np.float64) - e).max())
+                for g, e in zip(result, expected, strict=True)
+            )
+            row["clipped"] = stats.clipped if stats else 0
             del result
     return rows
 
@@ -194,6 +230,13 @@ def main() -> None:
     parser.add_argument(
         "--skip-stock", action="store_true", help="leave out Flower's SecAgg+"
     )
+    parser.add_argument(
+        "--transport",
+        nargs="+",
+        choices=["float32", "float16"],
+        default=["float32"],
+        help="our protocol's transports (float16: the row ours16)",
+    )
     args = parser.parse_args()
     logging.getLogger("flwr").setLevel(logging.WARNING)
     print(
@@ -204,7 +247,10 @@ def main() -> None:
     for size in args.params:
         total = parse_size(size)
         for n in args.clients:
-            names = ["plain", "ours"] + ([] if args.skip_stock else ["secagg+"])
+            names = ["plain"]
+            names += ["ours"] if "float32" in args.transport else []
+            names += ["ours16"] if "float16" in args.transport else []
+            names += [] if args.skip_stock else ["secagg+"]
             rows = measure(names, n, total, args.repeats)
             _UPDATES.clear()
             plain = rows["plain"]
@@ -215,16 +261,20 @@ def main() -> None:
                     f"{row['cpu'] / plain['cpu']:>7.2f} "
                     f"{row['up']:>6.3f} {row['down']:>8.3f} {row['exchanges']:>5} "
                     f"{row['client_s']:>8.2f} {row['wire_s']:>6.2f} "
-                    f"{row['error']:>8.1e} {row['dtype']}",
+                    f"{row['error']:>8.1e} {row['dtype']}"
+                    + (f" clipped {row['clipped']}" if name == "ours16" else ""),
                     flush=True,
                 )
-            stats = rows["ours"]["stats"]
-            stages = ", ".join(f"{k} {v:.2f}" for k, v in stats.seconds.items())
-            print(
-                f"{'':>16} ours, server side: stages (incl. clients) {stages}; "
-                f"unmask {stats.unmask_seconds:.2f} s",
-                flush=True,
-            )
+            for name in ("ours", "ours16"):
+                if name not in rows:
+                    continue
+                stats = rows[name]["stats"]
+                stages = ", ".join(f"{k} {v:.2f}" for k, v in stats.seconds.items())
+                print(
+                    f"{'':>16} {name}, server side: stages (incl. clients) {stages}; "
+                    f"unmask {stats.unmask_seconds:.2f} s",
+                    flush=True,
+                )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"peak RSS {peak:.1f} GiB")
 

@@ -19,8 +19,10 @@ message it answers:
   only, its own stage name; 32-byte public keys; node ids among those the
   server named, each once; ciphertexts and shares no longer than ours are; in
   the collect stage a layout naming exactly the allowed arrays (float, with
-  their shapes) and uint32 chunks, in order, whose total length is that
-  layout's (the weight and every allowed value).
+  their shapes) and chunks of the lanes the server asked for (uint32, or
+  uint16 with `lane-bits` = 16, then also a count of clipped values), in
+  order, whose total length is that layout's (the weight and every allowed
+  value).
 - **aggregate metrics**: per phase, the named scalar metrics (losses, a count
   of clipped values; the node's seconds and peak memory for the message),
   `num_examples`, a node's role and training-set size, and
@@ -142,6 +144,7 @@ class _Incoming:
     z: int = Z_DIM
     shapes: Shapes = field(default_factory=list)
     node_ids: frozenset[int] = frozenset()
+    lane_bits: object = 32  # our collect stage: the lanes the server asked for
 
     @classmethod
     def read(cls, msg: Message) -> _Incoming:
@@ -194,6 +197,8 @@ class _Incoming:
         self.node_ids = frozenset(
             n for n in ids if isinstance(n, int) and not isinstance(n, bool)
         )
+        if self.stage == secure.COLLECT:
+            self.lane_bits = record.get(secure.LANE_BITS, 32)
 
 
 def audit_mod(msg: Message, context: Context, call_next) -> Message:
@@ -309,9 +314,13 @@ def _rules_for(incoming: _Incoming) -> dict[tuple[str, str], Callable]:
         ("config", "fitres.status"): _status,
     }
     if ours:  # the collect stage
+        bits = incoming.lane_bits
+        lanes = LANES.get(bits) if type(bits) is int else None
+        if lanes is None:
+            raise AuditRefusal("lanes of a width the audit does not know")
         rules[("array", "fitres.parameters")] = _empty_arrays
-        rules[("config", secure.RECORD)] = _layout(shapes)
-        rules[("array", secure.MASKED)] = _masked_chunks(shapes)
+        rules[("config", secure.RECORD)] = _layout(shapes, bits)
+        rules[("array", secure.MASKED)] = _masked_chunks(shapes, lanes)
     elif incoming.stage == Stage.COLLECT_MASKED_VECTORS:
         rules[("array", "fitres.parameters")] = _empty_arrays
         rules[("config", RECORD_KEY_CONFIGS)] = _masked_vectors(shapes)
@@ -424,15 +433,21 @@ LAYOUT_KEYS = {
     secure.LAYOUT_NDIMS,
     secure.LAYOUT_DIMS,
 }
+# our lane widths (the collect message's `lane-bits`) -> the chunks' dtype
+LANES = {32: np.dtype(np.uint32), 16: np.dtype(np.uint16)}
 
 
-def _layout(shapes: Shapes):
+def _layout(shapes: Shapes, lane_bits: int = 32):
     """Our collect reply's layout: exactly the allowed arrays, float, in order,
-    as the legacy reply names them (`fitres.parameters`, keys 0, 1, ...)."""
+    as the legacy reply names them (`fitres.parameters`, keys 0, 1, ...); with
+    16-bit lanes also the count of values clipped."""
+    allowed = LAYOUT_KEYS | ({secure.CLIPPED} if lane_bits == 16 else set())
 
     def check(record) -> None:
-        _exact_keys(record, LAYOUT_KEYS)
+        _exact_keys(record, allowed)
         _stage_name(record, secure.COLLECT)
+        if lane_bits == 16 and not _count(record[secure.CLIPPED]):
+            raise AuditRefusal(f"{secure.CLIPPED}: not a non-negative integer")
         try:
             layout = secure.Layout.from_config(record)
         except (ValueError, TypeError) as err:
@@ -459,9 +474,10 @@ def _layout(shapes: Shapes):
     return check
 
 
-def _masked_chunks(shapes: Shapes):
-    """Our masked upload: uint32 chunks 000000, 000001, ... of one size (the
-    last may be shorter) holding the weight and every allowed value."""
+def _masked_chunks(shapes: Shapes, lane: np.dtype = LANES[32]):
+    """Our masked upload: `lane` chunks (uint32, or uint16) 000000, 000001,
+    ... of one size (the last may be shorter) holding the weight and every
+    allowed value."""
     expected = 1 + sum(int(np.prod(s, dtype=np.int64)) for s in shapes)
 
     def check(record) -> None:
@@ -471,8 +487,10 @@ def _masked_chunks(shapes: Shapes):
         sizes = []
         for i, array in enumerate(record.values()):
             dtype, shape = _array_header(array)
-            if dtype != np.uint32 or len(shape) != 1:
-                raise AuditRefusal(f"masked chunk {i} is {dtype} {shape}, not uint32")
+            if dtype != lane or len(shape) != 1:
+                raise AuditRefusal(
+                    f"masked chunk {i} is {dtype} {shape}, not {lane.name}"
+                )
             sizes.append(shape[0])
         if any(n != sizes[0] for n in sizes[:-1]) or sizes[-1] > sizes[0]:
             raise AuditRefusal("masked chunks of uneven sizes")

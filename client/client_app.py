@@ -219,6 +219,9 @@ def _gan_round(run: RunConfig, site, train, parameters: list, config: dict):
     """One BigBiGAN round at a site: train E, G and D from the global federated
     parts and the site's own kept parts; send the federated parts' change."""
     model, initial = _model_and_initial(run)
+    # float16 transport: train from, and send the delta from, exactly what came
+    # (float16 -> float32 is exact; float32 arrays pass uncopied)
+    parameters = [np.asarray(p, np.float32) for p in parameters]
     rnd = int(config["server-round"])
     shared = federated_indices(model, run.federated_parts, run.strategy)
     kept = local_indices(model, run.federated_parts, run.strategy)

@@ -8,6 +8,10 @@ array of its reply by one masked uint32 vector in chunks (record
 `secure-agg.masked`); the reply's other records (metrics, num_examples) pass
 as they are. Use it like `secaggplus_mod`:
 `ClientApp(client_fn=..., mods=[secure_agg_mod])`.
+
+When the collect message asks for 16-bit lanes (`lane-bits`), every array
+gets the public clip the server named for it (`clips`) and the vector goes out
+as uint16 chunks, with the count of clipped values in the reply's record.
 """
 
 from __future__ import annotations
@@ -183,7 +187,9 @@ def _collect(state: dict, config, content: RecordDict) -> dict:
         )
         for src in srcs
     }
-    layout, vector = _encode(state, content)
+    bits = int(config.get(p.LANE_BITS, 32))
+    clips = [float(c) for c in config[p.CLIPS]] if bits != 32 else None
+    layout, vector, clipped = _encode(state, content, bits, clips)
     masking.mask(
         vector, own, keys.self_mask_seed(state["secret"], round_id, own), pair_seeds
     )
@@ -192,7 +198,9 @@ def _collect(state: dict, config, content: RecordDict) -> dict:
         masked[p.chunk_key(i)] = Array(vector[a:b])
     del vector
     content.array_records[p.MASKED] = masked
-    return layout.to_config()
+    if clips is None:  # 32-bit lanes: the reply as it always was
+        return layout.to_config()
+    return {**layout.to_config(), p.CLIPPED: clipped}
 
 
 def _num_examples(content: RecordDict) -> int:
@@ -205,9 +213,13 @@ def _num_examples(content: RecordDict) -> int:
     raise SecureAggRefusal("the ClientApp's train reply has no num_examples")
 
 
-def _encode(state: dict, content: RecordDict) -> tuple[p.Layout, np.ndarray]:
-    """The reply's arrays as one weighted fixed-point uint32 vector; the reply
-    keeps their record names, emptied."""
+def _encode(
+    state: dict, content: RecordDict, bits: int = 32, clips: list[float] | None = None
+) -> tuple[p.Layout, np.ndarray, int]:
+    """The reply's arrays as one weighted fixed-point vector of `bits`-bit
+    lanes (each array clipped to its entry of `clips`, or all to the round's
+    clip); the reply keeps their record names, emptied. Also returns how many
+    values were clipped."""
     entries, arrays = [], []
     for name in list(content.array_records):
         record = content.array_records[name]
@@ -221,26 +233,38 @@ def _encode(state: dict, content: RecordDict) -> tuple[p.Layout, np.ndarray]:
             arrays.append(array)
         content.array_records[name] = ArrayRecord()
     layout = p.Layout(tuple(entries))
+    if clips is None:
+        clips = [state[p.CLIP]] * len(arrays)
+    elif len(clips) != len(arrays):
+        raise SecureAggRefusal(
+            f"the server named {len(clips)} clips for {len(arrays)} arrays"
+        )
     n = state[p.N_CLIENTS]
     ratio = _num_examples(content) / state[p.MAX_WEIGHT]
-    weight_q = encode_weight(ratio, n)
-    fixed = FixedPoint(state[p.CLIP], n)
-    weight = weight_q / FixedPoint(1.0, n).levels
+    try:
+        weight_q = encode_weight(ratio, n, bits)
+        codes = [FixedPoint(c, n, bits) for c in clips]
+    except ValueError as err:
+        raise SecureAggRefusal(f"cannot encode the update: {err}") from None
+    unit = FixedPoint(1.0, n, bits)
+    weight = weight_q / unit.levels
     # rounding bits from NumPy's global generator: an app that seeds it gets
     # the same aggregate again (the masks use their own keys)
     rng = np.random.default_rng(np.random.randint(0, 2**32, size=4))
-    vector = np.empty(layout.length, np.uint32)
+    vector = np.empty(layout.length, unit.lane)
     vector[0] = weight_q
     clipped = 0
-    for offset, array in zip(layout.offsets(), arrays, strict=True):
+    for offset, array, fixed in zip(layout.offsets(), arrays, codes, strict=True):
         clipped += fixed.encode_into(
             array, vector[offset : offset + array.size], rng, factor=weight
         )
     if clipped:
         log.warning(
-            "secure aggregation: %d values clipped at +-%g", clipped, fixed.clip
+            "secure aggregation: %d values clipped at +-%s",
+            clipped,
+            f"{clips[0]:g}" if len(set(clips)) == 1 else "the arrays' clips",
         )
-    return layout, vector
+    return layout, vector, clipped
 
 
 def _unmask(state: dict, config) -> dict:

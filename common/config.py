@@ -152,6 +152,11 @@ STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedbn")
 # generator); "fedbigbigan" is ours (common.secure_agg: uint32 uploads, AES-CTR
 # masks from 256-bit seeds, chunked vectors)
 SECURE_AGGREGATIONS = ("secaggplus", "fedbigbigan")
+# transport values: how the BigBiGAN rounds' weights travel. "float32": the
+# global weights down as float32, updates up in 32-bit lanes; "float16" (ours
+# only): the global weights down as float16, the deltas from them up in
+# 16-bit lanes with public per-array clips (server/transport.py)
+TRANSPORTS = ("float32", "float16")
 
 
 @dataclass(frozen=True)
@@ -205,6 +210,7 @@ class RunConfig:
     # secagg-* settings apply to both, but for quantization-bits (SecAgg+ only:
     # ours derives its precision from the number of sites)
     secure_aggregation: str = "secaggplus"
+    transport: str = "float32"  # TRANSPORTS: BigBiGAN rounds' weights and deltas
     split: SplitConfig = field(default_factory=SplitConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     encoder_mode: str = "trained"  # "trained" (BigBiGAN rounds) or "frozen"
@@ -372,6 +378,16 @@ class RunConfig:
                 self.secure_aggregation in SECURE_AGGREGATIONS,
                 "secure-aggregation must be 'secaggplus' (Flower's SecAgg+) or "
                 f"'fedbigbigan' (ours), got {self.secure_aggregation!r}",
+            ),
+            (
+                self.transport in TRANSPORTS,
+                f"transport must be one of {TRANSPORTS}, got {self.transport!r}",
+            ),
+            (
+                self.transport == "float32" or self.secure_aggregation == "fedbigbigan",
+                f"transport={self.transport!r} needs secure-aggregation = "
+                "'fedbigbigan' (our protocol's 16-bit lanes; Flower's SecAgg+ "
+                f"sends int64), got {self.secure_aggregation!r}",
             ),
             (self.secagg.delta_clip > 0, "secagg-delta-clip must be > 0"),
             (

@@ -49,6 +49,8 @@ def stable_config(config: RunConfig) -> dict:
     # nothing to the hash, so they still resume
     if flat.get("secure-aggregation") == "secaggplus":
         del flat["secure-aggregation"]
+    if flat.get("transport") == "float32":  # likewise, from before transport
+        del flat["transport"]
     return flat
 
 

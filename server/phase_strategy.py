@@ -25,6 +25,7 @@ class PhaseStrategy(Strategy):
         self._asked = 0  # sites sent the last round's train message
         self.train_messages_to: set[int] = set()  # audit: who ever got a train message
         self.timings: list[dict] = []  # per secure round, see server.timing
+        self.wire: list[dict] = []  # per round of ours: bytes and lanes (payload)
 
     def initialize_parameters(self, client_manager):
         return None

@@ -29,24 +29,46 @@ def dp_summary(config: RunConfig, gan_rounds: int) -> dict:
 
 
 # bytes per uploaded masked value: SecAgg+ (Flower 1.42) sends int64, ours uint32
+# (uint16 with the float16 transport)
 UPLOAD_BYTES = {"secaggplus": 8, "fedbigbigan": 4}
 UPLOAD_DTYPES = {"secaggplus": "int64", "fedbigbigan": "uint32"}
 
 
-def payload_bytes(federated: list[np.ndarray], protocol: str = "secaggplus") -> dict:
+def payload_bytes(
+    federated: list[np.ndarray],
+    protocol: str = "secaggplus",
+    transport: str = "float32",
+    wire: list[dict] | None = None,
+) -> dict:
     """Payload bytes per site and BigBiGAN round for these federated arrays
-    under the run's secure aggregation (`secure-aggregation`).
+    under the run's secure aggregation (`secure-aggregation`) and `transport`.
 
-    The server sends them as float32. A site uploads one masked value per
-    federated value plus its weight: SecAgg+ as int64 (twice the float32
-    size), ours as uint32 (the float32 size). Protocol messages (keys,
+    With "float32" the server sends them as float32; a site uploads one masked
+    value per federated value plus its weight: SecAgg+ as int64 (twice the
+    float32 size), ours as uint32 (the float32 size). With "float16" both
+    halve (float16 down, uint16 up) from the second BigBiGAN round on (the
+    first goes in 32-bit lanes, server.transport). Protocol messages (keys,
     shares, array headers) come on top and do not grow with the model.
+
+    `wire` (ours only): the measured rounds (server_app.wire_figures); the
+    BigBiGAN rounds' figures and their means go under "measured".
     """
     values = int(sum(a.size for a in federated))
-    return {
+    half = transport == "float16"
+    out = {
         "protocol": protocol,
+        "transport": transport,
         "federated_values": values,
-        "down_bytes": 4 * values,
-        "up_bytes": UPLOAD_BYTES[protocol] * (values + 1),
-        "up_dtype": UPLOAD_DTYPES[protocol],
+        "down_bytes": (2 if half else 4) * values,
+        "down_dtype": "float16" if half else "float32",
+        "up_bytes": (2 if half else UPLOAD_BYTES[protocol]) * (values + 1),
+        "up_dtype": "uint16" if half else UPLOAD_DTYPES[protocol],
     }
+    gan = [w for w in wire or [] if w["phase"] == "gan"]
+    if gan:
+        out["measured"] = {
+            "rounds": gan,
+            "mean_down_ratio": float(np.mean([w["down_ratio"] for w in gan])),
+            "mean_up_ratio": float(np.mean([w["up_ratio"] for w in gan])),
+        }
+    return out

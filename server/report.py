@@ -584,7 +584,8 @@ def privacy_section(run: RunContents, figures: dict[str, bytes]) -> list[str]:
     protocol = _PROTOCOLS.get(m.get("secure_aggregation", "secaggplus"), "SecAgg+")
     sent = (
         f" Per site and BigBiGAN round: {payload['down_bytes'] / 1e6:.1f} MB down "
-        f"(float32), {payload['up_bytes'] / 1e6:.1f} MB up "
+        f"({payload.get('down_dtype', 'float32')}), "
+        f"{payload['up_bytes'] / 1e6:.1f} MB up "
         f"(masks as {payload.get('up_dtype', 'int64')})."
         if payload
         else ""

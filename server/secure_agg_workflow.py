@@ -7,6 +7,10 @@ the weighted mean of their reply arrays, never one node's. `SecureAggWorkflow`
 wraps it as a drop-in for `SecAggPlusWorkflow` in the legacy
 `DefaultWorkflow`/`LegacyContext` path: same constructor arguments, same use of
 the strategy's `configure_fit`/`aggregate_fit`.
+
+`lane_bits=16` with one public clip per array (`tensor_clips`) halves the
+upload: the sites send uint16 lanes, masked mod 2**16 (see
+server.transport for where the clips come from).
 """
 
 from __future__ import annotations
@@ -63,6 +67,10 @@ class RoundStats:
     bytes_down: dict[str, int] = field(default_factory=dict)  # server -> nodes
     bytes_up: dict[str, int] = field(default_factory=dict)  # nodes -> server
     unmask_seconds: float = 0.0  # server: rebuilding secrets, removing masks
+    lane_bits: int = 32
+    asked: int = 0  # nodes sent the setup message
+    uploaded: int = 0  # nodes whose masked vector is in the sum
+    clipped: int = 0  # values the sites clipped to the tensor clips (16-bit lanes)
 
 
 @dataclass
@@ -86,6 +94,7 @@ class _Round:
     neighbours: dict[int, set[int]]
     threshold: int
     fixed: FixedPoint
+    lane_bits: int = 32
     active: set[int] = field(default_factory=set)
     pk_mask: dict[int, bytes] = field(default_factory=dict)
     pk_enc: dict[int, bytes] = field(default_factory=dict)
@@ -112,11 +121,21 @@ class SecureAggregator:
         clipping_range: float = 8.0,
         timeout: float | None = None,
         chunk_elements: int = p.DEFAULT_CHUNK_ELEMENTS,
+        lane_bits: int = 32,
+        tensor_clips: list[float] | None = None,
     ) -> None:
         if max_weight <= 0 or clipping_range <= 0 or chunk_elements < 1:
             raise ValueError(
                 "max_weight, clipping_range and chunk_elements must be > 0"
             )
+        if lane_bits not in (16, 32):
+            raise ValueError(f"lane_bits must be 16 or 32, got {lane_bits}")
+        if lane_bits == 16 and not tensor_clips:
+            raise ValueError("16-bit lanes need one clip per array (tensor_clips)")
+        if tensor_clips and (lane_bits == 32 or min(tensor_clips) <= 0):
+            raise ValueError("tensor_clips: positive, and for 16-bit lanes only")
+        self.lane_bits = lane_bits
+        self.tensor_clips = [float(c) for c in tensor_clips or []]
         self.num_shares = num_shares
         self.reconstruction_threshold = reconstruction_threshold
         self.max_weight = float(max_weight)
@@ -138,15 +157,17 @@ class SecureAggregator:
             neighbours=p.neighbour_graph(nodes, shares),
             threshold=threshold,
             fixed=FixedPoint(self.clipping_range, len(nodes)),
+            lane_bits=self.lane_bits,
             active=set(nodes),
         )
-        stats = RoundStats()
+        stats = RoundStats(lane_bits=self.lane_bits, asked=len(nodes))
         self._setup(grid, rnd, stats)
         self._share_keys(grid, rnd, stats)
         total, layout, replies = self._collect(grid, rnd, contents, stats)
         uploaded = set(replies)
+        stats.uploaded = len(uploaded)
         self._unmask(grid, rnd, total, uploaded, stats)
-        arrays = _decode(total, layout, rnd.fixed)
+        arrays = _decode(total, layout, self._codes(len(nodes), layout))
         return SecureResult(
             arrays=arrays,
             replies=replies,
@@ -154,6 +175,15 @@ class SecureAggregator:
             failures=rnd.failures,
             stats=stats,
         )
+
+    def _codes(self, n_clients: int, layout: p.Layout) -> list[FixedPoint]:
+        """The fixed-point code of each array (the weight's is clip 1)."""
+        clips = self.tensor_clips or [self.clipping_range] * len(layout.entries)
+        if len(clips) != len(layout.entries):
+            raise SecureAggregationError(
+                f"{len(clips)} tensor clips for {len(layout.entries)} arrays"
+            )
+        return [FixedPoint(c, n_clients, self.lane_bits) for c in clips]
 
     # --- stages ---------------------------------------------------------------
 
@@ -268,18 +298,23 @@ class SecureAggregator:
             srcs, blobs = rnd.forward[nid]
             rnd.masked_with[nid] = list(srcs)
             content = fit[nid]
-            content.config_records[p.RECORD] = self._config(
-                rnd, p.COLLECT, {p.NODES: srcs, p.CIPHERTEXTS: blobs}
-            )
+            values: dict = {p.NODES: srcs, p.CIPHERTEXTS: blobs}
+            if self.lane_bits != 32:  # 32-bit rounds stay as they always were
+                values |= {p.LANE_BITS: self.lane_bits, p.CLIPS: self.tensor_clips}
+            content.config_records[p.RECORD] = self._config(rnd, p.COLLECT, values)
             contents[nid] = content
         replies = self._exchange(grid, rnd, p.COLLECT, contents, stats)
         start = time.perf_counter()
         layout, total = None, None
+        lane = FixedPoint(1.0, len(rnd.neighbours), rnd.lane_bits).lane
         for nid, content in sorted(replies.items()):
-            got = p.Layout.from_config(content.config_records[p.RECORD])
+            record = content.config_records[p.RECORD]
+            got = p.Layout.from_config(record)
+            if rnd.lane_bits != 32:
+                stats.clipped += int(record.get(p.CLIPPED, 0))
             if layout is None:
                 layout = got
-                total = np.zeros(layout.length, np.uint32)
+                total = np.zeros(layout.length, lane)
             elif got != layout:
                 raise SecureAggregationError(
                     f"node {nid} sent arrays of another form than node "
@@ -364,26 +399,32 @@ class SecureAggregator:
 
 
 def _add_chunks(total: np.ndarray, record: ArrayRecord, chunk: int) -> None:
+    """Add a node's masked chunks to `total` (mod 2**bits of its lanes)."""
     bounds = p.chunk_bounds(total.size, chunk)
     if len(record) != len(bounds):
         raise SecureAggregationError("a masked vector with the wrong number of chunks")
     for i, (a, b) in enumerate(bounds):
         part = record[p.chunk_key(i)].numpy()
-        if part.dtype != np.uint32 or part.shape != (b - a,):
+        if part.dtype != total.dtype or part.shape != (b - a,):
             raise SecureAggregationError("a masked chunk of the wrong form")
         view = total[a:b]
         np.add(view, part, out=view)
 
 
 def _decode(
-    total: np.ndarray, layout: p.Layout, fixed: FixedPoint
+    total: np.ndarray, layout: p.Layout, codes: list[FixedPoint]
 ) -> dict[str, ArrayRecord]:
-    """The unmasked sum as the weighted mean, each array in its own dtype."""
-    weight = decode_weight(int(total[0]), fixed.n_clients)
+    """The unmasked sum as the weighted mean, each array in its own dtype
+    (`codes`: each array's fixed-point code; the weight's is the first's
+    lanes and client count)."""
+    n_clients, bits = (codes[0].n_clients, codes[0].bits) if codes else (2, 32)
+    weight = decode_weight(int(total[0]), n_clients, bits)
     if weight <= 0:
         raise SecureAggregationError("the nodes' weights sum to zero")
     out: dict[str, ArrayRecord] = {}
-    for entry, offset in zip(layout.entries, layout.offsets(), strict=True):
+    for entry, offset, fixed in zip(
+        layout.entries, layout.offsets(), codes, strict=True
+    ):
         values = fixed.decode(total[offset : offset + entry.size]) / weight
         array = values.astype(np.dtype(entry.dtype)).reshape(entry.shape)
         out.setdefault(entry.record, ArrayRecord())[entry.key] = Array(array)
@@ -421,7 +462,7 @@ class SecureAggWorkflow(SecureAggregator):
         except SecureAggregationError as err:
             log.error("secure aggregation halted: %s", err)
             return
-        self.last_stats = result.stats  # for benchmarks: where the time went
+        self.last_stats = result.stats  # benchmarks and payload: time, bytes
         mean = ndarrays_to_parameters(result.ndarrays("fitres.parameters"))
         results = []
         for nid, content in sorted(result.replies.items()):

@@ -43,6 +43,7 @@ from server.run_dir import write_config, write_run
 from server.secure_agg_workflow import SecureAggWorkflow
 from server.server_optimizer import initial_state, server_step
 from server.timing import round_timing, summarise_timing
+from server.transport import downcast, lane_bits, next_clips
 
 log = logging.getLogger("flwr")
 # score-histogram counts never reach 2**20 per bin, and the step is a power of two
@@ -151,7 +152,9 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
         metrics["federated_parts"] = config.federated_parts
         metrics["strategy"] = config.strategy
         metrics["secure_aggregation"] = config.secure_aggregation
-        metrics["payload"] = payload_bytes(fed, config.secure_aggregation)
+        metrics["payload"] = payload_bytes(
+            fed, config.secure_aggregation, config.transport, strategy.wire
+        )
         metrics["timing"] = summarise_timing(strategy.timings)
         metrics["dp"] = dp_summary(config, gan_rounds)
         write_run(
@@ -208,6 +211,8 @@ def _gan_rounds(grid, legacy, strategy, config, out, model, state, sizes):
     private = config.dp_noise_multiplier > 0
     weights, history, opt_state = state.weights, state.history, state.optimizer_state
     trainable = [model.variables[i].trainable for i in shared]
+    half = config.transport == "float16"
+    clips: list[float] | None = None  # 16-bit lanes' clips (server.transport)
     for rnd in range(state.round + 1, gan_rounds + 1):
         strategy.config = {
             **flat,
@@ -216,16 +221,22 @@ def _gan_rounds(grid, legacy, strategy, config, out, model, state, sizes):
             "run-token": state.token,
             "dp-sites": len(sizes),
         }
+        sent = select(weights, shared)  # the float32 master stays here
         delta = _secure_round(
             grid,
             legacy,
             rnd,
-            select(weights, shared),
+            downcast(sent) if half else sent,
             config,
             clip=config.secagg.delta_clip,
             max_weight=1 if private else max(sizes),  # DP: unweighted mean
+            lanes=lane_bits(clips) if half else 32,
+            tensor_clips=clips if half else None,
         )
         delta = [d.astype(np.float32) for d in delta]
+        wire = strategy.wire[-1] if strategy.wire else {}  # this round's, if ours
+        if half:
+            clips = next_clips(delta, config.secagg.delta_clip)
         new, opt_state = server_step(
             config, select(weights, shared), delta, trainable, opt_state
         )
@@ -238,6 +249,9 @@ def _gan_rounds(grid, legacy, strategy, config, out, model, state, sizes):
                 for k in ("d_loss", "e_loss", "g_loss")
             }
             entry["clipped"] = sum(int(m["clipped"]) for m in strategy.site_metrics)
+            if half:  # values clipped to the 16-bit lanes' tensor clips
+                entry["lane_bits"] = wire.get("lane_bits", 32)
+                entry["clipped"] += wire.get("clipped", 0)
             if entry["clipped"]:
                 log.warning("round %d: delta values clipped: %s", rnd, entry)
         history.append(entry)
@@ -386,8 +400,15 @@ def quantisation_step(config: RunConfig, clip: float, n_sites: int) -> float:
     return 2 * clip / 2**config.secagg.quantization_bits
 
 
-def _workflow(config: RunConfig, clip: float, max_weight: float):
-    """The secure round's workflow for the run's protocol (same legacy use)."""
+def _workflow(
+    config: RunConfig,
+    clip: float,
+    max_weight: float,
+    lanes: int = 32,
+    tensor_clips: list[float] | None = None,
+):
+    """The secure round's workflow for the run's protocol (same legacy use);
+    16-bit lanes with `tensor_clips` are ours only (config validation)."""
     if config.secure_aggregation == "fedbigbigan":
         # precision follows from the number of sites: no quantization range
         return SecureAggWorkflow(
@@ -396,7 +417,11 @@ def _workflow(config: RunConfig, clip: float, max_weight: float):
             max_weight=float(max_weight),
             clipping_range=float(clip),
             timeout=config.secagg.timeout,
+            lane_bits=lanes,
+            tensor_clips=tensor_clips if lanes == 16 else None,
         )
+    if lanes != 32:
+        raise ValueError("16-bit lanes need secure-aggregation = 'fedbigbigan'")
     return SecAggPlusWorkflow(
         num_shares=config.secagg.num_shares,
         reconstruction_threshold=config.secagg.reconstruction_threshold,
@@ -407,17 +432,26 @@ def _workflow(config: RunConfig, clip: float, max_weight: float):
     )
 
 
-def _secure_round(grid, legacy, rnd, weights, config, clip, max_weight):
+def _secure_round(
+    grid, legacy, rnd, weights, config, clip, max_weight, lanes=32, tensor_clips=None
+):
     """One secure round (SecAgg+ or ours, see `secure-aggregation`) over the
-    training sites; returns the weighted mean."""
+    training sites; returns the weighted mean. Ours also appends the round's
+    wire figures (bytes per site each way, lanes, clipped values) to
+    `legacy.strategy.wire`."""
     legacy.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND] = rnd
     legacy.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
         ndarrays_to_parameters(weights), keep_input=True
     )
     legacy.strategy.aggregate = None
-    workflow = _workflow(config, clip, max_weight)
+    workflow = _workflow(config, clip, max_weight, lanes, tensor_clips)
     started = time.monotonic()
     workflow(grid, legacy)
+    stats = getattr(workflow, "last_stats", None)
+    if legacy.strategy.aggregate is not None and stats is not None:
+        legacy.strategy.wire.append(
+            wire_figures(stats, rnd, str(legacy.strategy.config.get("phase")), weights)
+        )
     if legacy.strategy.aggregate is not None:
         legacy.strategy.timings.append(
             round_timing(
@@ -438,6 +472,26 @@ def _secure_round(grid, legacy, rnd, weights, config, clip, max_weight):
             "in checkpoint.npz: fix the sites and resume."
         )
     return legacy.strategy.aggregate
+
+
+def wire_figures(stats, rnd: int, phase: str, sent: list[np.ndarray]) -> dict:
+    """One round of ours, as payload reports it: measured bytes per site each
+    way (all four stages: keys, shares, arrays, headers), and their ratio to
+    the float32 size of the arrays the server sent."""
+    f32 = 4 * sum(int(np.asarray(a).size) for a in sent)
+    down = sum(stats.bytes_down.values()) / max(stats.asked, 1)
+    up = sum(stats.bytes_up.values()) / max(stats.uploaded, 1)
+    return {
+        "round": rnd,
+        "phase": phase,
+        "lane_bits": stats.lane_bits,
+        "down_dtype": str(np.asarray(sent[0]).dtype) if sent else "float32",
+        "down_bytes": round(down),
+        "up_bytes": round(up),
+        "down_ratio": down / f32 if f32 else 0.0,
+        "up_ratio": up / f32 if f32 else 0.0,
+        "clipped": stats.clipped,
+    }
 
 
 def _evaluate_all(

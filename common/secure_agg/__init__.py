@@ -6,10 +6,10 @@ Plain numpy and `cryptography` (plus Flower's Shamir helper); the Flower mod and
 workflow that carry it are `client.secure_agg_mod` and
 `server.secure_agg_workflow`.
 
-- `quantize`: float <-> uint32 fixed point, stochastic rounding, headroom for
-  the number of clients, sums mod 2**32.
-- `prg`: masks expanded from 32-byte seeds with AES-256-CTR, any slice of a
-  vector on its own (seekable), in bounded chunks.
+- `quantize`: float <-> uint32 (or uint16) fixed point, stochastic rounding,
+  headroom for the number of clients, sums mod 2**32 (2**16).
+- `prg`: masks expanded from 32-byte seeds with AES-256-CTR, in uint32 or
+  uint16 lanes, any slice of a vector on its own (seekable), in bounded chunks.
 - `keys`: X25519 key agreement, seed derivation, Shamir shares, AES-GCM
   encryption of the shares between neighbours.
 - `masking`: a client's masks, and the server's removal of masks.

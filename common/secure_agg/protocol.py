@@ -10,7 +10,9 @@ One round is four exchanges, as in SecAgg+ (Bell et al., 2020):
    each neighbour.
 3. collect: the server forwards the encrypted shares with the train
    instructions; the client trains, and answers its update, fixed point and
-   masked, in uint32 chunks (no float array leaves it).
+   masked, in uint32 chunks (no float array leaves it). For 16-bit lanes the
+   server adds `lane-bits` = 16 and one public clip per array (`clips`); the
+   client then answers uint16 chunks and how many values it clipped.
 4. unmask: the server names which neighbours uploaded and which dropped; the
    client answers its share of each uploader's self-mask secret and of each
    dropped neighbour's mask key (never both for one neighbour).
@@ -51,6 +53,10 @@ LAYOUT_KEYS = "layout.keys"
 LAYOUT_DTYPES = "layout.dtypes"
 LAYOUT_NDIMS = "layout.ndims"
 LAYOUT_DIMS = "layout.dims"
+# 16-bit lanes (collect stage only; absent: 32-bit lanes and one clip)
+LANE_BITS = "lane-bits"
+CLIPS = "clips"
+CLIPPED = "clipped"  # the client's reply: values it clipped to the clips
 
 # elements per uploaded chunk: 64 MiB, far below any single-object limit
 DEFAULT_CHUNK_ELEMENTS = 1 << 24

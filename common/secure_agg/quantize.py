@@ -1,10 +1,11 @@
-"""Fixed point for secure sums: float arrays -> uint32 mod 2**32 and back.
+"""Fixed point for secure sums: float arrays -> lanes of b bits (uint32 or
+uint16) mod 2**b and back.
 
 A value x in [-clip, clip] becomes round(x * scale) as a two's complement
-uint32. Sums wrap mod 2**32 and are read back as int32, which is exact as long
-as the true integer sum stays inside int32: with n clients each contributing at
-most clip * scale in magnitude, `scale = 2**(31 - headroom_bits(n)) / clip`
-keeps n * clip * scale < 2**31.
+lane. Sums wrap mod 2**b and are read back as signed, which is exact as long as
+the true integer sum stays inside b bits: with n clients each contributing at
+most clip * scale in magnitude, `scale = 2**(b - 1 - headroom_bits(n)) / clip`
+keeps n * clip * scale < 2**(b - 1).
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ import numpy as np
 
 # values handled per step: bounds the float64 temporaries (8 MiB each)
 CHUNK = 1 << 20
+# lane bits -> (unsigned lane, signed view)
+LANES = {32: (np.uint32, np.int32), 16: (np.uint16, np.int16)}
+# beyond these, a client keeps fewer than 2**10 (32 bits) or 2**6 (16) levels
+MAX_CLIENTS = {32: 2**20, 16: 2**9 - 1}
 
 
 def headroom_bits(n_clients: int) -> int:
@@ -31,17 +36,26 @@ class FixedPoint:
 
     clip: float
     n_clients: int
+    bits: int = 32  # lane width: 32 (uint32) or 16 (uint16)
 
     def __post_init__(self) -> None:
         if not self.clip > 0:
             raise ValueError(f"clip must be > 0, got {self.clip}")
-        if self.n_clients > 2**20:
-            raise ValueError("more than 2**20 clients leave no precision in 32 bits")
+        if self.bits not in LANES:
+            raise ValueError(f"lanes are {sorted(LANES)} bits, got {self.bits}")
+        if self.n_clients > MAX_CLIENTS[self.bits]:
+            raise ValueError(
+                f"{self.n_clients} clients leave no precision in {self.bits} bits"
+            )
+
+    @property
+    def lane(self) -> type:
+        return LANES[self.bits][0]
 
     @property
     def levels(self) -> int:
         """Integer magnitude of a value at +-clip."""
-        return 2 ** (31 - headroom_bits(self.n_clients))
+        return 2 ** (self.bits - 1 - headroom_bits(self.n_clients))
 
     @property
     def scale(self) -> float:
@@ -61,12 +75,15 @@ class FixedPoint:
     ) -> int:
         """Clip `values` (any float array, flattened) to +-clip, multiply by
         `factor` (a client's weight, at most 1), stochastically round and write
-        them into the uint32 array `out`; returns how many were clipped."""
+        them into the lane array `out` (uint32 or uint16, as `bits`); returns
+        how many were clipped."""
         if not 0 < factor <= 1:
             raise ValueError(f"factor must be in (0, 1], got {factor}")
         flat = np.asarray(values).reshape(-1)
-        if out.shape != flat.shape or out.dtype != np.uint32:
-            raise ValueError("out must be a uint32 array of the values' size")
+        if out.shape != flat.shape or out.dtype != self.lane:
+            raise ValueError(
+                f"out must be a {np.dtype(self.lane).name} array of the values' size"
+            )
         clipped = 0
         for start in range(0, flat.size, CHUNK):
             part = flat[start : start + CHUNK].astype(np.float64)
@@ -79,25 +96,27 @@ class FixedPoint:
             low = np.floor(part)
             # round up with probability equal to the fraction: unbiased
             low += rng.random(part.size) < (part - low)
-            out[start : start + CHUNK] = low.astype(np.int64).astype(np.uint32)
+            out[start : start + CHUNK] = low.astype(np.int64).astype(self.lane)
         return clipped
 
     def decode(self, summed: np.ndarray) -> np.ndarray:
-        """A sum of encoded vectors (uint32, mod 2**32) as float64 values."""
-        return summed.view(np.int32).astype(np.float64) * self.step
+        """A sum of encoded vectors (lanes, mod 2**bits) as float64 values."""
+        signed = LANES[self.bits][1]
+        return summed.view(signed).astype(np.float64) * self.step
 
 
-def encode_weight(ratio: float, n_clients: int) -> int:
+def encode_weight(ratio: float, n_clients: int, bits: int = 32) -> int:
     """A client's weight in (0, 1] as an integer with the same headroom."""
     if not 0 < ratio <= 1:
         raise ValueError(
             f"weight ratio {ratio} is outside (0, 1]: num_examples must not "
             "exceed max_weight"
         )
-    levels = FixedPoint(1.0, n_clients).levels
+    levels = FixedPoint(1.0, n_clients, bits).levels
     return max(1, round(ratio * levels))
 
 
-def decode_weight(summed: int, n_clients: int) -> float:
+def decode_weight(summed: int, n_clients: int, bits: int = 32) -> float:
     """Sum of encoded weights as a float."""
-    return int(np.uint32(summed).view(np.int32)) / FixedPoint(1.0, n_clients).levels
+    unsigned, signed = LANES[bits]
+    return int(unsigned(summed).view(signed)) / FixedPoint(1.0, n_clients, bits).levels
