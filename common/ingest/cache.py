@@ -108,13 +108,17 @@ class Cache:
             return State()
         return State(files=data.get("files", {}), records=data.get("records", {}))
 
-    def save_state(self, state: State) -> None:
-        payload = {
-            "version": STATE_VERSION,
-            "files": state.files,
-            "records": state.records,
-        }
-        write_json(self.root / "state.json", payload)
+    def save_state(self, state: State, encoded: dict[str, str] | None = None) -> None:
+        """Save the state; `encoded` holds records already in JSON (encoded as
+        they arrived, while workers ran), so only the others are encoded here.
+        The text is what `json.dumps` gives for the whole state."""
+        encoded = encoded or {}
+        records = ", ".join(
+            f"{json.dumps(key)}: {encoded.get(key) or json.dumps(record)}"
+            for key, record in state.records.items()
+        )
+        head = json.dumps({"version": STATE_VERSION, "files": state.files})[:-1]
+        write_text(self.root / "state.json", f'{head}, "records": {{{records}}}}}')
 
     # ---- pixels -------------------------------------------------------------
 
