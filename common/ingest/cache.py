@@ -210,6 +210,9 @@ def write_text(path: Path, text: str) -> None:
                 os.fsync(handle.fileno())
         if pending is not None:
             pending.append((tmp, path))
+            # Its fsync starts now, in a thread (the GIL is released while it
+            # waits for the disk): the block's next files are encoded meanwhile.
+            _DURABLE.syncs.append(_DURABLE.pool.submit(_fsync_path, tmp))
             return
         os.replace(tmp, path)
     except BaseException:
@@ -223,27 +226,30 @@ _DURABLE = threading.local()
 
 @contextlib.contextmanager
 def durable_together() -> Iterator[None]:
-    """Files saved by `write_text` in this block are made durable at its end,
-    their fsyncs at once (each waits for the disk; in a row, they add up), then
-    renamed into place in order. Nothing is renamed if the block fails."""
+    """Files saved by `write_text` in this block are made durable by its end,
+    each fsync started as the file is written and all running at once (each
+    waits for the disk; in a row, they add up), then renamed into place in
+    order once every fsync is done. Nothing is renamed if the block fails."""
     pending: list[tuple[str, Path]] = []
-    _DURABLE.pending = pending
-    try:
+    syncs: list = []
+    with ThreadPoolExecutor(4) as pool:
+        _DURABLE.pending, _DURABLE.syncs, _DURABLE.pool = pending, syncs, pool
         try:
-            yield
-        finally:
-            _DURABLE.pending = None
-        if pending:
-            with ThreadPoolExecutor(len(pending)) as pool:
-                for done in [pool.submit(_fsync_path, tmp) for tmp, _ in pending]:
-                    done.result()
-        for tmp, path in pending:
-            os.replace(tmp, path)
-    except BaseException:
-        for tmp, _ in pending:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        raise
+            try:
+                yield
+            finally:
+                _DURABLE.pending = _DURABLE.syncs = _DURABLE.pool = None
+                errors = [done.exception() for done in syncs]  # waits for all
+            for error in errors:
+                if error is not None:
+                    raise error
+            for tmp, path in pending:
+                os.replace(tmp, path)
+        except BaseException:
+            for tmp, _ in pending:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            raise
 
 
 def _fsync_path(path: str) -> None:

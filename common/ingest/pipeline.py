@@ -438,6 +438,30 @@ class _Run:
 
     def _finish(self, files, outcomes, kept, with_files) -> IngestResult:
         """The result for training, the report for people, the cache saved."""
+        # The three files' fsyncs run at once; the state's (the largest) starts
+        # first and waits for the disk while the report is built.
+        with durable_together():
+            self._save(files)
+            patients, summary, report_path, all_outcomes, problems = self._report(
+                outcomes, kept, with_files
+            )
+        self.cache.prune(self.pixel_key, set(self.index))
+        log.info("%s", summary.text(report_path))
+        if self.strict:
+            self._raise_first_problem(all_outcomes, problems)
+        return IngestResult(
+            self.site,
+            self.cache.root,
+            self.config,
+            patients,
+            summary,
+            report_path,
+            self.files_read,
+            self.files_decoded,
+        )
+
+    def _report(self, outcomes, kept, with_files) -> tuple:
+        """Write the report; (patients, summary, its path, outcomes, problems)."""
         by_patient: dict[str, list[IngestedSeries]] = {}
         for plan, keep, path in kept:
             series = IngestedSeries(
@@ -512,25 +536,10 @@ class _Run:
             "files_read": self.files_read,
             "files_decoded": self.files_decoded,
         }
-        with durable_together():  # the three files wait for the disk at once
-            self._save(files)
-            write_report(
-                report_path, summary, context, all_outcomes, patient_rows, problems
-            )
-        self.cache.prune(self.pixel_key, set(self.index))
-        log.info("%s", summary.text(report_path))
-        if self.strict:
-            self._raise_first_problem(all_outcomes, problems)
-        return IngestResult(
-            self.site,
-            self.cache.root,
-            self.config,
-            patients,
-            summary,
-            report_path,
-            self.files_read,
-            self.files_decoded,
+        write_report(
+            report_path, summary, context, all_outcomes, patient_rows, problems
         )
+        return patients, summary, report_path, all_outcomes, problems
 
     def _raise_first_problem(
         self, outcomes: list[FileOutcome], problems: list[LabelProblem]
