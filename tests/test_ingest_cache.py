@@ -186,3 +186,39 @@ def test_files_saved_together_appear_at_the_end_or_not_at_all(tmp_path):
         raise RuntimeError("the run failed")
     assert (tmp_path / "b.json").read_text() == "2"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json"]
+
+
+@pytest.mark.parametrize("rows", [0, 1, 2, 9, 10, 99, 100, 1000])
+def test_row_source_reads_arrays_as_numpy_does(tmp_path, rows):
+    """The fast header check agrees with numpy's parser, whole, extended or cut."""
+    size = 8
+    path = tmp_path / "a.npy"
+    write_array(path, np.zeros((rows, size, size), np.float16))
+    offset = len(path.read_bytes()) - rows * size * size * 2
+    assert row_source(path, size) == (offset, rows)
+    whole = path.read_bytes()
+    path.write_bytes(whole + b"\0" * 5)  # a partial row more: still `rows` rows
+    assert row_source(path, size) == (offset, rows)
+    path.write_bytes(whole + b"\0" * (size * size * 2))  # a whole row more
+    assert row_source(path, size) == (offset, rows)
+    if rows:
+        path.write_bytes(whole[:-1])
+        with pytest.raises(ValueError):
+            row_source(path, size)
+
+
+def test_state_text_is_what_json_gives(tmp_path):
+    """Records encoded as they arrived give the text of encoding it whole."""
+    import json
+
+    from common.ingest.cache import Cache, State
+
+    cache = Cache(tmp_path / "cache", tmp_path / "site")
+    records = {"k1": {"header": {"a": [1.5, None]}, "skip": None}, "k2": {"x": "é"}}
+    state = State(files={"a/b.dcm": [1, 2, 3, 4, "k1"]}, records=records)
+    expected = json.dumps({"version": 1, "files": state.files, "records": records})
+    for encoded in (None, {}, {"k1": json.dumps(records["k1"])}):
+        cache.save_state(state, encoded)
+        assert (tmp_path / "cache" / "state.json").read_text() == expected
+    cache.save_state(State())
+    assert json.loads((tmp_path / "cache" / "state.json").read_text())["records"] == {}

@@ -32,6 +32,7 @@ reader (or a crash) never sees half a file.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -108,13 +109,17 @@ class Cache:
             return State()
         return State(files=data.get("files", {}), records=data.get("records", {}))
 
-    def save_state(self, state: State) -> None:
-        payload = {
-            "version": STATE_VERSION,
-            "files": state.files,
-            "records": state.records,
-        }
-        write_json(self.root / "state.json", payload)
+    def save_state(self, state: State, encoded: dict[str, str] | None = None) -> None:
+        """Save the state; `encoded` holds records already in JSON (encoded as
+        they arrived, while workers ran), so only the others are encoded here.
+        The text is what `json.dumps` gives for the whole state."""
+        encoded = encoded or {}
+        records = ", ".join(
+            f"{json.dumps(key)}: {encoded.get(key) or json.dumps(record)}"
+            for key, record in state.records.items()
+        )
+        head = json.dumps({"version": STATE_VERSION, "files": state.files})[:-1]
+        write_text(self.root / "state.json", f'{head}, "records": {{{records}}}}}')
 
     # ---- pixels -------------------------------------------------------------
 
@@ -206,6 +211,9 @@ def write_text(path: Path, text: str) -> None:
                 os.fsync(handle.fileno())
         if pending is not None:
             pending.append((tmp, path))
+            # Its fsync starts now, in a thread (the GIL is released while it
+            # waits for the disk): the block's next files are encoded meanwhile.
+            _DURABLE.syncs.append(_DURABLE.pool.submit(_fsync_path, tmp))
             return
         os.replace(tmp, path)
     except BaseException:
@@ -219,27 +227,30 @@ _DURABLE = threading.local()
 
 @contextlib.contextmanager
 def durable_together() -> Iterator[None]:
-    """Files saved by `write_text` in this block are made durable at its end,
-    their fsyncs at once (each waits for the disk; in a row, they add up), then
-    renamed into place in order. Nothing is renamed if the block fails."""
+    """Files saved by `write_text` in this block are made durable by its end,
+    each fsync started as the file is written and all running at once (each
+    waits for the disk; in a row, they add up), then renamed into place in
+    order once every fsync is done. Nothing is renamed if the block fails."""
     pending: list[tuple[str, Path]] = []
-    _DURABLE.pending = pending
-    try:
+    syncs: list = []
+    with ThreadPoolExecutor(4) as pool:
+        _DURABLE.pending, _DURABLE.syncs, _DURABLE.pool = pending, syncs, pool
         try:
-            yield
-        finally:
-            _DURABLE.pending = None
-        if pending:
-            with ThreadPoolExecutor(len(pending)) as pool:
-                for done in [pool.submit(_fsync_path, tmp) for tmp, _ in pending]:
-                    done.result()
-        for tmp, path in pending:
-            os.replace(tmp, path)
-    except BaseException:
-        for tmp, _ in pending:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        raise
+            try:
+                yield
+            finally:
+                _DURABLE.pending = _DURABLE.syncs = _DURABLE.pool = None
+                errors = [done.exception() for done in syncs]  # waits for all
+            for error in errors:
+                if error is not None:
+                    raise error
+            for tmp, path in pending:
+                os.replace(tmp, path)
+        except BaseException:
+            for tmp, _ in pending:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            raise
 
 
 def _fsync_path(path: str) -> None:
@@ -287,6 +298,7 @@ class PackWriter:
             self._handle = None
 
 
+@functools.lru_cache(maxsize=256)
 def npy_header(rows: int, size: int) -> bytes:
     """The .npy header `write_array` writes for [rows, size, size] float16."""
     header = {
@@ -354,6 +366,16 @@ def row_source(path: Path | str, size: int) -> tuple[int, int]:
             if length % row_bytes:
                 raise ValueError(f"pack of {length} bytes is not whole rows")
             return 0, length // row_bytes
+        # The arrays this module writes: their header is `npy_header` of the
+        # rows the length implies, found without numpy's header parser (it
+        # evaluates the header's text, tens of us for each of a run's arrays).
+        head = handle.read(128)
+        if len(head) >= 10 and head[:8] == b"\x93NUMPY\x01\x00":
+            offset = 10 + int.from_bytes(head[8:10], "little")
+            rows = (length - offset) // row_bytes
+            if rows >= 0 and head[:offset] == npy_header(rows, size):
+                return offset, rows
+        handle.seek(0)
         version = np.lib.format.read_magic(handle)
         read_header = (
             np.lib.format.read_array_header_1_0

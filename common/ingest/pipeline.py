@@ -8,6 +8,8 @@ write the report. Nothing is ever written inside the site folder.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import math
 import multiprocessing
@@ -121,6 +123,11 @@ class _Run:
         self.stored: dict[tuple[str, int], tuple[str, int, float, float]] = {}
         self.lungs: dict[tuple[str, int], float] = {}  # measured lung shares
         self.headers: dict[str, Header] = {}  # read by this run, by content key
+        # Work per file done as results arrive, while the workers still run,
+        # so that the run's serial end does less: each record's JSON (for
+        # state.json) and `check_usable`'s verdict (None: usable), by key.
+        self.encoded: dict[str, str] = {}
+        self.usable: dict[str, tuple[str, str] | None] = {}
         self.labels = Labels(Path("labels.csv"))
         self.files_read = 0
         self.files_decoded = 0
@@ -208,7 +215,7 @@ class _Run:
                 if info is not None:
                     image_files.append((rel, key, info))
                     continue
-                check_usable(header, self.config)
+                self._check_usable(key, header)
                 self._check_label(header.patient_id)
                 candidates.append(Candidate(rel, key, header))
             except Skip as skip:
@@ -299,6 +306,7 @@ class _Run:
             ):
                 # Nothing decoded and no reason given: never loop on it.
                 result.record["skip"] = ["decode", "pixel data could not be cached"]
+                self.encoded.pop(result.key, None)  # its JSON changed
 
     def _assemble(
         self, plans: list[SeriesPlan], dropped: list[SeriesPlan], outcomes: dict
@@ -430,6 +438,30 @@ class _Run:
 
     def _finish(self, files, outcomes, kept, with_files) -> IngestResult:
         """The result for training, the report for people, the cache saved."""
+        # The three files' fsyncs run at once; the state's (the largest) starts
+        # first and waits for the disk while the report is built.
+        with durable_together():
+            self._save(files)
+            patients, summary, report_path, all_outcomes, problems = self._report(
+                outcomes, kept, with_files
+            )
+        self.cache.prune(self.pixel_key, set(self.index))
+        log.info("%s", summary.text(report_path))
+        if self.strict:
+            self._raise_first_problem(all_outcomes, problems)
+        return IngestResult(
+            self.site,
+            self.cache.root,
+            self.config,
+            patients,
+            summary,
+            report_path,
+            self.files_read,
+            self.files_decoded,
+        )
+
+    def _report(self, outcomes, kept, with_files) -> tuple:
+        """Write the report; (patients, summary, its path, outcomes, problems)."""
         by_patient: dict[str, list[IngestedSeries]] = {}
         for plan, keep, path in kept:
             series = IngestedSeries(
@@ -504,25 +536,10 @@ class _Run:
             "files_read": self.files_read,
             "files_decoded": self.files_decoded,
         }
-        with durable_together():  # the three files wait for the disk at once
-            self._save(files)
-            write_report(
-                report_path, summary, context, all_outcomes, patient_rows, problems
-            )
-        self.cache.prune(self.pixel_key, set(self.index))
-        log.info("%s", summary.text(report_path))
-        if self.strict:
-            self._raise_first_problem(all_outcomes, problems)
-        return IngestResult(
-            self.site,
-            self.cache.root,
-            self.config,
-            patients,
-            summary,
-            report_path,
-            self.files_read,
-            self.files_decoded,
+        write_report(
+            report_path, summary, context, all_outcomes, patient_rows, problems
         )
+        return patients, summary, report_path, all_outcomes, problems
 
     def _raise_first_problem(
         self, outcomes: list[FileOutcome], problems: list[LabelProblem]
@@ -541,15 +558,35 @@ class _Run:
         keys = {self.state.files[rel][4] for rel in files}
         self.state.records = {k: v for k, v in self.state.records.items() if k in keys}
         self.cache.save_index(self.pixel_key, self.index)
-        self.cache.save_state(self.state)
+        self.cache.save_state(self.state, self.encoded)
 
     # ---- helpers -------------------------------------------------------------
 
+    def _check_usable(self, key: str, header: Header) -> None:
+        """`check_usable`, its verdict kept per content key (the config is the
+        run's, so it cannot change)."""
+        if key not in self.usable:
+            try:
+                check_usable(header, self.config)
+                self.usable[key] = None
+            except Skip as skip:
+                self.usable[key] = (skip.code, skip.detail)
+        verdict = self.usable[key]
+        if verdict is not None:
+            raise Skip(*verdict)
+
     def _remember(self, result: FileResult) -> None:
+        record = result.remembered()
         self.state.files[result.rel] = [*result.stat, result.key]
-        self.state.records[result.key] = result.remembered()
+        self.state.records[result.key] = record
+        # While workers run, this process mostly waits: do now what the end
+        # would do for this file.
+        self.encoded[result.key] = json.dumps(record)
         if result.header is not None:
             self.headers[result.key] = result.header
+            if self.labels_path is not None and not record["skip"]:
+                with contextlib.suppress(Skip):
+                    self._check_usable(result.key, result.header)
         self.files_read += 1
         if result.decoded:
             for frame, (low, high) in enumerate(result.ranges or []):
