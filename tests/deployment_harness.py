@@ -208,7 +208,10 @@ class Federation:
         sites' training was not reproducible with it: round-1 losses of the
         same 2-site run were d=6.598 with SQLite (4 runs, = the Simulation
         Engine) and 6.22, 8.25, 8.33 in memory. Runs that compare weights
-        need `database=True`."""
+        need `database=True`. Seen once with SQLite too (2026-11-27, CI on a
+        loaded host: d=8.64; the same test re-run passed): the cause, something
+        timing-dependent in deployment only, is not found yet (a site's round
+        in fresh processes, alone or two at once, gives 6.598 every time)."""
         state = ["--database", str(self.root / "superlink.db")] if database else []
         link = self.start(
             "superlink",
