@@ -14,11 +14,29 @@ import keras
 from keras import layers, ops
 
 from common.config import ModelPreset
-from common.layers import ConditionalBatchNorm, SelfAttention, SNConv2D, SNDense
+from common.layers import (
+    ConditionalBatchNorm,
+    SelfAttention,
+    SNConv2D,
+    SNDense,
+    initializer,
+)
 
 ENCODER_OUTPUTS = ("z_mean", "z_stdev", "avepool_feat", "bn_crelu_feat")
 BN_EPSILON = 1e-5  # tf-slim resnet_v2's value, so hub weights mean the same here
 BN_MOMENTUM = 0.997
+
+
+def _dense(units: int, **kwargs) -> layers.Dense:
+    return layers.Dense(
+        units, kernel_initializer=initializer("GlorotUniform"), **kwargs
+    )
+
+
+def _conv(filters: int, k: int, **kwargs) -> layers.Conv2D:
+    return layers.Conv2D(
+        filters, k, kernel_initializer=initializer("GlorotUniform"), **kwargs
+    )
 
 
 def _bn(name: str) -> layers.BatchNormalization:
@@ -47,10 +65,10 @@ def build_encoder(p: ModelPreset) -> keras.Model:
     crelu = layers.Lambda(_crelu, name="bn_crelu_feat")(b)
     m = crelu
     for i in range(p.enc_mlp_layers):
-        out = layers.Dense(p.enc_mlp, activation="relu", name=f"mlp{i}")(m)
+        out = _dense(p.enc_mlp, activation="relu", name=f"mlp{i}")(m)
         m = layers.Add()([m, out]) if m.shape[-1] == p.enc_mlp else out
-    z_mean = layers.Dense(p.z_dim, dtype="float32", name="z_mean")(m)
-    z_stdev = layers.Dense(p.z_dim, dtype="float32", name="z_stdev_pre")(m)
+    z_mean = _dense(p.z_dim, dtype="float32", name="z_mean")(m)
+    z_stdev = _dense(p.z_dim, dtype="float32", name="z_stdev_pre")(m)
     z_stdev = layers.Activation(_softplus_floor, dtype="float32", name="z_stdev")(
         z_stdev
     )
@@ -76,12 +94,10 @@ def _strided_conv(x, filters: int, k: int, stride: int, use_bias: bool, name: st
     """tf-slim's conv2d_same: a strided conv pads evenly (Keras 'same' would pad
     only after), so weights from the hub module see the same pixels."""
     if stride == 1:
-        return layers.Conv2D(filters, k, padding="same", use_bias=use_bias, name=name)(
-            x
-        )
+        return _conv(filters, k, padding="same", use_bias=use_bias, name=name)(x)
     before = (k - 1) // 2
     x = layers.ZeroPadding2D(((before, k - 1 - before),) * 2)(x)
-    return layers.Conv2D(filters, k, strides=stride, use_bias=use_bias, name=name)(x)
+    return _conv(filters, k, strides=stride, use_bias=use_bias, name=name)(x)
 
 
 def _bottleneck(x, depth: int, stride: int, name: str):
@@ -91,14 +107,12 @@ def _bottleneck(x, depth: int, stride: int, name: str):
     if x.shape[-1] == out_channels:
         shortcut = layers.MaxPooling2D(1, strides=stride)(x) if stride > 1 else x
     else:
-        shortcut = layers.Conv2D(
-            out_channels, 1, strides=stride, name=f"{name}_shortcut"
-        )(pre)
-    h = layers.Conv2D(depth, 1, use_bias=False, name=f"{name}_conv1")(pre)
+        shortcut = _conv(out_channels, 1, strides=stride, name=f"{name}_shortcut")(pre)
+    h = _conv(depth, 1, use_bias=False, name=f"{name}_conv1")(pre)
     h = layers.ReLU()(_bn(f"{name}_conv1_bn")(h))
     h = _strided_conv(h, depth, 3, stride, use_bias=False, name=f"{name}_conv2")
     h = layers.ReLU()(_bn(f"{name}_conv2_bn")(h))
-    h = layers.Conv2D(out_channels, 1, name=f"{name}_conv3")(h)
+    h = _conv(out_channels, 1, name=f"{name}_conv3")(h)
     return layers.Add()([shortcut, h])
 
 

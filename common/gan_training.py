@@ -21,6 +21,7 @@ from common.bigbigan import (
 )
 from common.config import ModelPreset, TrainConfig
 from common.devices import DeviceConfig, dtype_policy, strategy_for, wrap_optimizer
+from common.layers import seeded_initializers
 from common.losses import discriminator_loss, encoder_generator_loss
 
 
@@ -47,7 +48,11 @@ class BigBiGAN:
         self.devices = devices or DeviceConfig()
         # an explicit strategy lets tests mirror over logical CPU devices
         self.strategy = strategy or strategy_for(self.devices)
-        with self.strategy.scope(), dtype_policy(self.devices):
+        with (
+            self.strategy.scope(),
+            dtype_policy(self.devices),
+            seeded_initializers(seed),
+        ):
             self.encoder = build_encoder(preset)
             self.generator = build_generator(preset)
             self.discriminator = build_discriminator(preset)

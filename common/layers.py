@@ -2,8 +2,46 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import random
+from collections.abc import Iterator
+
 import keras
 from keras import ops
+
+# Unseeded Keras initializers draw their seeds from Python's global `random`,
+# which other threads use too (Flower's heartbeat thread draws its jitter from
+# it in every ServerApp and ClientApp process): a model built while one fired got
+# other initial weights. Builders draw seeds from this private stream instead.
+_SEEDS: contextvars.ContextVar[random.Random | None] = contextvars.ContextVar(
+    "initializer_seeds", default=None
+)
+
+
+@contextlib.contextmanager
+def seeded_initializers(seed: int) -> Iterator[None]:
+    """Within this block (and thread), every initializer `initializer()` makes
+    is seeded from one stream started at `seed`: the built weights are a
+    function of `seed` and the build order alone."""
+    token = _SEEDS.set(random.Random(seed))
+    try:
+        yield
+    finally:
+        _SEEDS.reset(token)
+
+
+def _next_seed() -> int | None:
+    stream = _SEEDS.get()
+    return None if stream is None else stream.randint(1, 10**9)
+
+
+def initializer(name: str) -> keras.initializers.Initializer:
+    """Keras initializer `name` with the next seed of the active stream
+    (unseeded, Keras's default, outside `seeded_initializers`)."""
+    return keras.initializers.get(
+        {"class_name": name, "config": {"seed": _next_seed()}}
+    )
 
 
 class _SpectralNormKernel(keras.layers.Layer):
@@ -16,7 +54,7 @@ class _SpectralNormKernel(keras.layers.Layer):
     def _add_u(self, out_dim: int) -> None:
         self.u = self.add_weight(
             shape=(1, out_dim),
-            initializer=_unit_vector,
+            initializer=_UnitVector(_next_seed()),
             trainable=False,
             name="sn_u",
         )
@@ -35,9 +73,17 @@ class _SpectralNormKernel(keras.layers.Layer):
         return kernel / ops.cast(sigma, kernel.dtype)
 
 
-def _unit_vector(shape, dtype=None):
+class _UnitVector(keras.initializers.Initializer):
     """A random unit vector: u lives on the sphere from the start."""
-    return _l2_normalize(keras.random.normal(shape, dtype=dtype))
+
+    def __init__(self, seed: int | None = None):
+        self.seed = seed
+
+    def __call__(self, shape, dtype=None):
+        return _l2_normalize(keras.random.normal(shape, dtype=dtype, seed=self.seed))
+
+    def get_config(self):
+        return {"seed": self.seed}
 
 
 def _l2_normalize(x, eps: float = 1e-12):
@@ -59,7 +105,7 @@ class SNConv2D(_SpectralNormKernel):
         k = self.kernel_size
         self.kernel = self.add_weight(
             shape=(k, k, input_shape[-1], self.filters),
-            initializer="orthogonal",
+            initializer=initializer("Orthogonal"),
             name="kernel",
         )
         self.bias = (
@@ -91,7 +137,9 @@ class SNDense(_SpectralNormKernel):
 
     def build(self, input_shape):
         self.kernel = self.add_weight(
-            shape=(input_shape[-1], self.units), initializer="orthogonal", name="kernel"
+            shape=(input_shape[-1], self.units),
+            initializer=initializer("Orthogonal"),
+            name="kernel",
         )
         self.bias = self.add_weight(
             shape=(self.units,), initializer="zeros", name="bias"

@@ -207,11 +207,14 @@ class Federation:
         on pull-messages stopped polling and was dropped as offline), but the
         sites' training was not reproducible with it: round-1 losses of the
         same 2-site run were d=6.598 with SQLite (4 runs, = the Simulation
-        Engine) and 6.22, 8.25, 8.33 in memory. Runs that compare weights
-        need `database=True`. Seen once with SQLite too (2026-11-27, CI on a
-        loaded host: d=8.64; the same test re-run passed): the cause, something
-        timing-dependent in deployment only, is not found yet (a site's round
-        in fresh processes, alone or two at once, gives 6.598 every time)."""
+        Engine) and 6.22, 8.25, 8.33 in memory; once with SQLite too (CI on a
+        loaded host, d=8.64). The cause was the initial weights: Keras drew
+        initializer seeds from Python's global `random`, which Flower's
+        heartbeat thread also draws from in the ServerApp and ClientApp
+        processes, so a heartbeat during the model's build changed them. Seeds
+        now come from a private stream (`common.layers.seeded_initializers`).
+        Runs that compare weights still use `database=True`, the setting
+        `deploy/` uses."""
         state = ["--database", str(self.root / "superlink.db")] if database else []
         link = self.start(
             "superlink",

@@ -133,3 +133,38 @@ def test_learning_rate_halves_on_schedule_across_rounds(batch):
     assert model.learning_rates() == pytest.approx((4e-4, 2e-3, 2e-4))
     model.train_epochs(x, config, seed=1, first_epoch=4)  # round 5: 2 halvings
     assert model.learning_rates() == pytest.approx((1e-4, 5e-4, 5e-5))
+
+
+def test_initial_weights_ignore_other_threads_drawing_from_global_random():
+    """Flower's heartbeat thread draws its jitter from Python's global `random`
+    in every ServerApp and ClientApp process; a draw while a model was being
+    built used to give that run other initial weights (a deployment's round 1
+    then differed from the Simulation Engine's now and then)."""
+    import random
+    import threading
+
+    def weights(model: BigBiGAN) -> list[np.ndarray]:
+        return model.get_weights()
+
+    quiet = weights(BigBiGAN(TINY, seed=3))
+    stop = threading.Event()
+
+    def draw() -> None:
+        while not stop.is_set():
+            random.random()
+            stop.wait(1e-4)
+
+    thread = threading.Thread(target=draw, daemon=True)
+    thread.start()
+    try:
+        busy = weights(BigBiGAN(TINY, seed=3))
+    finally:
+        stop.set()
+        thread.join()
+    other_seed = weights(BigBiGAN(TINY, seed=4))
+    assert len(busy) == len(quiet)
+    assert all(np.array_equal(a, b) for a, b in zip(busy, quiet, strict=True))
+    # the seed still matters: every random array differs under another seed
+    random_arrays = [i for i, w in enumerate(quiet) if np.std(w) > 0]
+    assert len(random_arrays) > 50
+    assert not any(np.array_equal(quiet[i], other_seed[i]) for i in random_arrays)
