@@ -438,6 +438,8 @@ class SecureAggWorkflow(SecureAggregator):
     nodes' own metrics as they sent them). On failure it logs and returns
     without calling `aggregate_fit`, as SecAgg+ does."""
 
+    last_stats: RoundStats | None = None  # the last completed round's time, bytes
+
     def __call__(self, grid: Grid, context: Context) -> None:
         if not isinstance(context, LegacyContext):
             raise TypeError(f"expected a LegacyContext, got {type(context).__name__}")
@@ -462,7 +464,7 @@ class SecureAggWorkflow(SecureAggregator):
         except SecureAggregationError as err:
             log.error("secure aggregation halted: %s", err)
             return
-        self.last_stats = result.stats  # benchmarks and payload: time, bytes
+        self.last_stats = result.stats
         mean = ndarrays_to_parameters(result.ndarrays("fitres.parameters"))
         results = []
         for nid, content in sorted(result.replies.items()):

@@ -447,7 +447,7 @@ def _secure_round(
     workflow = _workflow(config, clip, max_weight, lanes, tensor_clips)
     started = time.monotonic()
     workflow(grid, legacy)
-    stats = getattr(workflow, "last_stats", None)
+    stats = getattr(workflow, "last_stats", None)  # SecAgg+ has none
     if legacy.strategy.aggregate is not None and stats is not None:
         legacy.strategy.wire.append(
             wire_figures(stats, rnd, str(legacy.strategy.config.get("phase")), weights)
