@@ -250,11 +250,10 @@ def train_central(
         history[-1]["latent_recovery"] = model.latent_recovery()
         history[-1]["joint_pairing"] = joint_pairing(model)
         if probe_every and (epoch + 1) % probe_every == 0:
-            log.info(
-                "probe at epoch %d: %s",
-                epoch + 1,
-                _public(probe_cv(model, everyone, config.head_ridge)),
+            history[-1]["probe_cv"] = _public(
+                probe_cv(model, everyone, config.head_ridge)
             )
+            log.info("probe at epoch %d: %s", epoch + 1, history[-1]["probe_cv"])
         if save_grids:
             save_reconstructions(
                 out / "recon" / f"epoch_{epoch + 1:03d}.png", model, fixed

@@ -22,6 +22,13 @@ def add_model_commands(sub, add_run_config) -> None:
     central.add_argument("--out", type=Path, required=True)
     central.add_argument("--scale", type=float, default=1.0)
     central.add_argument("--slices", type=int, default=6)
+    central.add_argument(
+        "--probe-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run the cross-validated probe every N epochs (0: only at the end)",
+    )
     add_run_config(central)
     extract = sub.add_parser(
         "extract", help="write E's features (z_mean, ...) of a site's slices"
@@ -81,7 +88,7 @@ def _train_central(args: argparse.Namespace, config: RunConfig) -> int:
     config = dataclasses.replace(
         config, sim_data_root=str(data.resolve()), out_dir=str(args.out.resolve())
     )
-    metrics = train_central(args.out, config)
+    metrics = train_central(args.out, config, probe_every=args.probe_every)
     for kind in ("probe_random", "probe_trained"):
         for split, m in metrics[kind].items():
             low, high = m["ci"]

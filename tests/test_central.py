@@ -33,7 +33,7 @@ def central(study, tmp_path_factory):
     config = dataclasses.replace(
         config, train=dataclasses.replace(config.train, local_epochs=2)
     )
-    return out, train_central(out, config)
+    return out, train_central(out, config, probe_every=2)
 
 
 def test_central_run_trains_and_reports_probes_of_both_encoders(central):
@@ -46,6 +46,9 @@ def test_central_run_trains_and_reports_probes_of_both_encoders(central):
     assert (out / "losses.png").read_bytes().startswith(b"\x89PNG")
     for h in metrics["history"]:
         assert np.isfinite([h["d"], h["e"], h["g"], h["joint_pairing"]]).all()
+    # --probe-every 2: the probe of epoch 2 is the final one (same model, folds)
+    assert "probe_cv" not in metrics["history"][0]
+    assert metrics["history"][1]["probe_cv"] == metrics["probe_trained"]["cv"]
     for kind in ("probe_random", "probe_trained"):
         assert set(metrics[kind]) == {"val", "test", "hospital_b", "cv"}
         for m in metrics[kind].values():
