@@ -212,9 +212,10 @@ class Federation:
         initializer seeds from Python's global `random`, which Flower's
         heartbeat thread also draws from in the ServerApp and ClientApp
         processes, so a heartbeat during the model's build changed them. Seeds
-        now come from a private stream (`common.layers.seeded_initializers`).
-        Runs that compare weights still use `database=True`, the setting
-        `deploy/` uses."""
+        now come from a private stream (`common.layers.seeded_initializers`);
+        with that, the resume test passed against an in-memory SuperLink too,
+        bit for bit. Runs that compare weights still use `database=True`, the
+        setting `deploy/` uses."""
         state = ["--database", str(self.root / "superlink.db")] if database else []
         link = self.start(
             "superlink",
