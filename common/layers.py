@@ -1,4 +1,5 @@
-"""Building blocks shared by E, G and D: spectral norm and conditional BatchNorm."""
+"""Building blocks shared by E, G and D: seeded initializers, spectral norm and
+conditional BatchNorm."""
 
 from __future__ import annotations
 
