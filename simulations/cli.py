@@ -170,6 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     ph.add_argument("--scale", type=float, default=1.0)
     ph.add_argument("--seed", type=int, default=0)
     ph.add_argument("--slices", type=int, default=6)
+    ph.add_argument(
+        "--slice-choice",
+        choices=("even", "findings"),  # simulations.phantoms.SLICE_CHOICES
+        default="even",
+        help="slices spread over the lungs, or where each patient's findings are",
+    )
     sim = sub.add_parser("simulate", help="run the federated study in simulation")
     sim.add_argument("--out", type=Path, required=True)
     sim.add_argument("--scale", type=float, default=1.0)
@@ -322,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         from simulations.phantoms import write_study
 
         for name, path in write_study(
-            args.out, args.scale, args.seed, args.slices
+            args.out, args.scale, args.seed, args.slices, args.slice_choice
         ).items():
             print(f"{name}: {path}")
         return 0

@@ -23,6 +23,13 @@ def add_model_commands(sub, add_run_config) -> None:
     central.add_argument("--scale", type=float, default=1.0)
     central.add_argument("--slices", type=int, default=6)
     central.add_argument(
+        "--slice-choice",
+        choices=("even", "findings"),  # simulations.phantoms.SLICE_CHOICES
+        default="even",
+        help="the phantom's slices: spread over the lungs, or where each "
+        "patient's findings are (the study's choice)",
+    )
+    central.add_argument(
         "--probe-every",
         type=int,
         default=0,
@@ -82,8 +89,28 @@ def _train_central(args: argparse.Namespace, config: RunConfig) -> int:
     from simulations.phantoms import write_study
 
     data = args.out / "data"
-    if not (data / "hospital_b" / "labels.csv").exists():
-        write_study(data, args.scale, config.seed, args.slices)
+    recipe = {
+        "scale": args.scale,
+        "seed": config.seed,
+        "slices": args.slices,
+        "slice_choice": args.slice_choice,
+    }
+    recipe_file = args.out / "phantom.json"
+    if (data / "hospital_b" / "labels.csv").exists():
+        # an earlier run's study: reuse it only if it is the one asked for
+        written = (
+            json.loads(recipe_file.read_text())
+            if recipe_file.exists()
+            else {**recipe, "slice_choice": "even"}  # written before the option
+        )
+        if written != recipe:
+            raise SystemExit(
+                f"{data} holds another phantom study ({written}); asked for "
+                f"{recipe}: use a new --out"
+            )
+    else:
+        write_study(data, args.scale, config.seed, args.slices, args.slice_choice)
+        recipe_file.write_text(json.dumps(recipe))
     # the ingest caches go under --out too, not under the working directory
     config = dataclasses.replace(
         config, sim_data_root=str(data.resolve()), out_dir=str(args.out.resolve())

@@ -193,6 +193,11 @@ _MIN_PER_CLASS = 2
 # Purposes of the random streams (part of each generator's key).
 _RNG_PLAN, _RNG_ANATOMY, _RNG_FINDINGS, _RNG_SLICE = range(4)
 
+# Which slices of a patient's series are written: "even" spaces them over most of
+# the lungs; "findings" takes them where the patient's lesion is (METHOD.md: the
+# study used the slices with suspected findings, the whole scan when none).
+SLICE_CHOICES = ("even", "findings")
+
 
 def site_counts(scale: float = 1.0) -> dict[str, tuple[int, int]]:
     """Return {site: (n_covid, n_other)} for a study scaled by ``scale``."""
@@ -372,8 +377,34 @@ def _slice_positions(
     return fractions, zs, spacing
 
 
+def _findings_positions(
+    anatomy: Anatomy, findings: Findings, thickness: float, n: int
+) -> tuple[tuple[float, ...], tuple[float, ...], float]:
+    """n slices over the range where the lesion is at least half its peak,
+    evenly spaced (at least one slice thickness apart) and kept inside the lungs."""
+    grid = np.linspace(0.08, 0.94, 431)
+    weight = _slice_weights(findings, tuple(grid))
+    inside = grid[weight >= 0.5 * weight.max()]
+    low, high = float(inside.min()), float(inside.max())
+    steps = max(1, int((high - low) * anatomy.lung_length / max(n - 1, 1) / thickness))
+    spacing = steps * thickness
+    block = (n - 1) * spacing / anatomy.lung_length
+    # centred on the range, shifted back into the lungs if it sticks out
+    first = min(max((low + high - block) / 2, 0.08), max(0.94 - block, 0.08))
+    z_first = round((anatomy.apex_z - first * anatomy.lung_length) / thickness)
+    zs = tuple(z_first * thickness - i * spacing for i in range(n))
+    fractions = tuple((anatomy.apex_z - z) / anatomy.lung_length for z in zs)
+    return fractions, zs, spacing
+
+
 def _make_patient(
-    profile: SiteProfile, index: int, label: int, normal: bool, seed: int, n_slices: int
+    profile: SiteProfile,
+    index: int,
+    label: int,
+    normal: bool,
+    seed: int,
+    n_slices: int,
+    slice_choice: str = "even",
 ) -> PatientSpec:
     site = profile.name
     rng = _rng(seed, site, _RNG_ANATOMY, index)
@@ -384,6 +415,11 @@ def _make_patient(
     day = int(rng.integers(0, 100))  # Jan 20 .. Apr 28, 2020
     date = np.datetime64("2020-01-20") + np.timedelta64(day, "D")
     findings = _make_findings(_rng(seed, site, _RNG_FINDINGS, index), label, normal)
+    if slice_choice == "findings" and findings.kind != "none":
+        # after every draw above: the same patient, only other slices
+        fractions, zs, spacing = _findings_positions(
+            anatomy, findings, profile.slice_thickness, n_slices
+        )
     return PatientSpec(
         profile=profile,
         site=site,
@@ -403,21 +439,35 @@ def _make_patient(
 
 
 def plan_site(
-    site: str, scale: float = 1.0, seed: int = 0, slices_per_patient: int = 6
+    site: str,
+    scale: float = 1.0,
+    seed: int = 0,
+    slices_per_patient: int = 6,
+    slice_choice: str = "even",
 ) -> list[PatientSpec]:
     """Return the (shuffled-label) patient list of one of the paper's sites."""
     n_covid, n_other = site_counts(scale)[site]
     return plan_phantom_site(
-        PhantomSite(PROFILES[site], n_covid, n_other), seed, slices_per_patient
+        PhantomSite(PROFILES[site], n_covid, n_other),
+        seed,
+        slices_per_patient,
+        slice_choice,
     )
 
 
 def plan_phantom_site(
-    site: PhantomSite, seed: int = 0, slices_per_patient: int = 6
+    site: PhantomSite,
+    seed: int = 0,
+    slices_per_patient: int = 6,
+    slice_choice: str = "even",
 ) -> list[PatientSpec]:
     """Return the (shuffled-label) patient list of any phantom site."""
     if slices_per_patient < 1:
         raise ValueError("slices_per_patient must be >= 1")
+    if slice_choice not in SLICE_CHOICES:
+        raise ValueError(
+            f"slice_choice {slice_choice!r}: use one of {', '.join(SLICE_CHOICES)}"
+        )
     n_covid, n_other = site.n_covid, site.n_other
     rng = _rng(seed, site.name, _RNG_PLAN)
     labels = np.array([COVID] * n_covid + [OTHER] * n_other)
@@ -428,7 +478,9 @@ def plan_phantom_site(
         idx = np.flatnonzero(labels == cls)
         normal[rng.choice(idx, size=round(0.1 * n), replace=False)] = True
     return [
-        _make_patient(site.profile, i, int(lab), bool(nrm), seed, slices_per_patient)
+        _make_patient(
+            site.profile, i, int(lab), bool(nrm), seed, slices_per_patient, slice_choice
+        )
         for i, (lab, nrm) in enumerate(zip(labels, normal, strict=True))
     ]
 
@@ -1199,11 +1251,19 @@ def paper_sites(scale: float = 1.0) -> list[PhantomSite]:
 
 
 def write_study(
-    out_dir: Path, scale: float = 1.0, seed: int = 0, slices_per_patient: int = 6
+    out_dir: Path,
+    scale: float = 1.0,
+    seed: int = 0,
+    slices_per_patient: int = 6,
+    slice_choice: str = "even",
 ) -> dict[str, Path]:
     """Write the phantom study; return {site_name: site_dir}."""
     key = f"fedbigbigan-phantom/{seed}/{scale}/{slices_per_patient}"
-    return write_sites(out_dir, paper_sites(scale), seed, slices_per_patient, key)
+    if slice_choice != "even":  # "even" keeps the UIDs it always had
+        key += f"/{slice_choice}"
+    return write_sites(
+        out_dir, paper_sites(scale), seed, slices_per_patient, key, slice_choice
+    )
 
 
 def write_sites(
@@ -1212,6 +1272,7 @@ def write_sites(
     seed: int = 0,
     slices_per_patient: int = 6,
     key: str | None = None,
+    slice_choice: str = "even",
 ) -> dict[str, Path]:
     """Write phantom sites as DICOM + labels.csv; return {site_name: site_dir}.
 
@@ -1229,7 +1290,7 @@ def write_sites(
         profile = site.profile
         site_dir = out_dir / site.name
         rows = []
-        for spec in plan_phantom_site(site, seed, slices_per_patient):
+        for spec in plan_phantom_site(site, seed, slices_per_patient, slice_choice):
             slices = render_patient(spec)
             patient_dir = site_dir / "dicom" / spec.patient_id
             patient_dir.mkdir(parents=True, exist_ok=True)

@@ -190,3 +190,59 @@ def test_global_intensity_does_not_separate_classes() -> None:
     y = np.array(labels)
     assert 0.3 <= _auc(np.array(body_mean), y) <= 0.7
     assert _auc(np.array(density_pattern), y) >= 0.7
+
+
+def _lesion_weight_ratio(spec: phantoms.PatientSpec) -> float:
+    """Smallest lesion weight among the patient's slices over its peak in the lungs."""
+    grid = tuple(np.linspace(0.08, 0.94, 431))
+    n = len(spec.fractions)
+    weight = phantoms._slice_weights(spec.findings, spec.fractions + grid)  # one scale
+    return float(weight[:n].min() / weight[n:].max())
+
+
+def test_findings_slice_choice_keeps_the_patients_and_takes_the_lesion_slices() -> None:
+    site = phantoms.PhantomSite(PROFILES["hospital_a_neuviz"], 20, 20)
+    even = phantoms.plan_phantom_site(site, SEED, 6)
+    found = phantoms.plan_phantom_site(site, SEED, 6, "findings")
+    ratios = {"even": [], "findings": []}
+    for a, b in zip(even, found, strict=True):
+        # the same patient: only the slices differ
+        assert (a.patient_id, a.label, a.anatomy, a.findings) == (
+            b.patient_id,
+            b.label,
+            b.anatomy,
+            b.findings,
+        )
+        if a.findings.kind == "none":  # no findings: the whole lungs, as before
+            assert (a.fractions, a.z_positions) == (b.fractions, b.z_positions)
+            continue
+        thickness = site.profile.slice_thickness
+        steps = np.diff(b.z_positions) / thickness
+        assert (steps <= -1).all() and np.allclose(steps, np.round(steps))
+        on_grid = np.asarray(b.z_positions) / thickness  # reconstructed positions
+        assert np.allclose(on_grid, np.round(on_grid))
+        assert min(b.fractions) > 0.05 and max(b.fractions) < 0.97
+        ratios["even"].append(_lesion_weight_ratio(a))
+        ratios["findings"].append(_lesion_weight_ratio(b))
+    assert len(ratios["findings"]) >= 30  # ~10% of patients have no findings
+    # every chosen slice sits where the lesion is at least ~half its peak
+    assert min(ratios["findings"]) >= 0.4
+    assert np.mean(ratios["even"]) < np.mean(ratios["findings"]) - 0.2
+
+
+def test_unknown_slice_choice_is_refused_with_the_choices() -> None:
+    site = phantoms.PhantomSite(PROFILES["hospital_b"], 2, 2)
+    with pytest.raises(ValueError, match="even, findings"):
+        phantoms.plan_phantom_site(site, SEED, 2, "middle")
+
+
+def test_train_central_refuses_a_study_written_with_another_slice_choice(
+    tmp_path: Path,
+) -> None:
+    from simulations.cli import main
+
+    labels = tmp_path / "data" / "hospital_b" / "labels.csv"
+    labels.parent.mkdir(parents=True)
+    labels.write_text("patient_id,label\n")  # an earlier run's study (even slices)
+    with pytest.raises(SystemExit, match="another phantom study"):
+        main(["train-central", "--out", str(tmp_path), "--slice-choice", "findings"])
