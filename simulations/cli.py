@@ -15,7 +15,11 @@ from simulations.deploy_cli import (
     add_deploy_commands,
     run_deploy_command,
 )
-from simulations.model_cli import add_model_commands, run_model_command
+from simulations.model_cli import (
+    add_model_commands,
+    add_slice_choice,
+    run_model_command,
+)
 
 MODEL_COMMANDS = ("presets", "train-central", "extract")
 
@@ -170,12 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     ph.add_argument("--scale", type=float, default=1.0)
     ph.add_argument("--seed", type=int, default=0)
     ph.add_argument("--slices", type=int, default=6)
-    ph.add_argument(
-        "--slice-choice",
-        choices=("even", "findings"),  # simulations.phantoms.SLICE_CHOICES
-        default="even",
-        help="slices spread over the lungs, or where each patient's findings are",
-    )
+    add_slice_choice(ph)
     sim = sub.add_parser("simulate", help="run the federated study in simulation")
     sim.add_argument("--out", type=Path, required=True)
     sim.add_argument("--scale", type=float, default=1.0)

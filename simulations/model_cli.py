@@ -12,6 +12,17 @@ import numpy as np
 from common.config import PRESETS, RunConfig
 
 
+def add_slice_choice(parser: argparse.ArgumentParser) -> None:
+    """`--slice-choice` of the commands that write the phantom study."""
+    parser.add_argument(
+        "--slice-choice",
+        choices=("even", "findings"),  # simulations.phantoms.SLICE_CHOICES
+        default="even",
+        help="the phantom's slices: spread over the lungs, or where each "
+        "patient's findings are (the study's choice)",
+    )
+
+
 def add_model_commands(sub, add_run_config) -> None:
     """Register the commands on the main parser's subparsers."""
     sub.add_parser("presets", help="print each model preset's parameter counts")
@@ -22,13 +33,7 @@ def add_model_commands(sub, add_run_config) -> None:
     central.add_argument("--out", type=Path, required=True)
     central.add_argument("--scale", type=float, default=1.0)
     central.add_argument("--slices", type=int, default=6)
-    central.add_argument(
-        "--slice-choice",
-        choices=("even", "findings"),  # simulations.phantoms.SLICE_CHOICES
-        default="even",
-        help="the phantom's slices: spread over the lungs, or where each "
-        "patient's findings are (the study's choice)",
-    )
+    add_slice_choice(central)
     central.add_argument(
         "--probe-every",
         type=int,
