@@ -143,10 +143,7 @@ def test_initial_weights_ignore_other_threads_drawing_from_global_random():
     import random
     import threading
 
-    def weights(model: BigBiGAN) -> list[np.ndarray]:
-        return model.get_weights()
-
-    quiet = weights(BigBiGAN(TINY, seed=3))
+    quiet = BigBiGAN(TINY, seed=3).get_weights()
     stop = threading.Event()
 
     def draw() -> None:
@@ -157,11 +154,11 @@ def test_initial_weights_ignore_other_threads_drawing_from_global_random():
     thread = threading.Thread(target=draw, daemon=True)
     thread.start()
     try:
-        busy = weights(BigBiGAN(TINY, seed=3))
+        busy = BigBiGAN(TINY, seed=3).get_weights()
     finally:
         stop.set()
         thread.join()
-    other_seed = weights(BigBiGAN(TINY, seed=4))
+    other_seed = BigBiGAN(TINY, seed=4).get_weights()
     assert len(busy) == len(quiet)
     assert all(np.array_equal(a, b) for a, b in zip(busy, quiet, strict=True))
     # the seed still matters: every random array differs under another seed
