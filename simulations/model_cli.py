@@ -128,12 +128,20 @@ def _train_central(args: argparse.Namespace, config: RunConfig) -> int:
                 f"{kind:13s} {split:11s} AUC {m['auc']:.3f} "
                 f"[{low:.3f}, {high:.3f}]  patients {m['n_patients']}"
             )
-    diff = metrics["probe_difference"]
-    low, high = diff["ci"]
-    print(
-        f"trained - random (cv, paired DeLong): {diff['difference']:+.3f} "
-        f"[{low:+.3f}, {high:+.3f}]  p = {diff['p']:.3g}"
-    )
+    for name, cv in metrics["probe_cv"].items():
+        for kind in ("random", "trained"):
+            m = cv[kind]
+            low, high = m["ci"]
+            print(
+                f"cv {name:12s} {kind:7s} AUC {m['auc']:.3f} [{low:.3f}, {high:.3f}]"
+                f"  patients {m['n_patients']}"
+            )
+        diff = cv["difference"]
+        low, high = diff["ci"]
+        print(
+            f"cv {name:12s} trained - random (paired DeLong): "
+            f"{diff['difference']:+.3f} [{low:+.3f}, {high:+.3f}]  p = {diff['p']:.3g}"
+        )
     print(f"run directory: {args.out}")
     return 0
 

@@ -10,6 +10,7 @@ from common.checkpoint import load_model
 from common.config import RunConfig
 from common.roc_stats import auc_ci
 from simulations.central import (
+    PROBE_FEATURES,
     cv_patient_scores,
     paired_auc_difference,
     patient_folds,
@@ -48,13 +49,27 @@ def test_central_run_trains_and_reports_probes_of_both_encoders(central):
         assert np.isfinite([h["d"], h["e"], h["g"], h["joint_pairing"]]).all()
     # --probe-every 2: the probe of epoch 2 is the final one (same model, folds)
     assert "probe_cv" not in metrics["history"][0]
-    assert metrics["history"][1]["probe_cv"] == metrics["probe_trained"]["cv"]
-    for kind in ("probe_random", "probe_trained"):
-        assert set(metrics[kind]) == {"val", "test", "hospital_b", "cv"}
-        for m in metrics[kind].values():
-            low, high = m["ci"]
-            assert 0.0 <= low <= m["auc"] <= high <= 1.0
-    assert metrics["probe_random"]["cv"] != metrics["probe_trained"]["cv"]
+    cv = metrics["probe_cv"]
+    assert metrics["history"][1]["probe_cv"] == {
+        name: cv[name]["trained"] for name in PROBE_FEATURES
+    }
+    results = [
+        metrics[kind][split]
+        for kind in ("probe_random", "probe_trained")
+        for split in ("val", "test", "hospital_b")
+    ]
+    results += [
+        cv[name][kind] for name in PROBE_FEATURES for kind in ("random", "trained")
+    ]
+    for m in results:
+        low, high = m["ci"]
+        assert 0.0 <= low <= m["auc"] <= high <= 1.0
+    for name in PROBE_FEATURES:
+        assert cv[name]["random"] != cv[name]["trained"]
+        diff = cv[name]["difference"]
+        assert diff["difference"] == pytest.approx(
+            cv[name]["trained"]["auc"] - cv[name]["random"]["auc"]
+        )
     model = load_model(out / "model.npz")
     assert model.preset.name == "tiny"
 
@@ -66,6 +81,8 @@ def test_frozen_encoder_mode_trains_nothing_and_probes_the_initial_encoder(
     metrics = train_central(tmp_path, config, save_grids=False)
     assert metrics["epochs"] == 0 and metrics["history"] == []
     assert metrics["probe_trained"] == metrics["probe_random"]
+    for cv in metrics["probe_cv"].values():
+        assert cv["trained"] == cv["random"] and cv["difference"]["difference"] == 0
 
 
 def test_extract_writes_every_output_with_patient_ids(central, study, tmp_path):
@@ -129,6 +146,26 @@ def test_cv_probe_is_unbiased_on_features_without_signal():
         aucs.append(auc_ci(*cv_patient_scores(features, labels, patient, 1e-3))[0])
     # one draw's SD is about 0.075, so the mean of 40 has SD 0.012
     assert abs(np.mean(aucs) - 0.5) < 0.04
+
+
+def test_repeated_cv_probe_depends_less_on_the_draw_of_folds():
+    """Averaging out-of-fold scores over repeats narrows the spread of the AUC
+    between fold seeds (the single-draw spread is as large as a training effect)."""
+    rng, labels, patient = _slices(80, 3, seed=0)
+    features = rng.standard_normal((len(labels), 40)) + 0.15 * labels[:, None]
+
+    def spread(repeats: int) -> float:
+        aucs = [
+            auc_ci(
+                *cv_patient_scores(
+                    features, labels, patient, 1e-3, seed=10 * s, repeats=repeats
+                )
+            )[0]
+            for s in range(8)
+        ]
+        return float(np.std(aucs))
+
+    assert spread(5) < 0.7 * spread(1)
 
 
 def test_cv_probe_does_not_depend_on_the_feature_scale():
