@@ -133,6 +133,9 @@ class TrainConfig:
     lr_eg: float = 2e-4
     lr_e_multiplier: float = 1.0  # E's rate = lr_eg * this (BigBiGAN raised E's)
     d_steps: int = 1
+    # BigBiGAN's unary scores s_x and s_z; off = BiGAN's joint score s_xz alone
+    # (the paper's ablation)
+    unary_scores: bool = True
     lr_halve_every: int = 0  # epochs; 0 = constant (the authors meant 4)
     max_slices_per_patient: int = 0  # 0 = all slices
     # FedProx's mu (strategy "fedprox" only): a site's losses get

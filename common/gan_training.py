@@ -141,6 +141,8 @@ class BigBiGAN:
         )
         encoder, generator, disc = self.encoder, self.generator, self.discriminator
         preset, z_dim, d_steps = self.preset, self.preset.z_dim, config.d_steps
+        # which of (s_x, s_z, s_xz) enter the losses
+        kept = slice(None) if config.unary_scores else slice(2, 3)
         noise = self._seed_gen
         strategy = self.strategy
         replicas = float(strategy.num_replicas_in_sync)
@@ -172,7 +174,7 @@ class BigBiGAN:
             x_small = downsample_for_d(x_real, preset)
             real = disc([tf.cast(x_small, x_fake.dtype), z_hat], training=True)
             fake = disc([x_fake, z], training=True)
-            return real, fake
+            return real[kept], fake[kept]
 
         def scaled(optimizer, loss):
             # per-replica share of a global batch; dynamic loss scale for float16
