@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--out", type=Path, required=True)
     sim.add_argument("--scale", type=float, default=1.0)
     sim.add_argument("--slices", type=int, default=6)
+    add_slice_choice(sim)
     sim.add_argument(
         "--scenario",
         default=None,
@@ -362,7 +363,13 @@ def main(argv: list[str] | None = None) -> int:
                 settings = _merged(settings, parse_override(item))
             scenario = load_scenario(args.scenario or "paper", settings)
         metrics = simulate(
-            args.out, RunConfig.from_flat(flat), args.scale, args.slices, None, scenario
+            args.out,
+            RunConfig.from_flat(flat),
+            args.scale,
+            args.slices,
+            None,
+            scenario,
+            args.slice_choice,
         )
     except ScenarioError as err:
         parser.error(str(err))

@@ -247,22 +247,30 @@ def phantom_sites(scenario: Scenario, scale: float, seed: int) -> list[PhantomSi
 
 
 def build_scenario(
-    scenario: Scenario, data: Path, scale: float, seed: int, slices: int
+    scenario: Scenario,
+    data: Path,
+    scale: float,
+    seed: int,
+    slices: int,
+    slice_choice: str = "even",
 ) -> str:
     """Write the scenario's site folders under `data` (once: a data directory
     built from the same scenario is reused, another one is refused); return the
-    `sim-sites` roster."""
+    `sim-sites` roster. `slice_choice` picks the phantom patients' slices
+    (simulations.phantoms.SLICE_CHOICES)."""
     data = Path(data)
     recipe = {
         "scenario": scenario.to_json(),
         "scale": scale,
         "seed": seed,
         "slices": slices,
+        "slice_choice": slice_choice,
     }
     manifest = data / MANIFEST
     if manifest.is_file():
         built = json.loads(manifest.read_text())
-        if built["recipe"] != recipe:
+        # manifests from before the option were all built with even slices
+        if {"slice_choice": "even", **built["recipe"]} != recipe:
             raise ScenarioError(
                 f"{data} holds sites built from another scenario or setting "
                 f"({built['recipe']['scenario']['name']}, scale "
@@ -276,13 +284,22 @@ def build_scenario(
         else:
             raise ScenarioError(f"{data} is not empty and holds no {MANIFEST}")
     elif scenario.study == "paper":
-        write_study(data, scale=scale, seed=seed, slices_per_patient=slices)
+        write_study(data, scale, seed, slices, slice_choice)
         roster = _paper_roster()
     elif scenario.images is not None:
+        if slice_choice != "even":
+            raise ScenarioError(
+                f"slice choice {slice_choice!r} picks phantom slices; scenario "
+                f"{scenario.name!r} links real images, whose slices are the "
+                "collection's"
+            )
         roster = _link_images(scenario.images, data)
     else:
         sites = phantom_sites(scenario, scale, seed)
-        write_sites(data, sites, seed, slices, key=f"{scenario.name}/{seed}/{scale}")
+        key = f"{scenario.name}/{seed}/{scale}"
+        if slice_choice != "even":  # "even" keeps the UIDs it always had
+            key += f"/{slice_choice}"
+        write_sites(data, sites, seed, slices, key, slice_choice)
         roster = [(s.name, s.profile.role) for s in sites]
     sim_sites = ",".join(f"{n}:{r}" for n, r in roster)
     tmp = manifest.with_suffix(".tmp")

@@ -18,6 +18,7 @@ def simulate(
     slices_per_patient: int = 6,
     client_app=None,
     scenario: Scenario | None = None,
+    slice_choice: str = "even",
 ) -> dict:
     """Write the scenario's sites (unless present), run the federation, return
     metrics. Without a scenario: the one `out` was built with, else the paper's.
@@ -36,6 +37,7 @@ def simulate(
             scale,
             config.seed,
             slices_per_patient,
+            slice_choice,
         )
     config = dataclasses.replace(
         config,

@@ -80,6 +80,32 @@ def test_phantom_scenarios_write_their_sites_by_patient(tmp_path, name):
         build_scenario(scenario, tmp_path, SCALE, seed=4, slices=1)
 
 
+def test_findings_slice_choice_keeps_the_patients_and_moves_the_slices(tmp_path):
+    scenario = load_scenario("label-skew")
+    dirs = {c: tmp_path / c for c in ("even", "findings")}
+    for choice, data in dirs.items():
+        build_scenario(scenario, data, SCALE, 0, 2, slice_choice=choice)
+
+    def heights(data: Path, site: str) -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {}
+        for f in sorted((data / site / "dicom").rglob("*.dcm")):
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+            out.setdefault(f.parent.name, []).append(float(ds.ImagePositionPatient[2]))
+        return {k: sorted(v) for k, v in sorted(out.items())}
+
+    moved = 0
+    for site in scenario.sites:
+        assert _labels(dirs["even"] / site.name) == _labels(
+            dirs["findings"] / site.name
+        )
+        even, findings = (heights(d, site.name) for d in dirs.values())
+        assert even.keys() == findings.keys()
+        moved += sum(even[p] != findings[p] for p in even)
+    assert moved > 0
+    with pytest.raises(ScenarioError, match="another scenario or setting"):
+        build_scenario(scenario, dirs["findings"], SCALE, 0, 2)  # even asked
+
+
 def test_scanner_shift_sites_carry_their_scanners_conventions(tmp_path):
     scenario = load_scenario("scanner-shift")
     build_scenario(scenario, tmp_path, SCALE, seed=0, slices=1)
@@ -187,6 +213,15 @@ def test_real_images_errors_name_what_is_wrong(tmp_path):
 
     with pytest.raises(ScenarioError, match="images.external 'west' is not a site"):
         build(external="west")
+    with pytest.raises(ScenarioError, match="slice choice 'findings'"):
+        build_scenario(
+            load_scenario("real-images", {"images": {"root": root}}),
+            tmp_path / "d",
+            1.0,
+            0,
+            1,
+            slice_choice="findings",
+        )
     with pytest.raises(ScenarioError, match="images.root"):
         build(root=str(tmp_path / "nowhere"), external="east")
     lines = manifest.read_text().splitlines()
