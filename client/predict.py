@@ -5,12 +5,17 @@ same preprocessing as training); a patient's score is the mean of its slices'
 scores and the decision uses the run's validation cut-off unchanged. Nothing leaves
 the machine. The least-squares head was fitted to 0/1 labels, so its score is on a
 0..1 scale but is not a calibrated probability; it is shown clipped to [0, 1].
+
+After a FedBN run, whose BatchNorm statistics never left the training sites, E's
+statistics are estimated on the slices being scored (AdaBN), as the held-out site
+did during the run: score a hospital's batch of patients together, not one alone.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import tempfile
 import time
 from dataclasses import dataclass
@@ -20,6 +25,8 @@ import numpy as np
 import pydicom
 
 from common.config import RunConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,7 @@ class Prediction:
 def predict_dicom(run_dir: Path, dicom_dir: Path, cache_dir: Path | None = None):
     """Predictions per patient found under `dicom_dir`, and the seconds it took."""
     from client.site import ingest_config
+    from common.adabn import adapt_batchnorm
     from common.checkpoint import encode_z_mean, load_encoder
     from common.dataset import slices_from_ingest
     from common.linear_head import predict
@@ -50,6 +58,16 @@ def predict_dicom(run_dir: Path, dicom_dir: Path, cache_dir: Path | None = None)
     encoder = load_encoder(run_dir)  # E alone: scoring needs nothing else
     result = ingest_unlabelled(dicom_dir, config, cache_dir)
     size = ingest_config(config).image_size
+    if config.strategy == "fedbn" and result.patients:
+        # the run's BatchNorm statistics stayed at its training sites: estimate
+        # them on the slices being scored, as the held-out site did in the run
+        adapt_batchnorm(encoder, slices_from_ingest(result.patients, size).images)
+        log.info(
+            "FedBN run: E's BatchNorm statistics estimated on the %d patients "
+            "under %s (AdaBN)",
+            len(result.patients),
+            dicom_dir,
+        )
     predictions = []
     for patient in result.patients:
         slices = slices_from_ingest([patient], size)

@@ -21,6 +21,7 @@ def site_reconstructions(
     under `dicom_dir`, and below each its reconstruction by the run's G and E."""
     from client.predict import ingest_unlabelled
     from client.site import ingest_config
+    from common.adabn import adapt_batchnorm
     from common.checkpoint import load_model
     from common.dataset import slices_from_ingest
     from common.grids import one_slice_per_patient, save_reconstruction_groups
@@ -36,6 +37,11 @@ def site_reconstructions(
     size = ingest_config(config).image_size
     slices = slices_from_ingest(result.patients[:n_patients], size)
     model = load_model(run_dir, devices=config.devices, seed=config.seed)
+    if config.strategy == "fedbn":
+        # no global BatchNorm statistics: E's and G's estimated on these slices
+        everyone = slices_from_ingest(result.patients, size).images
+        model.adapt_batchnorm(everyone)
+        adapt_batchnorm(model.generator, model.encode(everyone).astype("float32"))
     images = one_slice_per_patient(slices, n_patients)
     save_reconstruction_groups(Path(out), model, {dicom_dir.name: images})
     return Path(out)

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from common.adabn import adapt_batchnorm
 from common.bigbigan import (
     build_discriminator,
     build_encoder,
@@ -123,7 +124,15 @@ class BigBiGAN:
             opt_g = wrap_optimizer(
                 keras.optimizers.Adam(config.lr_eg, beta_1=0.0, beta_2=0.999), devices
             )
-            opt_d.build(self.discriminator.trainable_variables)
+            # without the unary scores, s_x's and s_z's layers get no gradient
+            unused = () if config.unary_scores else ("s_x", "s_z")
+            d_variables = [
+                v
+                for layer in self.discriminator.layers
+                if layer.name not in unused
+                for v in layer.trainable_variables
+            ]
+            opt_d.build(d_variables)
             opt_e.build(self.encoder.trainable_variables)
             opt_g.build(self.generator.trainable_variables)
             self._anchors = {
@@ -183,11 +192,9 @@ class BigBiGAN:
                 loss = optimizer.scale_loss(loss)
             return loss
 
-        def apply(optimizer, tape, loss, model):
-            grads = tape.gradient(loss, model.trainable_variables)
-            optimizer.apply_gradients(
-                zip(grads, model.trainable_variables, strict=True)
-            )
+        def apply(optimizer, tape, loss, variables):
+            grads = tape.gradient(loss, variables)
+            optimizer.apply_gradients(zip(grads, variables, strict=True))
 
         def replica_step(x_real):
             d_loss = tf.constant(0.0)
@@ -196,14 +203,14 @@ class BigBiGAN:
                     real, fake = scores(x_real)
                     d_loss = discriminator_loss(real, fake)
                     d_scaled = scaled(opt_d, with_proximal(d_loss, "d", disc))
-                apply(opt_d, tape, d_scaled, disc)
+                apply(opt_d, tape, d_scaled, d_variables)
             with tf.GradientTape(persistent=True) as tape:
                 real, fake = scores(x_real)
                 e_loss, g_loss = encoder_generator_loss(real, fake)
                 e_scaled = scaled(opt_e, with_proximal(e_loss, "e", encoder))
                 g_scaled = scaled(opt_g, with_proximal(g_loss, "g", generator))
-            apply(opt_e, tape, e_scaled, encoder)
-            apply(opt_g, tape, g_scaled, generator)
+            apply(opt_e, tape, e_scaled, encoder.trainable_variables)
+            apply(opt_g, tape, g_scaled, generator.trainable_variables)
             del tape
             return tf.stack([d_loss, e_loss, g_loss])
 
@@ -318,26 +325,10 @@ class BigBiGAN:
         return float(corr.mean())
 
     def adapt_batchnorm(self, images: np.ndarray, batch: int = 64) -> None:
-        """AdaBN (Li et al. 2016): E's BatchNorm statistics re-estimated on
-        `images` (the mean of per-batch statistics), its other weights kept.
-
-        For a site whose own statistics were never trained (FedBN keeps every
-        training site's at home, so an unseen site has none)."""
-        layers = [
-            layer
-            for layer in self.encoder._flatten_layers()
-            if isinstance(layer, keras.layers.BatchNormalization)
-        ]
-        momenta = [layer.momentum for layer in layers]
-        try:
-            for k, start in enumerate(range(0, len(images), batch), start=1):
-                for layer in layers:
-                    # moving = (1 - 1/k) moving + (1/k) batch: a running mean
-                    layer.momentum = 1.0 - 1.0 / k
-                self.encoder(images[start : start + batch], training=True)
-        finally:
-            for layer, momentum in zip(layers, momenta, strict=True):
-                layer.momentum = momentum
+        """AdaBN on E (common.adabn): its BatchNorm statistics re-estimated on
+        `images`, its other weights kept. For a site whose own statistics were
+        never trained (FedBN keeps every training site's at home)."""
+        adapt_batchnorm(self.encoder, images, batch)
 
     # -- features -----------------------------------------------------------------
     def encode(self, images: np.ndarray, batch: int = 64) -> np.ndarray:

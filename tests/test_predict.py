@@ -107,3 +107,58 @@ def test_reconstruct_command_draws_a_sites_slices_and_their_reconstructions(
     assert np.abs(grid[side:] - np.concatenate(list(recon[..., 0]), 1)).max() < 0.01
     after = {p: p.stat().st_mtime_ns for p in site_dir.rglob("*") if p.is_file()}
     assert after == before and not list(site_dir.rglob("*.png"))  # nothing written
+
+
+def test_after_a_fedbn_run_scores_use_batchnorm_statistics_of_the_scored_slices(
+    run_dir, tmp_path
+):
+    """FedBN's global weights carry no trained BatchNorm statistics: predict
+    estimates E's on the patients it scores (AdaBN), as the held-out site did
+    in the run, instead of scoring with the initial ones."""
+    import shutil
+
+    run, config, model, head = run_dir
+    fedbn = tmp_path / "fedbn-run"
+    shutil.copytree(run, fedbn)
+    flat = {**config.to_flat(), "strategy": "fedbn"}
+    (fedbn / "config.json").write_text(json.dumps(flat))
+    site = Site("hospital_b", run.parent / "data" / "hospital_b", "external")
+    predictions, _ = predict_dicom(fedbn, site.path / "dicom", tmp_path / "cache")
+    slices = site_data(site, config)["external"]
+    assert len(predictions) == len(np.unique(slices.patient)) >= 2
+    adapted = initial_model(config)
+    adapted.adapt_batchnorm(slices.images)
+    moved = 0.0
+    for p, prediction in zip(np.unique(slices.patient), predictions, strict=True):
+        mine = slices.patient == p
+        expected = predict(head, adapted.encode(slices.images[mine])).mean()
+        unadapted = predict(head, model.encode(slices.images[mine])).mean()
+        assert prediction.score == pytest.approx(np.clip(expected, 0, 1), abs=1e-4)
+        moved = max(moved, abs(expected - unadapted))
+    assert moved > 1e-2  # the initial statistics would have scored otherwise
+
+
+def test_reconstruct_after_a_fedbn_run_adapts_e_and_g_to_the_sites_slices(
+    run_dir, tmp_path
+):
+    import shutil
+
+    from PIL import Image
+
+    run, config, *_ = run_dir
+    fedbn = tmp_path / "fedbn-run"
+    shutil.copytree(run, fedbn)
+    (fedbn / "config.json").write_text(
+        json.dumps({**config.to_flat(), "strategy": "fedbn"})
+    )
+    site_dir = run.parent / "data" / "hospital_b" / "dicom"
+    grids = {}
+    for name, model_dir in (("plain", run), ("fedbn", fedbn)):
+        out = tmp_path / f"{name}.png"
+        args = ["reconstruct", "--model", str(model_dir), "--dicom", str(site_dir)]
+        assert main([*args, "--out", str(out), "--patients", "2"]) == 0
+        grids[name] = np.asarray(Image.open(out), dtype=np.float32)
+    side = config.model.gd_size
+    # the real slices are the same; their reconstructions are not
+    np.testing.assert_array_equal(grids["plain"][:side], grids["fedbn"][:side])
+    assert np.abs(grids["plain"][side:] - grids["fedbn"][side:]).max() > 5
