@@ -261,7 +261,7 @@ def _central_rows(sweep: Sweep, out: Path, base_flat: dict) -> list[dict]:
             (
                 m
                 for split, m in metrics["probe_trained"].items()
-                if split not in ("train", "val", "test", "cv")
+                if split not in ("train", "val", "test", "cv")  # cv: older runs
             ),
             None,
         )
