@@ -281,7 +281,8 @@ def train_central(
             history[-1]["probe_cv"] = _public(
                 probe_cv(model, everyone, config.head_ridge)
             )
-            log.info("probe at epoch %d: %s", epoch + 1, history[-1]["probe_cv"])
+            aucs = {k: round(v["auc"], 3) for k, v in history[-1]["probe_cv"].items()}
+            log.info("probe at epoch %d: CV AUC %s", epoch + 1, aucs)
         if save_grids:
             save_reconstructions(
                 out / "recon" / f"epoch_{epoch + 1:03d}.png", model, fixed
