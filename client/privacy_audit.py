@@ -105,6 +105,7 @@ def audit_site(
     """Audit a run's global G against the site folder `site_dir` (with its
     labels.csv), split into patients as the run split them."""
     from client.site import Site, site_data
+    from common.adabn import adapt_batchnorm
     from common.checkpoint import load_model
 
     run_dir, site_dir = Path(run_dir), Path(site_dir)
@@ -118,5 +119,12 @@ def audit_site(
     data = site_data(Site(site_dir.name, site_dir, "train"), config)
     heldout = np.concatenate([data["val"].images, data["test"].images])
     z = np.random.default_rng(seed).standard_normal((n_samples, model.preset.z_dim))
-    samples = np.asarray(model.generator(z.astype(np.float32), training=False))
+    z = z.astype(np.float32)
+    if config.strategy == "fedbn":
+        # the global weights carry no trained BatchNorm statistics: G's are
+        # estimated on its own samples (what anyone holding the shared weights
+        # could do), E's on this site's slices
+        adapt_batchnorm(model.generator, z)
+        model.adapt_batchnorm(np.concatenate([data["train"].images, heldout]))
+    samples = np.asarray(model.generator(z, training=False))
     return audit(model, data["train"].images, heldout, samples)

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from client.privacy_audit import audit, nearest_distances
+from client.privacy_audit import audit, audit_site, nearest_distances
 from client.site import Site, site_data
 from common.bigbigan import downsample_for_d
 from common.checkpoint import initial_model
@@ -79,3 +79,34 @@ def test_privacy_audit_command_writes_a_summary_without_patient_data(site, tmp_p
     (run / "config.json").write_text(json.dumps(flat))
     with pytest.raises(ValueError, match="G never left the sites"):
         main([*args, "--samples", "8"])
+
+
+def test_after_a_fedbn_run_the_audit_estimates_the_batchnorm_statistics(site, tmp_path):
+    """FedBN's global G has only initial BatchNorm statistics: the audit first
+    estimates G's on its own samples and E's on the site's slices, so it audits
+    a generator that can draw, not one that cannot."""
+    from common.adabn import adapt_batchnorm
+
+    root, config, data = site
+    model = initial_model(config)
+    run = tmp_path / "run"
+    run.mkdir()
+    flat = {**config.to_flat(), "strategy": "fedbn"}
+    (run / "config.json").write_text(json.dumps(flat))
+    np.savez(run / "global_weights.npz", *model.get_weights(), head=np.zeros(121))
+    report = audit_site(run, root / "data" / "hospital_a_ge", n_samples=16, seed=3)
+    z = np.random.default_rng(3).standard_normal((16, config.model.z_dim))
+    z = z.astype(np.float32)
+    heldout = np.concatenate([data["val"].images, data["test"].images])
+    plain = audit(model, data["train"].images, heldout, np.asarray(model.generator(z)))
+    adapt_batchnorm(model.generator, z)
+    model.adapt_batchnorm(np.concatenate([data["train"].images, heldout]))
+    expected = audit(
+        model, data["train"].images, heldout, np.asarray(model.generator(z))
+    )
+    for space in ("pixel", "feature"):
+        got = report[space]["samples_to_train"]["q50"]
+        assert got == pytest.approx(expected[space]["samples_to_train"]["q50"])
+    assert report["pixel"]["samples_to_train"]["q50"] != pytest.approx(
+        plain["pixel"]["samples_to_train"]["q50"], rel=1e-3
+    )
