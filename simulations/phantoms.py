@@ -1259,8 +1259,6 @@ def write_study(
 ) -> dict[str, Path]:
     """Write the phantom study; return {site_name: site_dir}."""
     key = f"fedbigbigan-phantom/{seed}/{scale}/{slices_per_patient}"
-    if slice_choice != "even":  # "even" keeps the UIDs it always had
-        key += f"/{slice_choice}"
     return write_sites(
         out_dir, paper_sites(scale), seed, slices_per_patient, key, slice_choice
     )
@@ -1276,9 +1274,11 @@ def write_sites(
 ) -> dict[str, Path]:
     """Write phantom sites as DICOM + labels.csv; return {site_name: site_dir}.
 
-    `key` seeds the DICOM UIDs (same key, same files)."""
+    `key` seeds the DICOM UIDs (same key and slice choice, same files)."""
     out_dir = Path(out_dir)
     key = key or f"fedbigbigan-phantom/{seed}/{slices_per_patient}"
+    if slice_choice != "even":  # "even" keeps the UIDs it always had
+        key += f"/{slice_choice}"
     names = [s.name for s in sites]
     if len(set(names)) != len(names):
         raise ValueError(f"site names must be unique, got {names}")

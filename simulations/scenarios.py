@@ -297,8 +297,6 @@ def build_scenario(
     else:
         sites = phantom_sites(scenario, scale, seed)
         key = f"{scenario.name}/{seed}/{scale}"
-        if slice_choice != "even":  # "even" keeps the UIDs it always had
-            key += f"/{slice_choice}"
         write_sites(data, sites, seed, slices, key, slice_choice)
         roster = [(s.name, s.profile.role) for s in sites]
     sim_sites = ",".join(f"{n}:{r}" for n, r in roster)
