@@ -17,14 +17,11 @@ from simulations.central import (
     train_central,
 )
 from simulations.cli import main
-from simulations.phantoms import write_study
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    root = tmp_path_factory.mktemp("study")
-    write_study(root, scale=0.2, seed=0, slices_per_patient=2)
-    return root
+def study(phantom_study):
+    return phantom_study(0.2, 2)
 
 
 @pytest.fixture(scope="module")

@@ -160,12 +160,13 @@ def test_edge_admits_nodes_and_refuses_the_control_api(federation):
 
 
 @pytest.mark.slow
-def test_two_hospitals_and_an_external_site_run_the_study(federation, tmp_path):
+def test_two_hospitals_and_an_external_site_run_the_study(
+    federation, tmp_path, phantom_study
+):
     """The whole app over TLS with authenticated nodes. The encoder is frozen
     (no BigBiGAN rounds) to keep to ~4 min here: 3 SecAgg+ rounds of 4 stages,
     each message a fresh ClientApp process on a 2-core machine."""
-    from simulations.phantoms import write_study
-
+    data = phantom_study(0.3, 2)  # read-only: each node's cache is its own
     nodes = []
     for name, role in (
         ("hospital_a_ge", "train"),
@@ -173,12 +174,11 @@ def test_two_hospitals_and_an_external_site_run_the_study(federation, tmp_path):
         ("hospital_b", "external"),
     ):
         node_config = (
-            f'data-dir="{tmp_path / "data" / name}" role="{role}" '
+            f'data-dir="{data / name}" role="{role}" '
             f'cache-dir="{tmp_path / "cache" / name}"'
         )
         key = federation.add_site(name)
         nodes.append(federation.start_supernode(name, key, node_config))
-    write_study(tmp_path / "data", 0.3, 0, 2)  # while the nodes start
     for node in nodes:
         node.wait_for(r"SuperNode ID: \d+", timeout=90)
     out = tmp_path / "run"

@@ -30,8 +30,6 @@ from deployment_harness import APP_DIR, Federation, Process
 
 from server.checkpointing import CHECKPOINT
 
-pytestmark = pytest.mark.extended
-
 SCALE, SLICES = 0.3, 2  # the phantom study's size: ~25 patients x 2 slices a site
 EXTERNAL = "hospital_b"
 
@@ -46,13 +44,13 @@ def federation(tmp_path) -> Iterator[Federation]:
         fed.stop()
 
 
-def study(root: Path, n_train: int) -> dict[str, tuple[Path, str]]:
-    """{site: (data dir, role)}: `n_train` training sites, copies of hospital
-    A's two scanner fleets under their own names (a site's name seeds its
-    noise), and the external hospital B the study evaluates on."""
-    from simulations.phantoms import write_study
-
-    written = write_study(root / "phantom", SCALE, 0, SLICES)
+def study(phantom: Path, root: Path, n_train: int) -> dict[str, tuple[Path, str]]:
+    """{site: (data dir, role)}: `n_train` training sites, hospital A's two
+    scanner fleets of the (shared, read-only) phantom study and copies of them
+    under `root` with their own names (a site's name seeds its noise), and the
+    external hospital B the study evaluates on."""
+    written = {name: phantom / name for name in ("hospital_a_ge", "hospital_a_neuviz")}
+    written[EXTERNAL] = phantom / EXTERNAL
     sources = [written["hospital_a_ge"], written["hospital_a_neuviz"]]
     sites = {}
     for i in range(n_train):
@@ -105,7 +103,10 @@ def roles_line(log: str) -> list[str]:
     return sorted(re.findall(r"'(\w+)'", found.group(0)))
 
 
-def test_a_training_site_killed_mid_round_the_other_four_finish(federation, tmp_path):
+@pytest.mark.extended
+def test_a_training_site_killed_mid_round_the_other_four_finish(
+    federation, tmp_path, phantom_study
+):
     """5 training sites + the external one; one training SuperNode is SIGKILLed
     (with its ClientApp) while it trains in round 1. The SuperLink marks it
     offline after two missed heartbeats (~60 s), its pending reply becomes an
@@ -114,7 +115,7 @@ def test_a_training_site_killed_mid_round_the_other_four_finish(federation, tmp_
     a 2-core host shared with other work (the run itself 15.4 min of the
     latter; 2274 ClientApp-seconds by `flwr list`: 4 SecAgg+ rounds x 4 stages, each
     message a fresh process; ~60 s is the wait for the heartbeat verdict)."""
-    sites = study(tmp_path / "data", 5)
+    sites = study(phantom_study(SCALE, SLICES), tmp_path / "data", 5)
     nodes = federation.start_sites(sites)
     victim_name = list(sites)[4]  # a copied site: hospital_05_ge
     victim = nodes[victim_name]
@@ -224,8 +225,9 @@ def sqlite_federation(tmp_path) -> Iterator[Federation]:
         fed.stop()
 
 
+@pytest.mark.extended
 def test_serverapp_killed_after_round_1_resumes_to_the_unbroken_weights(
-    sqlite_federation, tmp_path
+    sqlite_federation, tmp_path, phantom_study
 ):
     """The ServerApp process is SIGKILLed once round 1 of 3 is checkpointed (in
     round 2); a new `flwr run` with `resume` finishes rounds 2-3, the head and
@@ -239,11 +241,9 @@ def test_serverapp_killed_after_round_1_resumes_to_the_unbroken_weights(
     resumed run 6.5 min: 5 SecAgg+ rounds; ClientApps 459 s, ServerApp 393 s
     of compute); 22 min on a more loaded one."""
     federation = sqlite_federation
-    data = tmp_path / "data"
-    sites = study(data, 2)
-    reference = simulate_reference(
-        data / "phantom", tmp_path / "reference", federation.env
-    )
+    phantom = phantom_study(SCALE, SLICES)
+    sites = study(phantom, tmp_path / "data", 2)
+    reference = simulate_reference(phantom, tmp_path / "reference", federation.env)
     try:
         nodes = federation.start_sites(sites)
         out = tmp_path / "run"
@@ -309,7 +309,10 @@ def gated_federation(tmp_path) -> Iterator[Federation]:
         fed.stop()
 
 
-def test_twenty_supernodes_tiny_preset_two_rounds(gated_federation, tmp_path):
+@pytest.mark.soak
+def test_twenty_supernodes_tiny_preset_two_rounds(
+    gated_federation, tmp_path, phantom_study
+):
     """19 training SuperNodes and the external one, 2 BigBiGAN rounds, the head
     and the evaluation: every round completes with all 19 training sites.
 
@@ -320,7 +323,7 @@ def test_twenty_supernodes_tiny_preset_two_rounds(gated_federation, tmp_path):
     average of 6-17 (other jobs), i.e. over 40 min in all; about half that
     on a quiet one."""
     federation = gated_federation
-    sites = study(tmp_path / "data", 19)
+    sites = study(phantom_study(SCALE, SLICES), tmp_path / "data", 19)
     assert len(sites) == 20
     nodes = federation.start_sites(sites)
     out = tmp_path / "run"

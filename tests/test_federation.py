@@ -24,12 +24,14 @@ SCALE, SLICES = 0.3, 2
 
 
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory):
+def reference_run(tmp_path_factory, phantom_study):
     """One uninterrupted run, shared: the chain's checks and the resume's target."""
     out = tmp_path_factory.mktemp("reference")
+    shutil.copytree(phantom_study(SCALE, SLICES), out / "data")
     return out, simulate(out, CONFIG, scale=SCALE, slices_per_patient=SLICES)
 
 
+@pytest.mark.simulation
 @pytest.mark.slow
 def test_whole_chain_two_training_sites_and_one_external(reference_run):
     tmp_path, metrics = reference_run
@@ -109,6 +111,7 @@ def _kill_tree(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
+@pytest.mark.simulation
 @pytest.mark.slow
 def test_a_run_killed_after_round_1_resumes_and_ends_where_an_unbroken_one_does(
     reference_run, tmp_path

@@ -2,6 +2,7 @@
 leaves fresh samples alone; its summary carries no patient data."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,6 @@ from common.bigbigan import downsample_for_d
 from common.checkpoint import initial_model
 from common.config import RunConfig
 from simulations.cli import main
-from simulations.phantoms import write_study
 
 
 def test_nearest_distances_match_brute_force():
@@ -24,13 +24,11 @@ def test_nearest_distances_match_brute_force():
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
+def site(tmp_path_factory, phantom_study):
     root = tmp_path_factory.mktemp("audit")
-    write_study(root / "data", scale=0.2, seed=0, slices_per_patient=2)
-    config = RunConfig(sim_data_root=str(root / "data"), out_dir=str(root / "out"))
-    data = site_data(
-        Site("hospital_a_ge", root / "data" / "hospital_a_ge", "train"), config
-    )
+    study = phantom_study(0.2, 2)  # shared, read-only
+    config = RunConfig(sim_data_root=str(study), out_dir=str(root / "out"))
+    data = site_data(Site("hospital_a_ge", study / "hospital_a_ge", "train"), config)
     return root, config, data
 
 
@@ -63,7 +61,7 @@ def test_privacy_audit_command_writes_a_summary_without_patient_data(site, tmp_p
     run.mkdir()
     (run / "config.json").write_text(json.dumps(config.to_flat()))
     np.savez(run / "global_weights.npz", *model.get_weights(), head=np.zeros(121))
-    site_dir = root / "data" / "hospital_a_ge"
+    site_dir = Path(config.sim_data_root) / "hospital_a_ge"
     out = tmp_path / "audit.json"
     args = ["privacy-audit", "--model", str(run), "--site-dir", str(site_dir)]
     assert main([*args, "--samples", "32", "--out", str(out)]) == 0
@@ -94,7 +92,9 @@ def test_after_a_fedbn_run_the_audit_estimates_the_batchnorm_statistics(site, tm
     flat = {**config.to_flat(), "strategy": "fedbn"}
     (run / "config.json").write_text(json.dumps(flat))
     np.savez(run / "global_weights.npz", *model.get_weights(), head=np.zeros(121))
-    report = audit_site(run, root / "data" / "hospital_a_ge", n_samples=16, seed=3)
+    report = audit_site(
+        run, Path(config.sim_data_root) / "hospital_a_ge", n_samples=16, seed=3
+    )
     z = np.random.default_rng(3).standard_normal((16, config.model.z_dim))
     z = z.astype(np.float32)
     heldout = np.concatenate([data["val"].images, data["test"].images])

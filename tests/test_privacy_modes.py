@@ -53,6 +53,7 @@ def _recorder(log_dir: Path, name: str):
     return mod
 
 
+@pytest.mark.simulation
 @pytest.mark.slow
 def test_generator_stays_home_and_dp_noise_comes_before_masking(tmp_path):
     config = RunConfig(

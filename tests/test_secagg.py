@@ -37,6 +37,7 @@ def run_secure(site_class, server_step):
     return run_on_legacy(client, len(SIZES), server_step)
 
 
+@pytest.mark.simulation
 @pytest.mark.slow
 def test_secagg_plus_equals_plain_weighted_average():
     zeros = [np.zeros((40, 3)), np.zeros(5)]
@@ -78,6 +79,7 @@ class _HeadSite(NumPyClient):
         return stats, len(self.x), {"clipped": clipped}
 
 
+@pytest.mark.simulation
 @pytest.mark.slow
 def test_federated_lm_equals_centralised_least_squares():
     from sklearn.metrics import roc_auc_score

@@ -387,6 +387,7 @@ def test_upload_is_at_most_float32_size():
 # --- against Flower's SecAgg+, in the Simulation Engine -----------------------
 
 
+@pytest.mark.simulation
 @pytest.mark.slow
 def test_same_aggregate_as_flower_secaggplus_in_the_simulation_engine():
     from flwr.client.mod import secaggplus_mod

@@ -23,13 +23,12 @@ N_SITES = 2  # training sites of the paper's scenario
 
 
 @pytest.fixture(scope="module")
-def both_runs(tmp_path_factory):
+def both_runs(tmp_path_factory, phantom_study):
     """The same run under SecAgg+ and under ours, on the same phantom sites."""
     runs = {}
     for protocol in ("secaggplus", "fedbigbigan"):
         out = tmp_path_factory.mktemp(protocol)
-        if runs:  # the first run's sites: the same data, built once
-            shutil.copytree(next(iter(runs.values()))[0] / "data", out / "data")
+        shutil.copytree(phantom_study(SCALE, SLICES), out / "data")
         config = dataclasses.replace(CONFIG, secure_aggregation=protocol)
         started = time.monotonic()
         metrics = simulate(out, config, scale=SCALE, slices_per_patient=SLICES)
@@ -37,6 +36,7 @@ def both_runs(tmp_path_factory):
     return runs
 
 
+@pytest.mark.simulation
 @pytest.mark.slow
 @pytest.mark.extended
 def test_our_secure_aggregation_runs_the_app_and_ends_where_secagg_plus_does(

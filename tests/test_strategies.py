@@ -143,6 +143,7 @@ def _shapes_recorder(log_dir, where: str):
     return mod
 
 
+@pytest.mark.simulation
 @pytest.mark.extended
 def test_fedbn_never_sends_batchnorm_values(tmp_path):
     import json

@@ -27,6 +27,7 @@ local-epochs = 1
 """
 
 
+@pytest.mark.simulation
 @pytest.mark.extended
 def test_a_two_seed_sweep_writes_its_table_and_plot_and_resumes(tmp_path, monkeypatch):
     sweep = tmp_path / "sweep.toml"
