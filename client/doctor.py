@@ -10,8 +10,10 @@ Before a SuperNode joins, check what it will need, with the same inputs it gets
 2. the node's authentication key is readable only by its owner and is an
    ECDSA key on a NIST curve, as `flower-supernode` reads it;
 3. the node config names a data dir and a role, and the data dir ingests
-   through the ClientApp's own path (`client.site.site_data`), which also fills
-   the cache the first round will use;
+   through the ClientApp's own path (`client.site.site_data`): into the node's
+   `cache-dir` when the node config names one (the cache the first round will
+   use), else into a temporary folder removed afterwards (a check leaves
+   nothing behind);
 4. TensorFlow sees a GPU, if one is asked for.
 
 Each failed check says what to fix. Nothing here talks to the Fleet API: whether
@@ -225,7 +227,17 @@ def check_auth_key(path: Path | None) -> Check:
 
 
 def check_site(node_config: dict, config: RunConfig) -> list[Check]:
-    """Node config keys, the data dir, the cache dir, and a real ingest."""
+    """Node config keys, the data dir, the cache dir, and a real ingest (into
+    a temporary folder unless the node config names its `cache-dir`)."""
+    if "cache-dir" in node_config:
+        return _check_site(node_config, config)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="fedbigbigan-doctor-") as tmp:
+        return _check_site({**node_config, "cache-dir": tmp}, config)
+
+
+def _check_site(node_config: dict, config: RunConfig) -> list[Check]:
     from client.site import cache_dir, resolve_site, site_data
     from common.ingest import IngestError
     from common.site_index import SiteError

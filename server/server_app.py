@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import secrets
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ from common.metrics import histogram_keys
 from common.model_parts import federated_indices, floor_variances, merge, select
 from common.secure_agg.quantize import FixedPoint
 from common.site_evaluation import read_site_report
+from server import tensorboard
 from server.checkpointing import (
     ServerCheckpoint,
     config_hash,
@@ -39,6 +41,7 @@ from server.checkpointing import (
 from server.evaluation import cutoffs, summarise
 from server.phase_strategy import PhaseStrategy
 from server.privacy_summary import dp_summary, payload_bytes
+from server.progress import PROGRESS, gan_round_line, phase_line
 from server.run_dir import write_config, write_run
 from server.secure_agg_workflow import SecureAggWorkflow
 from server.server_optimizer import initial_state, server_step
@@ -75,6 +78,12 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
         roles = _query_roles(grid, flat, config.secagg.timeout)
         strategy.train_node_ids = {n for n, (r, _) in roles.items() if r == "train"}
         sizes = [n for r, n in roles.values() if r == "train"]
+        log.info(
+            "federation: %d training sites, %d held out for validation",
+            len(sizes),
+            len(roles) - len(sizes),
+            extra=PROGRESS,
+        )
         if len(strategy.train_node_ids) < 2:
             raise RuntimeError(
                 "secure aggregation needs at least 2 training sites, "
@@ -95,6 +104,7 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
         # of the last BigBiGAN round, named by run token and round
         flat = {**flat, "run-token": state.token, "gan-round": gan_rounds}
         fed = select(weights, shared)  # all that leaves the server from here on
+        started = time.monotonic()
         coef, head_scale = _federated_lm(
             grid, legacy, strategy, config, flat, gan_rounds + 1, fed, max(sizes)
         )
@@ -111,6 +121,15 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
             head_scale,
         )
         secure_rounds += config.logit_rounds
+        log.info(
+            phase_line(
+                "linear head",
+                time.monotonic() - started,
+                f"lm: 2 secure rounds; logistic: {config.logit_rounds}",
+            ),
+            extra=PROGRESS,
+        )
+        started = time.monotonic()
         # training sites' histograms: securely summed, never seen one by one
         strategy.config = {**flat, "phase": "eval", "head-clip": EVAL_CLIP}
         mean_hist = _secure_round(
@@ -138,6 +157,14 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
         }
         reports = _evaluate_all(grid, fed + [coef], eval_config, config.secagg.timeout)
         external, coarse = _external_split(reports)
+        log.info(
+            phase_line(
+                "evaluation",
+                time.monotonic() - started,
+                "training sites: 1 secure round; held-out site: its own metrics",
+            ),
+            extra=PROGRESS,
+        )
         metrics = summarise(site_hist, external=external)
         metrics["secure_eval_sites"] = n_sites
         metrics["plain_eval_roles"] = sorted({roles[n][0] for n in reports})
@@ -168,6 +195,7 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
             logit=logit,
             coarse={"external": coarse} if coarse else None,
         )
+        tensorboard.log_results(out, metrics, gan_rounds)
         return metrics
     finally:
         stop.set()
@@ -263,10 +291,21 @@ def _gan_rounds(grid, legacy, strategy, config, out, model, state, sizes):
             optimizer_state=opt_state,
         )
         save_checkpoint(out, state)
+        samples = None
         if "g" in FEDERATED_PARTS[config.federated_parts]:
             model.set_weights(weights)  # samples G(z): no patient data involved
-            save_samples(out / "samples" / f"round_{rnd:03d}.png", model)
+            samples = out / "samples" / f"round_{rnd:03d}.png"
+            save_samples(samples, model)
+        tensorboard.log_round(out, entry, samples)
         log.info("round %d: %s", rnd, entry)
+        seconds = strategy.timings[-1]["seconds"] if strategy.timings else math.nan
+        up = (
+            wire.get("up_bytes")
+            or payload_bytes(sent, config.secure_aggregation, config.transport)[
+                "up_bytes"
+            ]
+        )
+        log.info(gan_round_line(entry, gan_rounds, seconds, up), extra=PROGRESS)
     return state
 
 
@@ -309,7 +348,13 @@ def _federated_lm(grid, legacy, strategy, config, flat, rnd, weights, max_weight
     )
     clipped = sum(int(m["clipped"]) for m in strategy.site_metrics)
     if clipped:
-        log.warning("head: %d standardised feature values clipped at 8 SD", clipped)
+        log.warning(
+            "head: %d standardised feature values beyond 8 SD were clipped to 8 SD "
+            "before the secure sum (SecAgg+ needs a fixed range): such outliers "
+            "weigh a little less in the fit; the head is still the pooled "
+            "least-squares solution of the clipped features",
+            clipped,
+        )
     coef = solve_standardized(stats[0], stats[1], mean, std, config.head_ridge)
     return coef, (mean, std)
 

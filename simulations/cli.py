@@ -86,7 +86,8 @@ def _add_run_config(parser: argparse.ArgumentParser) -> None:
         "--run-config",
         nargs="*",
         default=[],
-        help="overrides like gan-rounds=2 preset='tiny'",
+        help="run-config overrides (pyproject.toml [tool.flwr.app.config]), "
+        "e.g. gan-rounds=2 preset='tiny'",
     )
 
 
@@ -111,17 +112,57 @@ def _add_ingest_command(sub) -> None:
     )
     ing.add_argument("--out", type=Path, required=True, help="cache folder")
     ing.add_argument("--strict", action="store_true", help="stop at the first problem")
-    ing.add_argument("--image-size", type=int, default=d.image_size)
-    ing.add_argument("--intensity", choices=INTENSITY_POLICIES, default=d.intensity)
-    ing.add_argument("--window-center", type=float, default=d.window_center)
-    ing.add_argument("--window-width", type=float, default=d.window_width)
-    ing.add_argument("--slice-policy", choices=SLICE_POLICIES, default=d.slice_policy)
-    ing.add_argument("--central-slices", type=int, default=d.central_slices)
-    ing.add_argument("--min-lung-fraction", type=float, default=d.min_lung_fraction)
-    ing.add_argument("--series", choices=SERIES_POLICIES, default=d.series)
-    ing.add_argument("--max-decoded-mb", type=int, default=d.max_decoded_mb)
-    ing.add_argument("--max-file-mb", type=int, default=d.max_file_mb)
-    ing.add_argument("--workers", type=int, default=d.workers)
+    ing.add_argument(
+        "--image-size", type=int, default=d.image_size, help="cached slice size, px"
+    )
+    ing.add_argument(
+        "--intensity",
+        choices=INTENSITY_POLICIES,
+        default=d.intensity,
+        help="per-image min-max (the paper) or a fixed HU lung window",
+    )
+    ing.add_argument(
+        "--window-center", type=float, default=d.window_center, help="HU, lung-window"
+    )
+    ing.add_argument(
+        "--window-width", type=float, default=d.window_width, help="HU, lung-window"
+    )
+    ing.add_argument(
+        "--slice-policy",
+        choices=SLICE_POLICIES,
+        default=d.slice_policy,
+        help="every slice, lung-bearing slices, or N central ones",
+    )
+    ing.add_argument(
+        "--central-slices",
+        type=int,
+        default=d.central_slices,
+        help="N, with --slice-policy central",
+    )
+    ing.add_argument(
+        "--min-lung-fraction",
+        type=float,
+        default=d.min_lung_fraction,
+        help="lung share of a slice to count as lung-bearing",
+    )
+    ing.add_argument(
+        "--series",
+        choices=SERIES_POLICIES,
+        default=d.series,
+        help="keep one axial CT series per study, or all",
+    )
+    ing.add_argument(
+        "--max-decoded-mb",
+        type=int,
+        default=d.max_decoded_mb,
+        help="refuse a file whose pixels decode to more",
+    )
+    ing.add_argument(
+        "--max-file-mb", type=int, default=d.max_file_mb, help="skip larger files"
+    )
+    ing.add_argument(
+        "--workers", type=int, default=d.workers, help="decoding processes"
+    )
     ing.add_argument(
         "--rehash", action="store_true", help="hash every file, trust no mtime"
     )
@@ -166,20 +207,75 @@ def _ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Help text followed by the option's default, where it has a real one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, [], argparse.SUPPRESS) or not text:
+            return text
+        if "%(default)" in text or "default:" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every command's --help shows each option's default."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+
+
+DESCRIPTION = """Federated BigBiGAN features + a linear head for COVID-19 vs other
+pneumonia on chest CT (Song et al. 2020), with Flower and secure aggregation.
+Hospitals: ingest, doctor, predict, reconstruct, privacy-audit. Coordinators:
+pki, report. Researchers: simulate, phantoms, scenarios, train-central, extract.
+`fedbigbigan COMMAND --help` for each."""
+
+
+def _add_study_size(parser: argparse.ArgumentParser) -> None:
+    """--scale and --slices of a phantom study."""
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="patients per site as a fraction of the study's (1.0: 166 at "
+        "hospital A, 35 at hospital B)",
+    )
+    parser.add_argument(
+        "--slices", type=int, default=6, help="CT slices written per phantom patient"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fedbigbigan")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="fedbigbigan", description=DESCRIPTION)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     ph = sub.add_parser("phantoms", help="write the synthetic two-hospital study")
-    ph.add_argument("--out", type=Path, required=True)
-    ph.add_argument("--scale", type=float, default=1.0)
-    ph.add_argument("--seed", type=int, default=0)
-    ph.add_argument("--slices", type=int, default=6)
+    ph.add_argument("--out", type=Path, required=True, help="folder to write into")
+    _add_study_size(ph)
+    ph.add_argument("--seed", type=int, default=0, help="draws the phantom patients")
     add_slice_choice(ph)
-    sim = sub.add_parser("simulate", help="run the federated study in simulation")
-    sim.add_argument("--out", type=Path, required=True)
-    sim.add_argument("--scale", type=float, default=1.0)
-    sim.add_argument("--slices", type=int, default=6)
+    sim = sub.add_parser(
+        "simulate",
+        help="run the federated study in simulation",
+        description="Write a scenario's sites (phantom DICOM by default) and run "
+        "the federation in Flower's Simulation Engine: BigBiGAN rounds, the "
+        "linear head and the evaluation, every update through secure "
+        "aggregation. The same run as `flwr run . local-simulation` (README).",
+    )
+    sim.add_argument(
+        "--out", type=Path, required=True, help="the run directory (data, log, results)"
+    )
+    _add_study_size(sim)
     add_slice_choice(sim)
+    sim.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show every library's log on the terminal, and tracebacks (they "
+        "are always in RUN_DIR/run.log)",
+    )
     sim.add_argument(
         "--scenario",
         default=None,
@@ -209,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         "--run-config",
         nargs="*",
         default=[],
-        help="overrides like gan-rounds=2 preset='tiny'",
+        help="run-config overrides (pyproject.toml [tool.flwr.app.config]), "
+        "e.g. gan-rounds=2 preset='tiny'",
     )
     sub.add_parser("scenarios", help="list the built-in simulation scenarios")
     hub = sub.add_parser(
@@ -248,12 +345,11 @@ def main(argv: list[str] | None = None) -> int:
         "privacy-curve",
         help="simulate the study at several DP noise levels: AUC against epsilon",
     )
-    curve.add_argument("--out", type=Path, required=True)
+    curve.add_argument("--out", type=Path, required=True, help="folder of the runs")
     curve.add_argument(
         "--noise", default="0,0.5,1,2", help="noise multipliers, comma-separated"
     )
-    curve.add_argument("--scale", type=float, default=1.0)
-    curve.add_argument("--slices", type=int, default=6)
+    _add_study_size(curve)
     curve.add_argument("--run-config", nargs="*", default=[], help="overrides")
     add_model_commands(sub, _add_run_config)
     add_deploy_commands(sub, _add_run_config)
@@ -284,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{p.patient_id}: score {p.score:.3f} -> {decision} "
                 f"(cut-off {p.threshold:.3f} from validation; {p.n_slices} slices)"
             )
-        print(f"{seconds:.1f} s")
+        print(f"scored {len(predictions)} patient(s) in {seconds:.1f} s")
         return 0
     if args.command == "reconstruct":
         from client.reconstruct import site_reconstructions
@@ -343,6 +439,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"{len(rows)} runs; table: {args.out / 'sweep.csv'}")
         return 0
+    return _simulate(args, parser)
+
+
+def _simulate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """`fedbigbigan simulate`: the run's libraries talk to RUN_DIR/run.log; the
+    terminal gets a line per phase and round, then the results."""
     base = _default_config().to_flat()
     if args.resume:  # the interrupted run's own config, written when it started
         if not (args.out / "config.json").is_file():
@@ -352,40 +454,86 @@ def main(argv: list[str] | None = None) -> int:
         base = json.loads((args.out / "config.json").read_text())
         base["resume"] = str(args.out.resolve())
     flat = {**base, **_parse_overrides(args.run_config)}
+    from simulations.run_log import RunLog
     from simulations.scenarios import ScenarioError, load_scenario, parse_override
     from simulations.simulate import simulate
 
     try:
+        config = RunConfig.from_flat(flat)
         scenario = None
         if args.scenario or args.scenario_set:
             settings: dict = {}
             for item in args.scenario_set:
                 settings = _merged(settings, parse_override(item))
             scenario = load_scenario(args.scenario or "paper", settings)
-        metrics = simulate(
-            args.out,
-            RunConfig.from_flat(flat),
-            args.scale,
-            args.slices,
-            None,
-            scenario,
-            args.slice_choice,
-        )
-    except ScenarioError as err:
+    except (ScenarioError, ValueError) as err:
         parser.error(str(err))
+    with RunLog(args.out, args.verbose) as run:
+        run.say(_run_header(args, config, scenario))
+        try:
+            metrics = simulate(
+                args.out,
+                config,
+                args.scale,
+                args.slices,
+                None,
+                scenario,
+                args.slice_choice,
+            )
+        except ScenarioError as err:
+            run.say(f"error: {err}")
+            return 2
+        except Exception as err:
+            if args.verbose:
+                raise
+            logging.getLogger(__name__).exception("the run stopped")
+            run.say(f"error: {err} (the full log: {run.path})")
+            return 1
+        for line in _results(metrics):
+            run.say(line)
+        run.say(
+            f"run directory: {args.out}  (log: {run.path.name}; "
+            f"report: fedbigbigan report {args.out}; "
+            f"curves: tensorboard --logdir {args.out})"
+        )
+    return 0
+
+
+def _run_header(args: argparse.Namespace, config: RunConfig, scenario) -> str:
+    """What is about to run, in one line."""
+    name = scenario.name if scenario is not None else "paper"
+    protocol = {"secaggplus": "SecAgg+", "fedbigbigan": "our secure aggregation"}
+    rounds = config.gan_rounds if config.trains_encoder else 0
+    return (
+        f"fedbigbigan simulate: scenario {name}, scale {args.scale:g}, "
+        f"{config.preset} preset, {rounds} BigBiGAN rounds, "
+        f"{config.strategy}, {protocol[config.secure_aggregation]}"
+        f"{' (resumed)' if args.resume else ''}"
+    )
+
+
+def _results(metrics: dict) -> list[str]:
+    """The final table: each split's patient AUC with its 95% CI, sensitivity
+    and specificity at the validation cut-off; then the comparison heads."""
+    lines = ["patient-level results (cut-off chosen on validation):"]
     for split, m in metrics["splits"].items():
-        print(
-            f"{split:9s} AUC {m['auc']:.3f}  sens {m['sensitivity']:.2f}  "
-            f"spec {m['specificity']:.2f}  patients {m['n_patients']}"
+        low, high = m.get("auc_ci", (float("nan"), float("nan")))
+        lines.append(
+            f"  {split:9s} AUC {m['auc']:.3f} [{low:.2f}, {high:.2f}]  "
+            f"sens {m['sensitivity']:.2f}  spec {m['specificity']:.2f}  "
+            f"patients {m['n_patients']}"
         )
     comparisons = metrics["comparisons"]["table"]
     targets = list(next(iter(comparisons.values())))
-    print("patient AUC by head (rows) and test data (columns):")
-    print(f"{'':34s}" + "".join(f"{t[:16]:>17s}" for t in targets))
+    width = max(len(t) for t in targets) + 2
+    lines.append("patient AUC by head (rows) and test data (columns), not federated:")
+    lines.append(f"  {'':32s}" + "".join(f"{t:>{width}s}" for t in targets))
     for head, row in comparisons.items():
-        print(f"{head[:34]:34s}" + "".join(f"{row[t]['auc']:17.3f}" for t in targets))
-    print(f"run directory: {args.out}")
-    return 0
+        lines.append(
+            f"  {head[:32]:32s}"
+            + "".join(f"{row[t]['auc']:>{width}.3f}" for t in targets)
+        )
+    return lines
 
 
 if __name__ == "__main__":  # python -m simulations.cli, like the entry point

@@ -27,19 +27,29 @@ def add_deploy_commands(sub, add_run_config) -> None:
         help="names the SuperLink is reached by: HOST[,IP,...] (all go in the SANs)",
     )
     init.add_argument("--force", action="store_true", help="replace an existing CA")
-    init.add_argument("--ca-days", type=int, default=3650)
-    init.add_argument("--server-days", type=int, default=825)
+    init.add_argument(
+        "--ca-days", type=int, default=3650, help="the CA certificate's validity"
+    )
+    init.add_argument(
+        "--server-days", type=int, default=825, help="the SuperLink certificate's"
+    )
     renew = pki_sub.add_parser(
         "renew-server", help="a new SuperLink certificate under the existing CA"
     )
-    renew.add_argument("--pki", type=Path, default=Path("pki"))
+    renew.add_argument(
+        "--pki", type=Path, default=Path("pki"), help="the federation's PKI folder"
+    )
     renew.add_argument("--superlink-host", required=True, help="HOST[,IP,...]")
-    renew.add_argument("--server-days", type=int, default=825)
+    renew.add_argument(
+        "--server-days", type=int, default=825, help="the new certificate's validity"
+    )
     site = pki_sub.add_parser(
         "add-site", help="a hospital SuperNode's auth key pair, on the allow-list"
     )
     site.add_argument("name", help="the site's name, e.g. hospital_a")
-    site.add_argument("--pki", type=Path, default=Path("pki"))
+    site.add_argument(
+        "--pki", type=Path, default=Path("pki"), help="the federation's PKI folder"
+    )
     site.add_argument(
         "--federation",
         default="<federation>",
@@ -51,9 +61,13 @@ def add_deploy_commands(sub, add_run_config) -> None:
     )
     reg.add_argument("federation", help="the federation in $FLWR_HOME/config.toml")
     reg.add_argument("names", nargs="*", help="sites (default: all)")
-    reg.add_argument("--pki", type=Path, default=Path("pki"))
+    reg.add_argument(
+        "--pki", type=Path, default=Path("pki"), help="the federation's PKI folder"
+    )
     listing = pki_sub.add_parser("list", help="the CA, SuperLink cert and sites")
-    listing.add_argument("--pki", type=Path, default=Path("pki"))
+    listing.add_argument(
+        "--pki", type=Path, default=Path("pki"), help="the federation's PKI folder"
+    )
 
     doc = sub.add_parser("doctor", help="pre-flight checks for a hospital node")
     doc.add_argument("--superlink", required=True, help="HOST:PORT of the SuperLink")

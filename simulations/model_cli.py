@@ -30,9 +30,15 @@ def add_model_commands(sub, add_run_config) -> None:
         "train-central",
         help="train the same model on pooled phantom data (the federated reference)",
     )
-    central.add_argument("--out", type=Path, required=True)
-    central.add_argument("--scale", type=float, default=1.0)
-    central.add_argument("--slices", type=int, default=6)
+    central.add_argument(
+        "--out", type=Path, required=True, help="folder of the run (data, model)"
+    )
+    central.add_argument(
+        "--scale", type=float, default=1.0, help="phantom study size (1.0: full)"
+    )
+    central.add_argument(
+        "--slices", type=int, default=6, help="slices per phantom patient"
+    )
     add_slice_choice(central)
     central.add_argument(
         "--probe-every",
@@ -58,7 +64,9 @@ def add_model_commands(sub, add_run_config) -> None:
         help="the site's ingest cache (reused: unchanged files are not decoded)",
     )
     extract.add_argument("--out", type=Path, required=True, help="features.npz")
-    extract.add_argument("--batch", type=int, default=32)
+    extract.add_argument(
+        "--batch", type=int, default=32, help="slices per encoder call"
+    )
     add_run_config(extract)
 
 

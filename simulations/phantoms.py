@@ -33,6 +33,8 @@ from pydicom.uid import (
 )
 from scipy import ndimage
 
+from simulations.run_log import progress
+
 __all__ = [
     "COVID",
     "OTHER",
@@ -1290,7 +1292,11 @@ def write_sites(
         profile = site.profile
         site_dir = out_dir / site.name
         rows = []
-        for spec in plan_phantom_site(site, seed, slices_per_patient, slice_choice):
+        for spec in progress(
+            plan_phantom_site(site, seed, slices_per_patient, slice_choice),
+            f"writing {site.name}",
+            site.n_covid + site.n_other,
+        ):
             slices = render_patient(spec)
             patient_dir = site_dir / "dicom" / spec.patient_id
             patient_dir.mkdir(parents=True, exist_ok=True)

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
+import time
 from pathlib import Path
 
 from common.config import FEDERATED_PARTS, RunConfig
+from server import tensorboard
+from server.progress import PROGRESS
 from simulations.scenarios import MANIFEST, Scenario, build_scenario, load_scenario
+
+log = logging.getLogger(__name__)
 
 
 def simulate(
@@ -39,6 +45,15 @@ def simulate(
             slices_per_patient,
             slice_choice,
         )
+    roles = [r for _, r in RunConfig(sim_sites=sim_sites).site_roster()]
+    log.info(
+        "data: %d sites (%d training, %d held out) in %s",
+        len(roles),
+        roles.count("train"),
+        len(roles) - roles.count("train"),
+        data,
+        extra=PROGRESS,
+    )
     config = dataclasses.replace(
         config,
         sim_data_root=str(data.resolve()),
@@ -53,11 +68,16 @@ def simulate(
     from server.server_app import run_federation
 
     result: dict = {}
+    failed: list[BaseException] = []
     server_app = ServerApp()
 
     @server_app.main()
     def _main(grid, context):
-        result.update(run_federation(grid, context, config, out))
+        try:
+            result.update(run_federation(grid, context, config, out))
+        except BaseException as err:  # Flower logs it; we name it to the user
+            failed.append(err)
+            raise
 
     backend = {
         "client_resources": {
@@ -66,14 +86,23 @@ def simulate(
         },
         "init_args": {"num_cpus": max(2, os.cpu_count() or 2)},
     }
-    run_simulation(
-        server_app=server_app,
-        client_app=client_app,
-        num_supernodes=len(config.site_roster()),
-        backend_config=backend,
-    )
+    deprecation = _RunSimulationDeprecation()
+    logging.getLogger("flwr").addFilter(deprecation)
+    try:
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=len(config.site_roster()),
+            backend_config=backend,
+        )
+    finally:
+        logging.getLogger("flwr").removeFilter(deprecation)
+    if failed:
+        raise RuntimeError(f"the federated run stopped: {failed[0]}") from failed[0]
     if not result:
-        raise RuntimeError("the federated run did not complete; see the log above")
+        raise RuntimeError("the federated run did not complete; see the log")
+    started = time.monotonic()
+    rounds = config.gan_rounds if config.trains_encoder else 0
     from simulations.comparisons import add_to_run
 
     result["comparisons"] = add_to_run(out, config)
@@ -85,5 +114,20 @@ def simulate(
     from simulations.reconstructions import write_reconstructions
 
     if "g" in FEDERATED_PARTS[config.federated_parts]:  # else no global G exists
-        write_reconstructions(out, config)  # shows slices: simulation only
+        grid = write_reconstructions(out, config)  # shows slices: simulation only
+        tensorboard.log_image(out, "reconstructions/x, G(E(x))", grid, rounds)
+    log.info(
+        "comparisons, membership inference, reconstructions  %.0f s",
+        time.monotonic() - started,
+        extra=PROGRESS,
+    )
     return result
+
+
+class _RunSimulationDeprecation(logging.Filter):
+    """Drops Flower's warning that `run_simulation` is deprecated: simulate()
+    needs it to hand the ServerApp a typed RunConfig and the sites it just
+    wrote, in one process (README: "Two ways to the same run")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`run_simulation` function is deprecated" not in record.getMessage()

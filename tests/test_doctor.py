@@ -163,6 +163,26 @@ def test_data_dir_ingests_into_the_cache(sites, tmp_path):
     assert (tmp_path / "cache" / "ingest_report.json").is_file()
 
 
+def test_without_a_cache_dir_the_check_leaves_nothing_behind(
+    sites, tmp_path, monkeypatch
+):
+    """No cache-dir in the node config: the ingest check runs in a temporary
+    folder, and neither the current folder nor the temporary root keeps a file."""
+    import tempfile
+
+    monkeypatch.chdir(tmp_path)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    config = RunConfig(sim_data_root=str(sites["hospital_b"].parent))  # the demo's
+    node = {"data-dir": str(sites["hospital_b"]), "role": "external"}
+    checks = check_site(node, config)
+    assert checks[-1].name == "ingest" and checks[-1].status == "ok", checks
+    assert "fedbigbigan-doctor-" in checks[-1].detail  # it said where it ingested
+    assert list(tmp_path.iterdir()) == [scratch]
+    assert list(scratch.iterdir()) == []
+
+
 def test_node_config_and_data_problems(sites, tmp_path):
     config = RunConfig()
     checks = check_site({"role": "train"}, config)
