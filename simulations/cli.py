@@ -356,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_ingest_command(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    for handler in logging.getLogger().handlers:  # Flower has its own handler
+        handler.addFilter(lambda record: not record.name.startswith("flwr"))
     if args.command in MODEL_COMMANDS:
         overrides = _parse_overrides(getattr(args, "run_config", []))
         flat = {**_default_config().to_flat(), **overrides}
@@ -525,13 +527,15 @@ def _results(metrics: dict) -> list[str]:
         )
     comparisons = metrics["comparisons"]["table"]
     targets = list(next(iter(comparisons.values())))
-    width = max(len(t) for t in targets) + 2
-    lines.append("patient AUC by head (rows) and test data (columns), not federated:")
-    lines.append(f"  {'':32s}" + "".join(f"{t:>{width}s}" for t in targets))
+    # numbered columns and a legend: site names are long, a terminal is not
+    numbers = [f"[{i}]" for i in range(1, 1 + len(targets))]
+    legend = ", ".join(f"{n} {t}" for n, t in zip(numbers, targets, strict=True))
+    lines.append("patient AUC by head (rows; not federated unless named) on test data")
+    lines.append(f"  {legend}:")
+    lines.append(f"  {'':32s}" + "".join(f"{n:>8s}" for n in numbers))
     for head, row in comparisons.items():
         lines.append(
-            f"  {head[:32]:32s}"
-            + "".join(f"{row[t]['auc']:>{width}.3f}" for t in targets)
+            f"  {head[:32]:32s}" + "".join(f"{row[t]['auc']:8.3f}" for t in targets)
         )
     return lines
 

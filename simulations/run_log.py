@@ -84,13 +84,20 @@ class RunLog:
         sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
         sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
         _terminal = self.terminal
-        self._handler = _ProgressHandler(self.say)
+        self._handler = _ProgressHandler(self._show)
         root = logging.getLogger()
         self._root_level = root.level
         root.setLevel(min(root.level, logging.INFO))  # progress records are INFO
         root.addHandler(self._handler)
         logging.getLogger("flwr").addHandler(self._handler)
         return self
+
+    def _show(self, text: str) -> None:
+        """A progress record on the terminal (the log has it from its handler;
+        with verbose, so does the terminal)."""
+        if not self.verbose and self.terminal is not None:
+            self.terminal.write(text + "\n")
+            self.terminal.flush()
 
     def say(self, text: str) -> None:
         """One progress line: on the terminal and in the log."""
