@@ -114,7 +114,7 @@ def _kill_tree(proc: subprocess.Popen) -> None:
 @pytest.mark.simulation
 @pytest.mark.slow
 def test_a_run_killed_after_round_1_resumes_and_ends_where_an_unbroken_one_does(
-    reference_run, tmp_path
+    reference_run, tmp_path, capfd
 ):
     reference, ref_metrics = reference_run
     shutil.copytree(reference / "data", tmp_path / "data")
@@ -140,7 +140,16 @@ def test_a_run_killed_after_round_1_resumes_and_ends_where_an_unbroken_one_does(
     assert not (tmp_path / "metrics.json").exists()
     assert load_checkpoint(tmp_path, CONFIG).round == 1
 
+    capfd.readouterr()
     assert main(["simulate", "--out", str(tmp_path), "--resume"]) == 0
+    # the terminal: a line per phase and round, the results; the rest in run.log
+    terminal = capfd.readouterr()
+    shown = (terminal.out + terminal.err).splitlines()
+    assert len(shown) <= 40, shown
+    assert any(line.startswith("round 2/2 ") for line in shown), shown
+    assert not any("Stage" in line or "INFO" in line for line in shown), shown
+    run_log = (tmp_path / "run.log").read_text()
+    assert "[Stage 2]" in run_log and "round 2/2 " in run_log
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert [r["round"] for r in metrics["rounds"]] == [1, 2]
     assert metrics["secagg_rounds"] == ref_metrics["secagg_rounds"]
