@@ -142,6 +142,13 @@ class TrainConfig:
     # mu/2 ||w - w_global||^2 on the federated parts, which keeps sites near
     # the global model when their data differ
     fedprox_mu: float = 0.01
+    # auxiliary losses beside BigBiGAN's objective (0 = the paper's setting),
+    # added to both E's and G's losses: the reconstruction error
+    # mean (G(E(x)) - x)^2 at G's size, and the latent regression error
+    # mean (E(G(z)) - z)^2 (Rubenstein et al. 2018: they make a BiGAN's
+    # encoder learn where the adversarial gradient alone does not)
+    aux_reconstruction: float = 0.0
+    aux_latent: float = 0.0
 
 
 # federated-parts values: which of E, G and D leave a site
@@ -357,6 +364,8 @@ class RunConfig:
             (self.logit_rounds >= 0, "logit-rounds must be >= 0"),
             (self.strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}"),
             (self.train.fedprox_mu >= 0, "fedprox-mu must be >= 0"),
+            (self.train.aux_reconstruction >= 0, "aux-reconstruction must be >= 0"),
+            (self.train.aux_latent >= 0, "aux-latent must be >= 0"),
             (
                 self.server_opt.avgm_lr > 0 and self.server_opt.adam_lr > 0,
                 "server-avgm-lr and server-adam-lr must be > 0",

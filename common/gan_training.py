@@ -185,6 +185,29 @@ class BigBiGAN:
             fake = disc([x_fake, z], training=True)
             return real[kept], fake[kept]
 
+        w_rec, w_lat = config.aux_reconstruction, config.aux_latent
+        size = preset.image_size
+
+        def auxiliary(x_real):
+            # reconstruction and latent regression (config.aux_*): 0 when off,
+            # and then not even computed
+            extra = tf.constant(0.0)
+            if w_rec > 0:
+                z_x = encoder(x_real, training=True)["z_mean"]
+                x_rec = tf.cast(generator(z_x, training=True), tf.float32)
+                x_small = tf.cast(downsample_for_d(x_real, preset), tf.float32)
+                extra += w_rec * tf.reduce_mean(tf.square(x_rec - x_small))
+            if w_lat > 0:
+                z = noise.normal((tf.shape(x_real)[0], z_dim))
+                x_gen = tf.image.resize(
+                    tf.cast(generator(z, training=True), tf.float32),
+                    (size, size),
+                    method="nearest",
+                )
+                z_gen = tf.cast(encoder(x_gen, training=True)["z_mean"], tf.float32)
+                extra += w_lat * tf.reduce_mean(tf.square(z_gen - z))
+            return extra
+
         def scaled(optimizer, loss):
             # per-replica share of a global batch; dynamic loss scale for float16
             loss = loss / replicas
@@ -207,6 +230,10 @@ class BigBiGAN:
             with tf.GradientTape(persistent=True) as tape:
                 real, fake = scores(x_real)
                 e_loss, g_loss = encoder_generator_loss(real, fake)
+                if w_rec > 0 or w_lat > 0:
+                    extra = auxiliary(x_real)
+                    e_loss += tf.cast(extra, e_loss.dtype)
+                    g_loss += tf.cast(extra, g_loss.dtype)
                 e_scaled = scaled(opt_e, with_proximal(e_loss, "e", encoder))
                 g_scaled = scaled(opt_g, with_proximal(g_loss, "g", generator))
             apply(opt_e, tape, e_scaled, encoder.trainable_variables)
