@@ -240,9 +240,16 @@ def save_loss_curves(path: Path, history: list[dict]) -> None:
 
 
 def train_central(
-    out: Path, config: RunConfig, save_grids: bool = True, probe_every: int = 0
+    out: Path,
+    config: RunConfig,
+    save_grids: bool = True,
+    probe_every: int = 0,
+    supervised: bool = False,
 ) -> dict:
-    """Train on the pooled training splits for the federated run's epoch budget."""
+    """Train on the pooled training splits for the federated run's epoch budget.
+
+    `supervised`: train E on the labels instead (simulations/supervised.py),
+    the same architecture and budget: the ceiling the probes are read against."""
     from common.checkpoint import initial_model, save_model
 
     out.mkdir(parents=True, exist_ok=True)
@@ -265,15 +272,33 @@ def train_central(
     one_epoch = dataclasses.replace(config.train, local_epochs=1)
     fixed = train.images[:: max(1, len(train) // 8)][:8]
     history = []
+    if supervised:
+        from simulations import supervised as sup
+
+        head = sup.make_head(config.model.z_dim, config.seed)
+        optimizer = sup.make_optimizer(config.train, model.encoder, head)
+        save_grids = False  # G is not trained
     for epoch in range(epochs):
-        losses = model.train_epochs(
-            train.images,
-            one_epoch,
-            seed=config.seed * 1000 + epoch,
-            first_epoch=epoch,
-            keep_optimizer_state=True,
-        )
-        history.append({"epoch": epoch + 1, **dataclasses.asdict(losses)})
+        if supervised:
+            bce = sup.train_supervised_epoch(
+                model.encoder,
+                head,
+                optimizer,
+                train.images,
+                train.labels,
+                one_epoch,
+                seed=config.seed * 1000 + epoch,
+            )
+            history.append({"epoch": epoch + 1, "bce": bce})
+        else:
+            losses = model.train_epochs(
+                train.images,
+                one_epoch,
+                seed=config.seed * 1000 + epoch,
+                first_epoch=epoch,
+                keep_optimizer_state=True,
+            )
+            history.append({"epoch": epoch + 1, **dataclasses.asdict(losses)})
         log.info("epoch %d/%d %s", epoch + 1, epochs, history[-1])
         history[-1]["latent_recovery"] = model.latent_recovery()
         history[-1]["joint_pairing"] = joint_pairing(model)
@@ -293,7 +318,7 @@ def train_central(
     difference = compare_probes(trained_cv, random_cv)
     trained_public, random_public = _public(trained_cv), _public(random_cv)
     metrics = {
-        "mode": "central",
+        "mode": "supervised" if supervised else "central",
         "epochs": epochs,
         "n_train_slices": len(train),
         "history": history,

@@ -47,6 +47,12 @@ def add_model_commands(sub, add_run_config) -> None:
         metavar="N",
         help="also run the cross-validated probe every N epochs (0: only at the end)",
     )
+    central.add_argument(
+        "--supervised",
+        action="store_true",
+        help="train E on the labels instead (the same architecture and budget): "
+        "the supervised ceiling the self-supervised probes are read against",
+    )
     add_run_config(central)
     extract = sub.add_parser(
         "extract", help="write E's features (z_mean, ...) of a site's slices"
@@ -128,7 +134,9 @@ def _train_central(args: argparse.Namespace, config: RunConfig) -> int:
     config = dataclasses.replace(
         config, sim_data_root=str(data.resolve()), out_dir=str(args.out.resolve())
     )
-    metrics = train_central(args.out, config, probe_every=args.probe_every)
+    metrics = train_central(
+        args.out, config, probe_every=args.probe_every, supervised=args.supervised
+    )
     for kind in ("probe_random", "probe_trained"):
         for split, m in metrics[kind].items():
             low, high = m["ci"]

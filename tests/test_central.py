@@ -82,6 +82,30 @@ def test_frozen_encoder_mode_trains_nothing_and_probes_the_initial_encoder(
         assert cv["trained"] == cv["random"] and cv["difference"]["difference"] == 0
 
 
+def test_supervised_ceiling_trains_e_on_the_labels_and_nothing_else(study, tmp_path):
+    """--supervised: E (with one logistic unit on z_mean) learns the labels for
+    the same epochs; G and D keep their initial weights; the labels' loss
+    falls."""
+    config = RunConfig(gan_rounds=1, sim_data_root=str(study), out_dir=str(tmp_path))
+    config = dataclasses.replace(
+        config, train=dataclasses.replace(config.train, local_epochs=4)
+    )
+    from common.checkpoint import initial_model
+
+    start = initial_model(config)
+    metrics = train_central(tmp_path, config, save_grids=False, supervised=True)
+    assert metrics["mode"] == "supervised" and metrics["epochs"] == 4
+    bce = [h["bce"] for h in metrics["history"]]
+    assert bce[-1] < bce[0]
+    trained = load_model(tmp_path / "model.npz")
+    for name in ("generator", "discriminator", "encoder"):
+        pairs = zip(
+            getattr(trained, name).weights, getattr(start, name).weights, strict=True
+        )
+        same = all(np.array_equal(a.numpy(), b.numpy()) for a, b in pairs)
+        assert same == (name != "encoder"), name
+
+
 def test_extract_writes_every_output_with_patient_ids(central, study, tmp_path):
     out, _ = central
     features = tmp_path / "features.npz"
