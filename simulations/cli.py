@@ -163,6 +163,9 @@ def _ingest(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(result.summary.text(result.report_path))
+    if not result.patients:  # nothing to train on is a failed ingest
+        print(f"error: {result.summary.why_nothing_kept()}", file=sys.stderr)
+        return 1
     return 0
 
 
