@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 import tomllib
 
-from common.config import RunConfig
+from common.config import ConfigError, RunConfig
+from server.run_dir import RunDirError, claim_run_dir
 from simulations.deploy_cli import (
     DEPLOY_COMMANDS,
     add_deploy_commands,
@@ -18,7 +20,9 @@ from simulations.deploy_cli import (
 from simulations.model_cli import (
     add_model_commands,
     add_slice_choice,
+    count,
     run_model_command,
+    scale,
 )
 
 MODEL_COMMANDS = ("presets", "train-central", "extract")
@@ -174,14 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     ph = sub.add_parser("phantoms", help="write the synthetic two-hospital study")
     ph.add_argument("--out", type=Path, required=True)
-    ph.add_argument("--scale", type=float, default=1.0)
+    ph.add_argument("--scale", type=scale, default=1.0)
     ph.add_argument("--seed", type=int, default=0)
-    ph.add_argument("--slices", type=int, default=6)
+    ph.add_argument("--slices", type=count, default=6)
     add_slice_choice(ph)
     sim = sub.add_parser("simulate", help="run the federated study in simulation")
     sim.add_argument("--out", type=Path, required=True)
-    sim.add_argument("--scale", type=float, default=1.0)
-    sim.add_argument("--slices", type=int, default=6)
+    sim.add_argument("--scale", type=scale, default=1.0)
+    sim.add_argument("--slices", type=count, default=6)
     add_slice_choice(sim)
     sim.add_argument(
         "--scenario",
@@ -207,6 +211,11 @@ def main(argv: list[str] | None = None) -> int:
         "--resume",
         action="store_true",
         help="continue the interrupted run in --out from its checkpoint.npz",
+    )
+    sim.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in --out (only its own files are removed)",
     )
     sim.add_argument(
         "--run-config",
@@ -255,14 +264,24 @@ def main(argv: list[str] | None = None) -> int:
     curve.add_argument(
         "--noise", default="0,0.5,1,2", help="noise multipliers, comma-separated"
     )
-    curve.add_argument("--scale", type=float, default=1.0)
-    curve.add_argument("--slices", type=int, default=6)
+    curve.add_argument("--scale", type=scale, default=1.0)
+    curve.add_argument("--slices", type=count, default=6)
     curve.add_argument("--run-config", nargs="*", default=[], help="overrides")
     add_model_commands(sub, _add_run_config)
     add_deploy_commands(sub, _add_run_config)
     _add_ingest_command(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        return _run(parser, args)
+    except (ConfigError, RunDirError) as err:  # one line per problem, no traceback
+        for line in str(err).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        return 2
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Run the parsed command."""
     if args.command in MODEL_COMMANDS:
         overrides = _parse_overrides(getattr(args, "run_config", []))
         flat = {**_default_config().to_flat(), **overrides}
@@ -338,12 +357,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "scenarios":
         return _list_scenarios()
     if args.sweep is not None:
+        from simulations.scenarios import ScenarioError
         from simulations.sweep import run_sweep
 
         overrides = _parse_overrides(args.run_config)
-        rows = run_sweep(
-            args.sweep, args.out, {**_default_config().to_flat(), **overrides}
-        )
+        try:
+            rows = run_sweep(
+                args.sweep, args.out, {**_default_config().to_flat(), **overrides}
+            )
+        except ScenarioError as err:
+            parser.error(str(err))
         print(f"{len(rows)} runs; table: {args.out / 'sweep.csv'}")
         return 0
     base = _default_config().to_flat()
@@ -359,15 +382,17 @@ def main(argv: list[str] | None = None) -> int:
     from simulations.simulate import simulate
 
     try:
+        config = RunConfig.from_flat(flat)  # every value checked before anything
         scenario = None
         if args.scenario or args.scenario_set:
             settings: dict = {}
             for item in args.scenario_set:
                 settings = _merged(settings, parse_override(item))
             scenario = load_scenario(args.scenario or "paper", settings)
+        claim_run_dir(args.out, resume=args.resume, overwrite=args.overwrite)
         metrics = simulate(
             args.out,
-            RunConfig.from_flat(flat),
+            config,
             args.scale,
             args.slices,
             None,
