@@ -245,6 +245,10 @@ class RunConfig:
     dp_noise_multiplier: float = 0.0
     dp_clip: float = 1.0
     dp_delta: float = 1e-5
+    # the largest example count (averaging weight) a training site may declare,
+    # as the consortium agreed; a site declaring more is refused. 0 = no cap
+    # (the largest declared count is the round's max_weight)
+    max_site_weight: int = 0
 
     @property
     def model(self) -> ModelPreset:
@@ -451,6 +455,7 @@ RANGES: dict[str, Range] = {
     "dp-noise-multiplier": _NON_NEGATIVE,
     "dp-clip": _POSITIVE,
     "dp-delta": _FRACTION,
+    "max-site-weight": _at_least(0, integer=True),
 }
 
 # Every run config key with a fixed set of values.
