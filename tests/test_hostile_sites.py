@@ -141,7 +141,7 @@ def test_a_non_finite_update_never_reaches_the_model(protocol, value):
         assert max(float(np.abs(m).max()) for m in mean) <= CLIP
 
 
-def test_an_infinite_clip_gives_a_round_that_is_discarded():
+def test_the_all_nan_aggregate_of_an_infinite_clip_is_discarded():
     """`secagg-delta-clip = inf` is refused by the config; were it to reach a
     round, SecAgg+'s aggregate is all NaN, and the finite check stops it."""
     with pytest.raises(AggregateRejected, match="check 'finite'"):
