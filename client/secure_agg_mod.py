@@ -206,11 +206,10 @@ def _collect(state: dict, config, content: RecordDict) -> dict:
 def _num_examples(content: RecordDict) -> int:
     """The reply's example count: legacy `fitres.num_examples` or Message-API
     `num-examples`."""
-    for name, record in content.metric_records.items():
-        for key in ("num_examples", "num-examples"):
-            if key in record and name != p.RECORD:
-                return int(record[key])
-    raise SecureAggRefusal("the ClientApp's train reply has no num_examples")
+    n = p.declared_examples(content)
+    if n is None:
+        raise SecureAggRefusal("the ClientApp's train reply has no num_examples")
+    return int(n)
 
 
 def _encode(

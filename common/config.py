@@ -7,10 +7,16 @@ bool/int/float/str values). `RunConfig.from_flat` is the only place that reads i
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.ingest.config import IngestConfig
+from common.ingest.config import (
+    INTENSITY_POLICIES,
+    SERIES_POLICIES,
+    SLICE_POLICIES,
+    IngestConfig,
+)
 
 Z_DIM = 120  # BigBiGAN's latent size; the paper's features are this z_mean
 
@@ -246,6 +252,10 @@ class RunConfig:
     dp_noise_multiplier: float = 0.0
     dp_clip: float = 1.0
     dp_delta: float = 1e-5
+    # the largest example count (averaging weight) a training site may declare,
+    # as the consortium agreed; a site declaring more is refused. 0 = no cap
+    # (the largest declared count is the round's max_weight)
+    max_site_weight: int = 0
 
     @property
     def model(self) -> ModelPreset:
@@ -291,6 +301,9 @@ class RunConfig:
             "split": "split-",
             "ingest": "ingest-",
         }
+        problems = flat_problems(flat)
+        if problems:
+            raise ConfigError("\n".join(problems))
         values: dict[str, Any] = {}
         nested: dict[str, dict[str, Any]] = {k: {} for k in sections}
         top = {f.name for f in dataclasses.fields(cls)} - set(sections)
@@ -308,8 +321,6 @@ class RunConfig:
                         break
                 else:
                     raise ConfigError(f"run config key {key!r} is unknown")
-        if "image_size" in nested["ingest"]:
-            raise ConfigError("ingest-image-size is set by the preset's image size")
         for section, kind in sections.items():
             try:
                 values[section] = _typed(kind, nested[section], section)
@@ -338,83 +349,184 @@ class RunConfig:
         return flat
 
     def validate(self) -> None:
-        get_preset(self.preset)
-        self.site_roster()
+        """Every key in range (the same table as `from_flat`), then the checks
+        that involve several keys; all problems in one error, one per line."""
+        flat = self.to_flat()
+        problems = [
+            problem for key in flat if (problem := _value_problem(key, flat[key]))
+        ]
+        try:
+            self.site_roster()
+        except ConfigError as err:
+            problems.append(str(err))
         checks = [
-            (
-                self.mixed_precision in PRECISIONS,
-                f"mixed-precision must be one of {sorted(PRECISIONS)}",
-            ),
-            (
-                self.encoder_mode in ("trained", "frozen"),
-                "encoder-mode must be 'trained' or 'frozen'",
-            ),
-            (self.train.lr_halve_every >= 0, "lr-halve-every must be >= 0"),
-            (self.gan_rounds >= 0, "gan-rounds must be >= 0"),
-            (self.train.local_epochs >= 1, "local-epochs must be >= 1"),
-            (self.train.batch_size >= 2, "batch-size must be >= 2"),
-            (self.train.d_steps >= 1, "d-steps must be >= 1"),
-            (self.head_ridge >= 0, "head-ridge must be >= 0"),
-            (self.sim_client_cpus > 0, "sim-client-cpus must be > 0"),
-            (self.sim_client_gpus >= 0, "sim-client-gpus must be >= 0"),
-            (
-                self.patient_score in ("mean", "median", "max"),
-                "patient-score must be 'mean', 'median' or 'max'",
-            ),
-            (self.logit_rounds >= 0, "logit-rounds must be >= 0"),
-            (self.strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}"),
-            (self.train.fedprox_mu >= 0, "fedprox-mu must be >= 0"),
-            (self.train.aux_reconstruction >= 0, "aux-reconstruction must be >= 0"),
-            (self.train.aux_latent >= 0, "aux-latent must be >= 0"),
-            (
-                self.server_opt.avgm_lr > 0 and self.server_opt.adam_lr > 0,
-                "server-avgm-lr and server-adam-lr must be > 0",
-            ),
-            (
-                0 <= self.server_opt.avgm_momentum < 1
-                and 0 <= self.server_opt.adam_beta1 < 1
-                and 0 <= self.server_opt.adam_beta2 < 1,
-                "server momentum and betas must be in [0, 1)",
-            ),
-            (self.server_opt.adam_tau > 0, "server-adam-tau must be > 0"),
-            (self.logit_steps >= 1, "logit-steps must be >= 1"),
-            (self.logit_lr > 0, "logit-lr must be > 0"),
-            (
-                self.federated_parts in FEDERATED_PARTS,
-                f"federated-parts must be one of {sorted(FEDERATED_PARTS)}",
-            ),
-            (self.dp_noise_multiplier >= 0, "dp-noise-multiplier must be >= 0"),
-            (self.dp_clip > 0, "dp-clip must be > 0"),
-            (0 < self.dp_delta < 1, "dp-delta must be in (0, 1)"),
-            (
-                self.secure_aggregation in SECURE_AGGREGATIONS,
-                "secure-aggregation must be 'secaggplus' (Flower's SecAgg+) or "
-                f"'fedbigbigan' (ours), got {self.secure_aggregation!r}",
-            ),
-            (
-                self.transport in TRANSPORTS,
-                f"transport must be one of {TRANSPORTS}, got {self.transport!r}",
-            ),
             (
                 self.transport == "float32" or self.secure_aggregation == "fedbigbigan",
                 f"transport={self.transport!r} needs secure-aggregation = "
                 "'fedbigbigan' (our protocol's 16-bit lanes; Flower's SecAgg+ "
                 f"sends int64), got {self.secure_aggregation!r}",
             ),
-            (self.secagg.delta_clip > 0, "secagg-delta-clip must be > 0"),
             (
-                8 <= self.secagg.quantization_bits <= 30,
-                "secagg-quantization-bits must be in 8..30",
+                self.split.val + self.split.test < 0.9,
+                f"split-val + split-test must be < 0.9, got "
+                f"{self.split.val + self.split.test:g}",
             ),
-            (
-                0 < self.split.val < 1 and 0 < self.split.test < 1,
-                "split-val and split-test must be fractions in (0, 1)",
-            ),
-            (self.split.val + self.split.test < 0.9, "split-val + split-test < 0.9"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        problems += [message for ok, message in checks if not ok]
+        if problems:
+            raise ConfigError("\n".join(problems))
+
+
+@dataclass(frozen=True)
+class Range:
+    """The numbers a run config key accepts: finite, within these bounds."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # low itself is not allowed
+    high_open: bool = False
+    integer: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (
+            value < self.low or (self.low_open and value == self.low)
+        ):
+            return False
+        return self.high is None or not (
+            value > self.high or (self.high_open and value == self.high)
+        )
+
+    def __str__(self) -> str:
+        kind = "an integer" if self.integer else "a finite number"
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"{kind} in {left}{self.low:g}, {self.high:g}{right}"
+        if self.low is not None:
+            return f"{kind} {'>' if self.low_open else '>='} {self.low:g}"
+        return kind
+
+
+def _at_least(low: float, integer: bool = False) -> Range:
+    return Range(low, integer=integer)
+
+
+_POSITIVE = Range(0, low_open=True)
+_NON_NEGATIVE = Range(0)
+_FRACTION = Range(0, 1, low_open=True, high_open=True)  # (0, 1)
+_SHARE = Range(0, 1, low_open=True)  # (0, 1]
+_RATE = Range(0, 1, high_open=True)  # [0, 1)
+
+# Every numeric run config key and what it accepts (flat names). A value out
+# of its range stops the run before anything starts, naming key and range.
+RANGES: dict[str, Range] = {
+    "seed": Range(0, 2**32 - 1, integer=True),
+    "gan-rounds": _at_least(0, integer=True),
+    "head-ridge": _NON_NEGATIVE,
+    "logit-rounds": _at_least(0, integer=True),
+    "logit-steps": _at_least(1, integer=True),
+    "logit-lr": _POSITIVE,
+    "local-epochs": _at_least(1, integer=True),
+    "batch-size": _at_least(2, integer=True),
+    "lr-d": _POSITIVE,
+    "lr-eg": _POSITIVE,
+    "lr-e-multiplier": _POSITIVE,
+    "d-steps": _at_least(1, integer=True),
+    "lr-halve-every": _at_least(0, integer=True),
+    "max-slices-per-patient": _at_least(0, integer=True),
+    "fedprox-mu": _NON_NEGATIVE,
+    "aux-reconstruction": _NON_NEGATIVE,
+    "aux-latent": _NON_NEGATIVE,
+    "server-avgm-lr": _POSITIVE,
+    "server-avgm-momentum": _RATE,
+    "server-adam-lr": _POSITIVE,
+    "server-adam-beta1": _RATE,
+    "server-adam-beta2": _RATE,
+    "server-adam-tau": _POSITIVE,
+    # fractions (the config keeps them float): of the sites, of the shares
+    "secagg-num-shares": _SHARE,
+    "secagg-reconstruction-threshold": _SHARE,
+    "secagg-delta-clip": _POSITIVE,
+    "secagg-quantization-bits": Range(8, 30, integer=True),
+    "secagg-timeout": _POSITIVE,
+    "split-val": _FRACTION,
+    "split-test": _FRACTION,
+    "ingest-window-center": Range(),
+    "ingest-window-width": _POSITIVE,
+    "ingest-central-slices": _at_least(1, integer=True),
+    "ingest-min-lung-fraction": _RATE,
+    "ingest-max-decoded-mb": _at_least(1, integer=True),
+    "ingest-max-file-mb": _at_least(1, integer=True),
+    "ingest-workers": _at_least(1, integer=True),
+    "sim-client-cpus": _POSITIVE,
+    "sim-client-gpus": _NON_NEGATIVE,
+    "dp-noise-multiplier": _NON_NEGATIVE,
+    "dp-clip": _POSITIVE,
+    "dp-delta": _FRACTION,
+    "max-site-weight": _at_least(0, integer=True),
+}
+
+# Every run config key with a fixed set of values.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "preset": tuple(PRESETS),
+    "patient-score": ("mean", "median", "max"),
+    "strategy": STRATEGIES,
+    "secure-aggregation": SECURE_AGGREGATIONS,
+    "transport": TRANSPORTS,
+    "encoder-mode": ("trained", "frozen"),
+    "mixed-precision": tuple(PRECISIONS),
+    "federated-parts": tuple(FEDERATED_PARTS),
+    "ingest-intensity": INTENSITY_POLICIES,
+    "ingest-slice-policy": SLICE_POLICIES,
+    "ingest-series": SERIES_POLICIES,
+}
+
+
+def flat_problems(flat: dict[str, Any]) -> list[str]:
+    """One line per key of a flat run config that is unknown, of the wrong type
+    or out of range (each naming key, value and what it accepts)."""
+    defaults = RunConfig().to_flat()
+    problems = []
+    for key, value in flat.items():
+        if key == "ingest-image-size":
+            problems.append("ingest-image-size is set by the preset's image size")
+        elif key not in defaults:
+            problems.append(f"run config key {key!r} is unknown")
+        else:
+            problem = _type_problem(key, value, defaults[key]) or _value_problem(
+                key, value
+            )
+            if problem:
+                problems.append(problem)
+    return problems
+
+
+def _type_problem(key: str, value: Any, default: Any) -> str | None:
+    """A value of another type than the key's (bool is not a number here)."""
+    kind = type(default)
+    if isinstance(value, bool) != (kind is bool):
+        ok = False
+    elif kind is float:
+        ok = isinstance(value, int | float)
+    else:
+        ok = isinstance(value, kind)
+    if ok:
+        return None
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+    allowed = RANGES[key] if key in RANGES else names[kind]
+    return f"{key} must be {allowed}, got {value!r}"
+
+
+def _value_problem(key: str, value: Any) -> str | None:
+    """A value outside the key's range or choices (None: fine or unchecked)."""
+    if key in RANGES:
+        allowed = RANGES[key]
+        if value not in allowed or (allowed.integer and value != int(value)):
+            return f"{key} must be {allowed}, got {value!r}"
+    elif key in CHOICES and value not in CHOICES[key]:
+        return f"{key} must be one of {list(CHOICES[key])}, got {value!r}"
+    return None
 
 
 def _typed(kind: type, values: dict[str, Any], where: str) -> Any:

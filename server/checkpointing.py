@@ -51,6 +51,8 @@ def stable_config(config: RunConfig) -> dict:
         del flat["secure-aggregation"]
     if flat.get("transport") == "float32":  # likewise, from before transport
         del flat["transport"]
+    if flat.get("max-site-weight") == 0:  # likewise, from before the cap
+        del flat["max-site-weight"]
     return flat
 
 

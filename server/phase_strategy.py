@@ -21,6 +21,7 @@ class PhaseStrategy(Strategy):
         self.config: dict = {}
         self.aggregate = None
         self.site_metrics: list[dict] = []
+        self.declared: dict[int, object] = {}  # node -> its example count (clear)
         self.dropped = 0  # sites lost in the last round
         self._asked = 0  # sites sent the last round's train message
         self.train_messages_to: set[int] = set()  # audit: who ever got a train message
@@ -65,6 +66,7 @@ class PhaseStrategy(Strategy):
             )
         self.aggregate = parameters_to_ndarrays(results[0][1].parameters)
         self.site_metrics = [dict(res.metrics) for _, res in results]
+        self.declared = {int(proxy.node_id): res.num_examples for proxy, res in results}
         return results[0][1].parameters, {}
 
     def configure_evaluate(self, server_round, parameters, client_manager):

@@ -4,17 +4,79 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 from common.config import RunConfig
 from common.metrics import roc_from_histograms
+from server.checkpointing import CHECKPOINT
 from server.evaluation import SPLITS, pooled
 
 HISTOGRAMS = "histograms.npz"
 RECONSTRUCTIONS = "reconstructions.png"  # written by simulations only (shows slices)
 PRIVACY_CURVE = "privacy_curve.json"  # written by `fedbigbigan privacy-curve`
+RUN_LOG = "run.log"  # everything a simulated run's processes printed
+# What a run writes into its directory (`simulate`, `flwr run`): `--overwrite`
+# removes these, and nothing else of the folder. The sites' data (data/) is
+# the run's input: it stays, and is reused when it fits.
+RUN_FILES = (
+    "config.json",
+    "metrics.json",
+    "global_weights.npz",
+    HISTOGRAMS,
+    "roc.png",
+    "losses.png",
+    CHECKPOINT,
+    RECONSTRUCTIONS,
+    "report.html",
+    RUN_LOG,
+)
+RUN_FOLDERS = ("samples", "report", "ingest-cache", "tensorboard")
+# What `train-central` writes into its directory.
+CENTRAL_FILES = ("model.npz", "metrics.json", "losses.png")
+CENTRAL_FOLDERS = ("recon", "ingest-cache")
+
+
+class RunDirError(ValueError):
+    """An output folder holds a run that this command would overwrite."""
+
+
+def claim_run_dir(
+    out: Path,
+    *,
+    resume: bool,
+    overwrite: bool,
+    files: tuple[str, ...] = RUN_FILES,
+    folders: tuple[str, ...] = RUN_FOLDERS,
+) -> None:
+    """Make sure starting a run in `out` loses nothing by accident.
+
+    A folder holding a run (finished or interrupted) is refused unless the run
+    is resumed or `overwrite` is given; `overwrite` removes the run's own files
+    and folders (`files`, `folders`, and their temporary names) only.
+    """
+    if resume and overwrite:
+        raise RunDirError("--resume and --overwrite exclude each other: pick one")
+    present = [name for name in files if (out / name).is_file()]
+    if not present or resume:
+        return
+    if not overwrite:
+        raise RunDirError(
+            f"{out} holds a run ({', '.join(present)}): give --resume to continue "
+            "it, --overwrite to replace it, or a new --out"
+        )
+    for name in files:
+        for path in (out / name, out / f"{name}.tmp"):
+            if path.is_symlink() or path.is_file():
+                path.unlink()
+    for name in folders:
+        path = out / name
+        if path.is_symlink():
+            path.unlink()  # the link only, never what it points to
+        elif path.is_dir():
+            shutil.rmtree(path)
 
 
 def pooled_histograms(site_hist: dict, coarse: dict | None = None) -> dict:

@@ -34,7 +34,7 @@ from flwr.serverapp import Grid
 
 from common.secure_agg import keys, masking
 from common.secure_agg import protocol as p
-from common.secure_agg.quantize import FixedPoint, decode_weight
+from common.secure_agg.quantize import FixedPoint, decode_weight, encode_weight
 
 log = logging.getLogger("flwr")
 
@@ -167,6 +167,16 @@ class SecureAggregator:
         uploaded = set(replies)
         stats.uploaded = len(uploaded)
         self._unmask(grid, rnd, total, uploaded, stats)
+        declared = self._declared_weight(replies, len(nodes))
+        if int(total[0]) != declared:  # a weight lane edited after encoding
+            raise SecureAggregationError(
+                "check 'weight' failed: the unmasked total weight "
+                f"{decode_weight(int(total[0]), len(nodes), self.lane_bits):.9g} "
+                "is not the sum of the weights the sites declared "
+                f"({decode_weight(declared, len(nodes), self.lane_bits):.9g}): a "
+                "site's weight lane does not match its example count; the round "
+                "is discarded"
+            )
         arrays = _decode(total, layout, self._codes(len(nodes), layout))
         return SecureResult(
             arrays=arrays,
@@ -305,32 +315,91 @@ class SecureAggregator:
             contents[nid] = content
         replies = self._exchange(grid, rnd, p.COLLECT, contents, stats)
         start = time.perf_counter()
-        layout, total = None, None
-        lane = FixedPoint(1.0, len(rnd.neighbours), rnd.lane_bits).lane
+        layouts: dict[int, p.Layout] = {}
         for nid, content in sorted(replies.items()):
-            record = content.config_records[p.RECORD]
-            got = p.Layout.from_config(record)
+            try:
+                layouts[nid] = p.Layout.from_config(content.config_records[p.RECORD])
+            except (KeyError, TypeError, ValueError) as err:
+                self._drop(rnd, replies, nid, f"an unreadable layout ({err})")
+        # the form most nodes sent: a malformed minority cannot set it, and a
+        # node whose reply differs is the one dropped, whatever its id
+        forms = [layouts[n] for n in sorted(layouts)]
+        layout = max(forms, key=forms.count) if forms else None
+        lane = FixedPoint(1.0, len(rnd.neighbours), rnd.lane_bits).lane
+        total = np.zeros(layout.length, lane) if layout is not None else None
+        for nid in sorted(layouts):
+            content = replies[nid]
+            problem = self._malformed(content, layouts[nid], layout, lane)
+            if problem:
+                self._drop(rnd, replies, nid, problem)
+                continue
             if rnd.lane_bits != 32:
-                stats.clipped += int(record.get(p.CLIPPED, 0))
-            if layout is None:
-                layout = got
-                total = np.zeros(layout.length, lane)
-            elif got != layout:
-                raise SecureAggregationError(
-                    f"node {nid} sent arrays of another form than node "
-                    f"{min(replies)}: every node must send the same shapes and dtypes"
-                )
+                stats.clipped += int(content.config_records[p.RECORD].get(p.CLIPPED, 0))
             _add_chunks(total, content.array_records.pop(p.MASKED), self.chunk_elements)
-            if any(len(r) for r in content.array_records.values()):
-                raise SecureAggregationError(
-                    f"node {nid} sent arrays next to its masked vector"
-                )
         stats.seconds["sum"] = time.perf_counter() - start
         rnd.active = set(replies)
-        if layout is None:
-            raise SecureAggregationError("no node uploaded a masked vector")
+        if layout is None or not replies:
+            raise SecureAggregationError(
+                "no node uploaded a well-formed masked vector; lost: "
+                + "; ".join(rnd.failures)
+            )
         self._check(rnd, rnd.active, "collect", needy=rnd.shared)
         return total, layout, replies
+
+    def _malformed(self, content, got: p.Layout, layout: p.Layout, lane) -> str | None:
+        """Why a node's upload cannot join the sum (None: it can): another form
+        than the others', a bad declared example count, chunks of the wrong
+        number, dtype or size, or arrays beside the masked vector."""
+        if got != layout:
+            return "arrays of another form (shapes, dtypes) than the other nodes'"
+        n = p.declared_examples(content)
+        if (
+            isinstance(n, bool)
+            or not isinstance(n, int | float)
+            or not (np.isfinite(n) and 1 <= n <= self.max_weight)
+        ):
+            return f"a declared example count {n!r} outside [1, {self.max_weight:g}]"
+        if any(len(r) for k, r in content.array_records.items() if k != p.MASKED):
+            return "arrays next to its masked vector"
+        record = content.array_records.get(p.MASKED)
+        bounds = p.chunk_bounds(layout.length, self.chunk_elements)
+        if record is None or len(record) != len(bounds):
+            return "a masked vector with the wrong number of chunks"
+        for i, (a, b) in enumerate(bounds):
+            key = p.chunk_key(i)
+            if key not in record:
+                return f"no masked chunk {key}"
+            chunk = record[key]
+            try:
+                dtype = np.dtype(chunk.dtype)
+            except TypeError:
+                dtype = None
+            if dtype != np.dtype(lane) or tuple(chunk.shape) != (b - a,):
+                return (
+                    f"masked chunk {key} as {chunk.dtype} {tuple(chunk.shape)}, "
+                    f"not {np.dtype(lane).name} ({b - a},)"
+                )
+        return None
+
+    def _drop(self, rnd: _Round, replies: dict, nid: int, problem: str) -> None:
+        """Treat a node whose upload is malformed as one that dropped out
+        before uploading: its masks are rebuilt from its neighbours' shares."""
+        del replies[nid]
+        rnd.failures.append(f"node {nid} (collect): sent {problem}; dropped")
+        log.warning("secure-agg: node %d sent %s; dropped from the round", nid, problem)
+
+    def _declared_weight(self, replies: dict[int, RecordDict], n_clients: int) -> int:
+        """The weight lane's expected sum: each uploader's weight encoded from
+        the example count it declared in clear, as the clients encode it."""
+        total = sum(
+            encode_weight(
+                float(p.declared_examples(c)) / self.max_weight,
+                n_clients,
+                self.lane_bits,
+            )
+            for c in replies.values()
+        )
+        return total % 2**self.lane_bits
 
     def _unmask(self, grid, rnd: _Round, total, uploaded: set[int], stats) -> None:
         dead = rnd.shared - uploaded
@@ -439,6 +508,7 @@ class SecureAggWorkflow(SecureAggregator):
     without calling `aggregate_fit`, as SecAgg+ does."""
 
     last_stats: RoundStats | None = None  # the last completed round's time, bytes
+    last_error: str | None = None  # why the last round halted, if it did
 
     def __call__(self, grid: Grid, context: Context) -> None:
         if not isinstance(context, LegacyContext):
@@ -463,6 +533,7 @@ class SecureAggWorkflow(SecureAggregator):
             result = self.run(grid, contents, group_id=str(current_round))
         except SecureAggregationError as err:
             log.error("secure aggregation halted: %s", err)
+            self.last_error = str(err)
             return
         self.last_stats = result.stats
         mean = ndarrays_to_parameters(result.ndarrays("fitres.parameters"))

@@ -31,6 +31,7 @@ from common.model_parts import federated_indices, floor_variances, merge, select
 from common.secure_agg.quantize import FixedPoint
 from common.site_evaluation import read_site_report
 from server import tensorboard
+from server.aggregate_checks import admit_sites, check_aggregate, check_declared
 from server.checkpointing import (
     ServerCheckpoint,
     config_hash,
@@ -76,12 +77,18 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
     try:
         _wait_for_nodes(grid, len(config.site_roster()), config.secagg.timeout)
         roles = _query_roles(grid, flat, config.secagg.timeout)
-        strategy.train_node_ids = {n for n, (r, _) in roles.items() if r == "train"}
-        sizes = [n for r, n in roles.values() if r == "train"]
+        admitted, refused = admit_sites(
+            {n: size for n, (r, size) in roles.items() if r == "train"},
+            config.max_site_weight,
+        )
+        for line in refused:  # never trained, never in a sum
+            log.error("training site refused: %s", line)
+        strategy.train_node_ids = set(admitted)
+        sizes = list(admitted.values())
         log.info(
             "federation: %d training sites, %d held out for validation",
             len(sizes),
-            len(roles) - len(sizes),
+            sum(r != "train" for r, _ in roles.values()),
             extra=PROGRESS,
         )
         if len(strategy.train_node_ids) < 2:
@@ -431,7 +438,8 @@ def _query_roles(grid: Grid, flat: dict, timeout: float) -> dict[int, tuple[str,
         timeout,
     ):
         props = compat.recorddict_to_getpropertiesres(reply.content).properties
-        roles[reply.metadata.src_node_id] = (str(props["role"]), int(props["n_train"]))
+        # n_train as sent: `admit_sites` refuses what is not a usable count
+        roles[reply.metadata.src_node_id] = (str(props["role"]), props["n_train"])
     log.info("sites: %s", {n: r for n, (r, _) in roles.items()})
     return roles
 
@@ -489,6 +497,7 @@ def _secure_round(
         ndarrays_to_parameters(weights), keep_input=True
     )
     legacy.strategy.aggregate = None
+    legacy.strategy.declared = {}
     workflow = _workflow(config, clip, max_weight, lanes, tensor_clips)
     started = time.monotonic()
     workflow(grid, legacy)
@@ -506,6 +515,13 @@ def _secure_round(
                 legacy.strategy.site_metrics,
             )
         )
+    halted = getattr(workflow, "last_error", None)  # ours says why
+    if legacy.strategy.aggregate is None and halted:
+        raise RuntimeError(
+            f"round {rnd}: secure aggregation ({config.secure_aggregation}) did "
+            f"not complete: {halted}. The last completed round is in "
+            "checkpoint.npz: fix the sites and resume."
+        )
     if legacy.strategy.aggregate is None:
         raise RuntimeError(
             f"round {rnd}: secure aggregation ({config.secure_aggregation}) did "
@@ -516,6 +532,10 @@ def _secure_round(
             "see the log for the sites that dropped. The last completed round is "
             "in checkpoint.npz: fix the sites and resume."
         )
+    # what the server can check of a sum it cannot see into (AggregateRejected
+    # stops the run before the round is applied or checkpointed)
+    check_declared(legacy.strategy.declared, max_weight, rnd)
+    check_aggregate(legacy.strategy.aggregate, clip, rnd, tensor_clips)
     return legacy.strategy.aggregate
 
 

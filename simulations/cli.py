@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 import tomllib
 
-from common.config import RunConfig
+from common.config import ConfigError, RunConfig
+from server.run_dir import RunDirError, claim_run_dir
 from simulations.deploy_cli import (
     DEPLOY_COMMANDS,
     add_deploy_commands,
@@ -18,7 +20,9 @@ from simulations.deploy_cli import (
 from simulations.model_cli import (
     add_model_commands,
     add_slice_choice,
+    count,
     run_model_command,
+    scale,
 )
 
 MODEL_COMMANDS = ("presets", "train-central", "extract")
@@ -204,6 +208,9 @@ def _ingest(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(result.summary.text(result.report_path))
+    if not result.patients:  # nothing to train on is a failed ingest
+        print(f"error: {result.summary.why_nothing_kept()}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -238,13 +245,13 @@ def _add_study_size(parser: argparse.ArgumentParser) -> None:
     """--scale and --slices of a phantom study."""
     parser.add_argument(
         "--scale",
-        type=float,
+        type=scale,
         default=1.0,
         help="patients per site as a fraction of the study's (1.0: 166 at "
         "hospital A, 35 at hospital B)",
     )
     parser.add_argument(
-        "--slices", type=int, default=6, help="CT slices written per phantom patient"
+        "--slices", type=count, default=6, help="CT slices written per phantom patient"
     )
 
 
@@ -300,6 +307,11 @@ def main(argv: list[str] | None = None) -> int:
         "--resume",
         action="store_true",
         help="continue the interrupted run in --out from its checkpoint.npz",
+    )
+    sim.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in --out (only its own files are removed)",
     )
     sim.add_argument(
         "--run-config",
@@ -358,6 +370,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     for handler in logging.getLogger().handlers:  # Flower has its own handler
         handler.addFilter(lambda record: not record.name.startswith("flwr"))
+    try:
+        return _run(parser, args)
+    except (ConfigError, RunDirError) as err:  # one line per problem, no traceback
+        for line in str(err).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        return 2
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Run the parsed command."""
     if args.command in MODEL_COMMANDS:
         overrides = _parse_overrides(getattr(args, "run_config", []))
         flat = {**_default_config().to_flat(), **overrides}
@@ -433,12 +455,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "scenarios":
         return _list_scenarios()
     if args.sweep is not None:
+        from simulations.scenarios import ScenarioError
         from simulations.sweep import run_sweep
 
         overrides = _parse_overrides(args.run_config)
-        rows = run_sweep(
-            args.sweep, args.out, {**_default_config().to_flat(), **overrides}
-        )
+        try:
+            rows = run_sweep(
+                args.sweep, args.out, {**_default_config().to_flat(), **overrides}
+            )
+        except ScenarioError as err:
+            parser.error(str(err))
         print(f"{len(rows)} runs; table: {args.out / 'sweep.csv'}")
         return 0
     return _simulate(args, parser)
@@ -461,14 +487,15 @@ def _simulate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from simulations.simulate import simulate
 
     try:
-        config = RunConfig.from_flat(flat)
+        config = RunConfig.from_flat(flat)  # every value checked before anything
         scenario = None
         if args.scenario or args.scenario_set:
             settings: dict = {}
             for item in args.scenario_set:
                 settings = _merged(settings, parse_override(item))
             scenario = load_scenario(args.scenario or "paper", settings)
-    except (ScenarioError, ValueError) as err:
+        claim_run_dir(args.out, resume=args.resume, overwrite=args.overwrite)
+    except ScenarioError as err:
         parser.error(str(err))
     with RunLog(args.out, args.verbose) as run:
         run.say(_run_header(args, config, scenario))

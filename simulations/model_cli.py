@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,28 @@ def add_slice_choice(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def scale(text: str) -> float:
+    """`--scale`: a finite number > 0 (the share of the study's patients)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def count(text: str) -> int:
+    """`--slices`: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
 def add_model_commands(sub, add_run_config) -> None:
     """Register the commands on the main parser's subparsers."""
     sub.add_parser("presets", help="print each model preset's parameter counts")
@@ -34,12 +57,17 @@ def add_model_commands(sub, add_run_config) -> None:
         "--out", type=Path, required=True, help="folder of the run (data, model)"
     )
     central.add_argument(
-        "--scale", type=float, default=1.0, help="phantom study size (1.0: full)"
+        "--scale", type=scale, default=1.0, help="phantom study size (1.0: full)"
     )
     central.add_argument(
-        "--slices", type=int, default=6, help="slices per phantom patient"
+        "--slices", type=count, default=6, help="slices per phantom patient"
     )
     add_slice_choice(central)
+    central.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in --out (only its own files are removed)",
+    )
     central.add_argument(
         "--probe-every",
         type=int,
@@ -104,9 +132,17 @@ def _presets() -> int:
 
 
 def _train_central(args: argparse.Namespace, config: RunConfig) -> int:
+    from server.run_dir import CENTRAL_FILES, CENTRAL_FOLDERS, claim_run_dir
     from simulations.central import train_central
     from simulations.phantoms import write_study
 
+    claim_run_dir(
+        args.out,
+        resume=False,
+        overwrite=args.overwrite,
+        files=CENTRAL_FILES,
+        folders=CENTRAL_FOLDERS,
+    )
     data = args.out / "data"
     recipe = {
         "scale": args.scale,

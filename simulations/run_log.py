@@ -18,7 +18,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, TypeVar
 
-LOG_NAME = "run.log"
+from server.run_dir import RUN_LOG
+
+LOG_NAME = RUN_LOG
 # log records carrying this attribute are the run's progress lines
 # (server code: `log.info(..., extra=PROGRESS)`): the terminal shows them
 PROGRESS = {"progress": True}

@@ -30,6 +30,7 @@ import csv
 import dataclasses
 import itertools
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,11 @@ def load_sweep(path: Path) -> Sweep:
         bad = [v for v in values if v not in allowed]
         if bad:
             raise ScenarioError(f"{path}: {name} {bad} unknown (use {list(allowed)})")
+    if not (math.isfinite(sweep.scale) and sweep.scale > 0) or sweep.slices < 1:
+        raise ScenarioError(
+            f"{path}: scale must be a finite number > 0 and slices an integer "
+            f">= 1, got scale {sweep.scale!r}, slices {sweep.slices!r}"
+        )
     for name in sweep.scenarios:  # fail before the first run, not in the middle
         load_scenario(name, sweep.scenario_settings.get(name))
     return sweep
@@ -121,25 +127,32 @@ def run_sweep(path: Path, out: Path, base_flat: dict[str, Any]) -> list[dict]:
 
     sweep = load_sweep(path)
     out = Path(out)
+    grid = list(
+        itertools.product(
+            sweep.scenarios, sweep.seeds, sweep.strategies, sweep.federated_parts
+        )
+    )
+    configs = {  # every run's config checked before the first run starts
+        (seed, strategy, parts): RunConfig.from_flat(
+            {
+                **base_flat,
+                **sweep.run_config,
+                "seed": seed,
+                "strategy": strategy,
+                "federated-parts": parts,
+            }
+        )
+        for _, seed, strategy, parts in grid
+    }
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
-    grid = itertools.product(
-        sweep.scenarios, sweep.seeds, sweep.strategies, sweep.federated_parts
-    )
     for scenario_name, seed, strategy, parts in grid:
         scenario = load_scenario(
             scenario_name, sweep.scenario_settings.get(scenario_name)
         )
-        flat = {
-            **base_flat,
-            **sweep.run_config,
-            "seed": seed,
-            "strategy": strategy,
-            "federated-parts": parts,
-        }
-        config = RunConfig.from_flat(flat)
+        config = configs[(seed, strategy, parts)]
         run = out / f"{scenario_name}__{strategy}__{parts}__s{seed}"
-        metrics = _finished(run)
+        metrics = _finished(run, config)
         if metrics is None:
             # sites are built once per scenario and seed and shared by its runs
             data = out / "data" / f"{scenario_name}__s{seed}"
@@ -157,13 +170,34 @@ def run_sweep(path: Path, out: Path, base_flat: dict[str, Any]) -> list[dict]:
     return rows
 
 
-def _finished(run: Path) -> dict | None:
-    """A run's metrics if it completed (comparisons are written last)."""
+def _finished(run: Path, config: RunConfig) -> dict | None:
+    """A run's metrics if it completed (comparisons are written last) under
+    this run config; one finished under another config is refused, not mixed
+    into the table."""
+    from server.checkpointing import stable_config
+    from server.run_dir import RunDirError
+
     path = run / "metrics.json"
     if not path.is_file():
         return None
     metrics = json.loads(path.read_text())
-    return metrics if "comparisons" in metrics else None
+    if "comparisons" not in metrics:
+        return None
+    if (run / "config.json").is_file():
+        done = RunConfig.from_flat(json.loads((run / "config.json").read_text()))
+        # the scenario sets the roster; out-dir and data root are volatile
+        wanted = {**stable_config(config), "sim-sites": done.sim_sites}
+        differ = sorted(
+            key
+            for key, value in stable_config(done).items()
+            if wanted.get(key) != value
+        )
+        if differ:
+            raise RunDirError(
+                f"{run} finished under another run config ({', '.join(differ)} "
+                "differ): use a new --out for this sweep"
+            )
+    return metrics
 
 
 def _rows(key: tuple, run: Path, metrics: dict) -> list[dict]:

@@ -287,7 +287,13 @@ def test_compose_federation_is_consistent():
     mounts = _mounts(services["superlink"])
     for flag in (link.ssl_ca_certfile, link.ssl_certfile, link.ssl_keyfile):
         assert any(flag.startswith(target) for target in mounts), flag
-    assert services["superlink"]["ports"] == ["8000:8000"]
+    # published on the host's loopback only: the Control API shares the port
+    (published,) = services["superlink"]["ports"]
+    host, _, rest = published.partition(":")
+    assert host == "127.0.0.1" and rest == "8000:8000", published
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), (name, port)
 
     register = _fedbigbigan_args(services["register"]["command"])
     assert (register.pki_command, register.federation) == ("register", "hospitals")

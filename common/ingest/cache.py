@@ -1,6 +1,6 @@
 """The ingest cache: what was read (by file content) and the preprocessed pixels.
 
-Layout of a cache folder (never inside the site folder):
+Layout of a cache folder (never inside the site folder, never holding it):
 
     state.json                     per path: size, mtime, ctime, inode -> content key;
                                    per content key: header summary or skip reason
@@ -56,6 +56,9 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 STATE_VERSION = 1
+# Every temporary file ingest writes is named so; only such names, and only in
+# the cache's own places, are ever deleted (the cache folder may be shared).
+TMP_PREFIX = ".tmp-ingest-"
 PACK_DTYPE = np.float16  # [-1, 1] to ~5e-4: plenty for CT inputs, half the disk
 log = logging.getLogger(__name__)
 
@@ -77,7 +80,7 @@ class State:
 
 
 class Cache:
-    """One cache folder; refuses to live inside the source folder."""
+    """One cache folder; refuses to live inside the source folder or to hold it."""
 
     def __init__(self, root: Path, source: Path):
         self.root = Path(root).resolve()
@@ -86,6 +89,11 @@ class Cache:
             raise IngestError(
                 f"{self.root}: the cache must not be inside the site folder "
                 f"{source}; ingest never writes there"
+            )
+        if source.is_relative_to(self.root):
+            raise IngestError(
+                f"{self.root}: the cache folder must not contain the site folder "
+                f"{source}; give a cache folder of its own"
             )
         self.root.mkdir(parents=True, exist_ok=True)
 
@@ -162,8 +170,12 @@ class Cache:
         for path in folder.glob("*.npy") if folder.is_dir() else ():
             if path.stem not in series:
                 path.unlink(missing_ok=True)
-        for path in self.root.rglob(".tmp-*"):  # left by a process that died
-            path.unlink(missing_ok=True)
+        # Temporary files a process that died left: only our names, only where
+        # this cache writes them (never a walk of the whole folder).
+        for own in (self.root, self.pixel_dir(pixel_key), folder):
+            for path in own.glob(f"{TMP_PREFIX}*") if own.is_dir() else ():
+                if path.is_file() and not path.is_symlink():
+                    path.unlink(missing_ok=True)
 
     @staticmethod
     def _read_json(path: Path) -> dict[str, Any] | None:
@@ -180,7 +192,7 @@ class Cache:
 def write_array(path: Path, array: np.ndarray) -> None:
     """Save an .npy atomically (temporary file in the same folder, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX, suffix=".npy")
     try:
         with os.fdopen(fd, "wb") as handle:
             np.lib.format.write_array(handle, np.ascontiguousarray(array))
@@ -202,7 +214,7 @@ def write_text(path: Path, text: str) -> None:
     `durable_together`, the fsync and rename wait for the end of the block."""
     pending = getattr(_DURABLE, "pending", None)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX, suffix=path.suffix)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -408,7 +420,7 @@ def copy_rows(path: Path, rows: list[tuple[str, int, int]], size: int) -> None:
         else:
             runs.append([source, start, row_bytes])
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX, suffix=".npy")
     sources: dict[str, int] = {}
     try:
         with os.fdopen(fd, "wb") as out:

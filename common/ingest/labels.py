@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,39 @@ class Labels:
         return None if row is None else row.label
 
 
+def decode_labels(path: Path, raw: bytes) -> str:
+    """The labels file's text, whatever a spreadsheet saved it as.
+
+    UTF-8 (with or without a BOM) and UTF-16 with a BOM (Excel's "Unicode
+    text") are decoded as such; anything else that is not UTF-8 is read as
+    Windows-1252 (Excel's "CSV" on Western-European Windows). What none of
+    these can decode is named in one line.
+    """
+    if raw.startswith(codecs.BOM_UTF8):
+        encoding, body = "utf-8", raw[len(codecs.BOM_UTF8) :]
+    elif raw.startswith(codecs.BOM_UTF16_LE):
+        encoding, body = "utf-16-le", raw[len(codecs.BOM_UTF16_LE) :]
+    elif raw.startswith(codecs.BOM_UTF16_BE):
+        encoding, body = "utf-16-be", raw[len(codecs.BOM_UTF16_BE) :]
+    else:
+        if b"\x00" in raw:
+            raise IngestError(
+                f"{path}: holds NUL bytes (UTF-16 without a byte-order mark?); "
+                "save it as CSV UTF-8"
+            )
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            encoding, body = "cp1252", raw
+    try:
+        return body.decode(encoding)
+    except UnicodeDecodeError as err:
+        raise IngestError(
+            f"{path}: byte {err.start} cannot be read as {encoding}; "
+            "save it as CSV UTF-8"
+        ) from None
+
+
 def read_labels(path: Path) -> Labels:
     """Parse the labels file; unusable rows become problems, not exceptions.
 
@@ -50,8 +84,7 @@ def read_labels(path: Path) -> Labels:
         raise IngestError(f"{path}: labels file not found")
     labels = Labels(path)
     conflicted: set[str] = set()
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        text = handle.read()
+    text = decode_labels(path, path.read_bytes())
     first = text.splitlines()[0] if text.strip() else ""
     delimiter = max(",;\t", key=first.count) if first else ","
     reader = csv.reader(text.splitlines(), delimiter=delimiter)

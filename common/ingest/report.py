@@ -94,6 +94,22 @@ class Summary:
             lines.append(f"details: {report_path}")
         return "\n".join(lines)
 
+    def why_nothing_kept(self) -> str:
+        """One line: why no patient was kept (for an ingest that kept none)."""
+        if not self.files:
+            return f"{self.site}: no patient kept: the folder holds no file"
+        if self.images_without_label and not self.labelled_without_images:
+            return (
+                f"{self.site}: no patient kept: no patient with images is in the "
+                f"labels ({len(self.images_without_label)} unlabelled)"
+            )
+        top = sorted(self.skipped.items(), key=lambda i: (-i[1], i[0]))[:3]
+        reasons = ", ".join(f"{n} {REASONS[code][1]} [{code}]" for code, n in top)
+        return (
+            f"{self.site}: no patient kept: {self.files_used} of {self.files} files "
+            f"used" + (f"; skipped: {reasons}" if reasons else "")
+        )
+
 
 def summarize(
     site_dir: Path,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from stat import S_ISREG
 from typing import Any
 
 import xxhash
@@ -18,6 +19,7 @@ from common.ingest.headers import Header, quiet_pydicom, read_dataset, summarize
 from common.ingest.packs import SeriesBuffer
 from common.ingest.pixels import cached_slices
 from common.ingest.reasons import Skip, short_error
+from common.ingest.scan import inside, special_detail
 from common.ingest.series import file_order
 
 
@@ -107,9 +109,25 @@ def process_chunk(
 def read_file(rel: str, setup: WorkerSetup) -> tuple[list[int], bytes] | FileResult:
     """(stat, bytes) of one file, or the result saying why it cannot be read."""
     path = os.path.join(setup.site_dir, rel)
+    # The walk read only regular files inside the site; the file may have been
+    # replaced since, so this is checked again on what is opened. O_NONBLOCK:
+    # opening a FIFO that appeared meanwhile must not wait for a writer.
+    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        target = os.path.realpath(path)  # a dangling link fails below as such
+        if os.path.exists(target) and not inside(
+            target, os.path.realpath(setup.site_dir)
+        ):
+            return _unread(
+                rel, [0, 0, 0, 0], Skip("link-outside", "leads outside the site folder")
+            )
+        fd = os.open(path, flags)
         try:
+            st = os.fstat(fd)
+            if not S_ISREG(st.st_mode):
+                return _unread(
+                    rel, [0, 0, 0, 0], Skip("special-file", special_detail(st.st_mode))
+                )
             stat = file_stat(fd)  # of what is read, not of the path again
             if stat[0] > setup.config.max_file_mb * 2**20:
                 return _unread(

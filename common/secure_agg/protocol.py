@@ -171,6 +171,16 @@ class Layout:
         return cls(tuple(entries))
 
 
+def declared_examples(content) -> int | float | None:
+    """A train reply's example count (its averaging weight, sent in clear):
+    legacy `fitres.num_examples` or Message-API `num-examples`; None if absent."""
+    for name, record in content.metric_records.items():
+        for key in ("num_examples", "num-examples"):
+            if key in record and name != RECORD:
+                return record[key]
+    return None
+
+
 def chunk_bounds(length: int, chunk: int) -> list[tuple[int, int]]:
     """[start, end) of each uploaded chunk of a vector of `length` elements."""
     return [(a, min(a + chunk, length)) for a in range(0, length, chunk)]
