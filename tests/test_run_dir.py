@@ -32,7 +32,7 @@ def tree(root) -> dict[str, str]:
 def finished_run(tmp_path):
     """A run folder as `simulate` leaves it, plus the user's own files."""
     run = tmp_path / "run"
-    for name in ("config.json", "metrics.json", "checkpoint.npz", "roc.png"):
+    for name in ("config.json", "metrics.json", "checkpoint.npz", "roc.png", "run.log"):
         (run / name).parent.mkdir(parents=True, exist_ok=True)
         (run / name).write_text(f"the run's {name}")
     (run / "samples").mkdir()
@@ -46,7 +46,8 @@ def finished_run(tmp_path):
 
 
 class _Reached(Exception):
-    """The stand-in for the simulation: the guard let the command through."""
+    """The stand-in for the simulation: the guard let the command through (the
+    command reports it as the run's error, exit code 1, and keeps its log)."""
 
 
 @pytest.fixture()
@@ -71,14 +72,15 @@ def test_simulate_refuses_a_folder_holding_a_run(finished_run, capsys, no_simula
 
 
 def test_overwrite_removes_only_the_runs_own_files(finished_run, no_simulation):
-    with pytest.raises(_Reached):
-        main(["simulate", "--out", str(finished_run), "--overwrite"])
+    assert main(["simulate", "--out", str(finished_run), "--overwrite"]) == 1
     left = tree(finished_run)
     assert sorted(left) == [
         "data/hospital_b/labels.csv",  # the run's input: kept
         "mine/metrics.json",
         "notes.md",
+        "run.log",  # the new run's: the old one was removed
     ]
+    assert "the run's run.log" not in (finished_run / "run.log").read_text()
     assert len(no_simulation) == 1
 
 
@@ -109,9 +111,10 @@ def test_resume_keeps_the_run_and_excludes_overwrite(finished_run):
 def test_a_folder_without_a_run_is_used_as_it_is(tmp_path, no_simulation):
     (tmp_path / "data").mkdir()  # e.g. sites written by `fedbigbigan phantoms`
     (tmp_path / "data" / "x").write_text("site")
-    with pytest.raises(_Reached):
-        main(["simulate", "--out", str(tmp_path)])
-    assert tree(tmp_path) == {"data/x": hashlib.sha256(b"site").hexdigest()}
+    assert main(["simulate", "--out", str(tmp_path)]) == 1
+    assert len(no_simulation) == 1
+    assert sorted(tree(tmp_path)) == ["data/x", "run.log"]
+    assert (tmp_path / "data" / "x").read_text() == "site"
 
 
 def test_every_run_file_marks_a_run(tmp_path):
