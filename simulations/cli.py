@@ -368,8 +368,12 @@ def main(argv: list[str] | None = None) -> int:
     _add_ingest_command(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    for handler in logging.getLogger().handlers:  # Flower has its own handler
-        handler.addFilter(lambda record: not record.name.startswith("flwr"))
+    for handler in logging.getLogger().handlers:
+        # Flower's own handler prints its INFO and above; its DEBUG lines (the
+        # secure rounds' stages) reach the run's log through this one
+        handler.addFilter(
+            lambda r: not (r.name.startswith("flwr") and r.levelno >= logging.INFO)
+        )
     try:
         return _run(parser, args)
     except (ConfigError, RunDirError) as err:  # one line per problem, no traceback
