@@ -1,6 +1,7 @@
 """The heads' arithmetic: standardised least squares and the logistic steps."""
 
 import numpy as np
+import pytest
 from sklearn.linear_model import LogisticRegression
 
 from common.linear_head import (
@@ -47,3 +48,52 @@ def test_logistic_steps_reach_sklearns_l2_optimum():
     np.testing.assert_allclose(beta[0], reference.intercept_[0], atol=1e-3)
     raw = to_raw(beta, mean, std)  # the same model on raw features
     np.testing.assert_allclose(predict(raw, X), with_intercept(z) @ beta, atol=1e-9)
+
+
+def test_ridge_solve_equals_sklearn_ridge_on_the_same_standardised_features():
+    from sklearn.linear_model import Ridge
+
+    from common.linear_head import solve
+
+    mean, std = pooled_scale(*feature_moments(X))
+    z = standardize(X, mean, std)
+    (gram, moment), _ = standardized_statistics(X, Y, mean, std)
+    lam = 0.3
+    beta = solve(gram, moment, lam)
+    # ours: mean squared error + lam |w|^2; sklearn: summed error + alpha |w|^2
+    reference = Ridge(alpha=lam * len(Y), fit_intercept=True, tol=1e-12).fit(z, Y)
+    np.testing.assert_allclose(beta[1:], reference.coef_, rtol=1e-8)
+    assert beta[0] == pytest.approx(reference.intercept_, rel=1e-8)
+
+
+def test_validation_error_from_statistics_equals_the_direct_error():
+    from common.linear_head import (
+        RIDGE_GRID,
+        ridge_path,
+        solve,
+        squared_error,
+        validation_statistics,
+    )
+
+    mean, std = pooled_scale(*feature_moments(X[:200]))
+    (gram, moment), _ = standardized_statistics(X[:200], Y[:200], mean, std)
+    (vgram, vmoment), _ = validation_statistics(X[200:], Y[200:], mean, std, 200)
+    assert vgram[0, 0] == pytest.approx(100 / 200)  # the share of validation cases
+    best, errors = ridge_path(gram, moment, vgram, vmoment)
+    z_val = with_intercept(standardize(X[200:], mean, std))
+    for lam, error in zip(RIDGE_GRID, errors, strict=True):
+        direct = np.mean((Y[200:] - z_val @ solve(gram, moment, lam)) ** 2)
+        assert error == pytest.approx(direct, rel=1e-9)
+    assert best == RIDGE_GRID[int(np.argmin(errors))]
+    beta = solve(gram, moment, 1.0)
+    assert squared_error(beta, gram, moment) == pytest.approx(
+        np.mean((Y[:200] - with_intercept(standardize(X[:200], mean, std)) @ beta) ** 2)
+    )
+
+
+def test_ridge_path_without_validation_data_keeps_the_grids_middle():
+    from common.linear_head import RIDGE_GRID, ridge_path
+
+    zeros = np.zeros((7, 7))
+    best, errors = ridge_path(np.eye(7), np.ones(7), zeros, np.zeros(7))
+    assert best == RIDGE_GRID[len(RIDGE_GRID) // 2] and np.isnan(errors).all()
