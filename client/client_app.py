@@ -27,6 +27,7 @@ from common.dp import clip_and_noise
 from common.linear_head import (
     feature_moments,
     logistic_steps,
+    patient_means,
     predict,
     standardize,
     standardized_statistics,
@@ -177,10 +178,12 @@ class HospitalClient(NumPyClient):
                 stats, n = standardized_statistics(
                     x[kind]["train"], train.labels, mean, std
                 )
-                # the validation patients' statistics choose the ridge strength
-                val, m = validation_statistics(
-                    x[kind]["val"], data["val"].labels, mean, std, len(train)
+                # the validation patients' mean features choose the ridge
+                # strength (a linear score of the mean: the patient's score)
+                val_x, val_y = patient_means(
+                    x[kind]["val"], data["val"].patient, data["val"].labels
                 )
+                val, m = validation_statistics(val_x, val_y, mean, std, len(train))
                 arrays += stats + val
                 clipped += n + m
             return arrays, len(train), {"clipped": clipped}

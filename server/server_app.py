@@ -378,7 +378,7 @@ def _federated_lm(
         fits.ridge[kind] = {
             "lambda": lam,
             "grid": list(RIDGE_GRID),
-            "val_squared_error": errors,
+            "val_correlation": errors,
         }
         for head, strength in (("lm", config.head_ridge), ("ridge", lam)):
             fits.coefs[f"{kind}-{head}"] = to_raw(

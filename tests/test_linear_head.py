@@ -66,10 +66,11 @@ def test_ridge_solve_equals_sklearn_ridge_on_the_same_standardised_features():
     assert beta[0] == pytest.approx(reference.intercept_, rel=1e-8)
 
 
-def test_validation_error_from_statistics_equals_the_direct_error():
+def test_validation_criteria_from_statistics_equal_the_direct_ones():
     from common.linear_head import (
         RIDGE_GRID,
         ridge_path,
+        score_correlation,
         solve,
         squared_error,
         validation_statistics,
@@ -79,15 +80,19 @@ def test_validation_error_from_statistics_equals_the_direct_error():
     (gram, moment), _ = standardized_statistics(X[:200], Y[:200], mean, std)
     (vgram, vmoment), _ = validation_statistics(X[200:], Y[200:], mean, std, 200)
     assert vgram[0, 0] == pytest.approx(100 / 200)  # the share of validation cases
-    best, errors = ridge_path(gram, moment, vgram, vmoment)
+    best, correlations = ridge_path(gram, moment, vgram, vmoment)
     z_val = with_intercept(standardize(X[200:], mean, std))
-    for lam, error in zip(RIDGE_GRID, errors, strict=True):
-        direct = np.mean((Y[200:] - z_val @ solve(gram, moment, lam)) ** 2)
-        assert error == pytest.approx(direct, rel=1e-9)
-    assert best == RIDGE_GRID[int(np.argmin(errors))]
+    for lam, got in zip(RIDGE_GRID, correlations, strict=True):
+        direct = np.corrcoef(z_val @ solve(gram, moment, lam), Y[200:])[0, 1]
+        assert got == pytest.approx(direct, rel=1e-9)
+    assert best == RIDGE_GRID[int(np.argmax(correlations))]
     beta = solve(gram, moment, 1.0)
+    z_train = with_intercept(standardize(X[:200], mean, std))
     assert squared_error(beta, gram, moment) == pytest.approx(
-        np.mean((Y[:200] - with_intercept(standardize(X[:200], mean, std)) @ beta) ** 2)
+        np.mean((Y[:200] - z_train @ beta) ** 2)
+    )
+    assert score_correlation(beta, gram, moment) == pytest.approx(
+        np.corrcoef(z_train @ beta, Y[:200])[0, 1]
     )
 
 
@@ -97,3 +102,16 @@ def test_ridge_path_without_validation_data_keeps_the_grids_middle():
     zeros = np.zeros((7, 7))
     best, errors = ridge_path(np.eye(7), np.ones(7), zeros, np.zeros(7))
     assert best == RIDGE_GRID[len(RIDGE_GRID) // 2] and np.isnan(errors).all()
+
+
+def test_a_heads_score_of_a_patients_mean_features_is_its_mean_slice_score():
+    from common.linear_head import patient_means
+    from common.roc_stats import patient_scores
+
+    patient = np.repeat(np.arange(50), 6)
+    labels = np.repeat(np.arange(50) % 2, 6)
+    coef = np.linspace(-1, 1, 7)
+    means, y = patient_means(X, patient, labels)
+    expected, expected_y = patient_scores(predict(coef, X), patient, labels)
+    np.testing.assert_allclose(predict(coef, means), expected)
+    np.testing.assert_array_equal(y, expected_y)
