@@ -378,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{split:9s} AUC {m['auc']:.3f}  sens {m['sensitivity']:.2f}  "
             f"spec {m['specificity']:.2f}  patients {m['n_patients']}"
         )
+    from server.report import baseline_lines
+
+    print("\n".join(baseline_lines(metrics)))
     comparisons = metrics["comparisons"]["table"]
     targets = list(next(iter(comparisons.values())))
     print("patient AUC by head (rows) and test data (columns):")

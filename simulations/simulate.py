@@ -8,7 +8,13 @@ import os
 from pathlib import Path
 
 from common.config import FEDERATED_PARTS, RunConfig
-from simulations.scenarios import MANIFEST, Scenario, build_scenario, load_scenario
+from simulations.scenarios import (
+    MANIFEST,
+    Scenario,
+    build_scenario,
+    data_source,
+    load_scenario,
+)
 
 
 def simulate(
@@ -78,6 +84,10 @@ def simulate(
 
     result["comparisons"] = add_to_run(out, config)
     from server.run_dir import update_metrics
+
+    # the report says so: a simulation's sites are phantoms unless linked images
+    result["data"] = data_source(data)
+    update_metrics(out, data=result["data"])
     from simulations.membership import membership_inference
 
     result["membership_inference"] = membership_inference(out, config)
