@@ -2,7 +2,8 @@
 deltas, pooled statistics and score histograms through secure aggregation
 (every train message: Flower's SecAgg+ or ours, whichever the server runs),
 and, at the external site alone, its metrics as aggregates. Never pixels, tags
-or per-patient scores."""
+or per-patient scores. Head and evaluation phases serve every feature kind the
+server names (the model's and the baselines': `common.feature_kinds`)."""
 
 from __future__ import annotations
 
@@ -277,9 +278,9 @@ def _histograms(
     run: RunConfig, site, config: dict, parameters: list, data: dict, kinds: tuple
 ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
     """Per head, split and level, per-class counts of head scores on the fixed
-    grid; and per head the patient scores of the site's last split, each
-    binned to its grid bin's lower edge (what the histograms hold), with
-    their labels under "labels": the external site's paired comparison."""
+    grid; and per head the patient scores of the site's last split, each as
+    its grid bin's index (what the histograms hold), with their labels under
+    "labels": the external site's paired comparison. Both stay at the site."""
     heads = feature_kinds.head_names(kinds)
     coefs = dict(zip(heads, parameters[-len(heads) :], strict=True))
     x = _features(
