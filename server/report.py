@@ -831,7 +831,8 @@ def baseline_section(metrics: dict) -> list[str]:
         "histogram and its statistics inside the body, in HU), and the encoder "
         "at its initial (untrained) weights. lm is the paper's least squares; "
         "ridge shrinks it, with λ chosen where the scores correlate best with "
-        "the label on the validation patients. The last column is computed at "
+        "the label on the validation patients (its scores rescaled to the "
+        "label's scale: same ranking). The last column is computed at "
         "the external site, which holds both scores of the same patients, and "
         "sent as the difference, its CI and p only.</p>",
         _table(header, rows),

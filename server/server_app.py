@@ -328,6 +328,7 @@ def _federated_lm(
         RIDGE_GRID,
         STATS_CLIP,
         pooled_scale,
+        rescale,
         ridge_path,
         solve,
         to_raw,
@@ -380,10 +381,13 @@ def _federated_lm(
             "grid": list(RIDGE_GRID),
             "val_correlation": errors,
         }
-        for head, strength in (("lm", config.head_ridge), ("ridge", lam)):
-            fits.coefs[f"{kind}-{head}"] = to_raw(
-                solve(gram, moment, strength), *scales[kind]
-            )
+        fits.coefs[f"{kind}-lm"] = to_raw(
+            solve(gram, moment, config.head_ridge), *scales[kind]
+        )
+        # rescaled to the label's scale: a strong ridge's scores would
+        # otherwise fall within one bin of the evaluation grid
+        ridge = rescale(solve(gram, moment, lam), gram, moment)
+        fits.coefs[f"{kind}-ridge"] = to_raw(ridge, *scales[kind])
     return fits
 
 

@@ -115,3 +115,19 @@ def test_a_heads_score_of_a_patients_mean_features_is_its_mean_slice_score():
     expected, expected_y = patient_scores(predict(coef, X), patient, labels)
     np.testing.assert_allclose(predict(coef, means), expected)
     np.testing.assert_array_equal(y, expected_y)
+
+
+def test_rescaled_ridge_keeps_its_ranking_on_the_labels_scale():
+    from common.linear_head import rescale, solve
+
+    mean, std = pooled_scale(*feature_moments(X))
+    z = with_intercept(standardize(X, mean, std))
+    (gram, moment), _ = standardized_statistics(X, Y, mean, std)
+    beta = solve(gram, moment, 1e3)  # strong: scores within a few hundredths
+    spread = rescale(beta, gram, moment)
+    before, after = z @ beta, z @ spread
+    assert np.ptp(before) < 0.1 < np.ptp(after)
+    np.testing.assert_array_equal(np.argsort(before), np.argsort(after))
+    # the least-squares line of the label on the score: mean and covariance kept
+    assert after.mean() == pytest.approx(Y.mean())
+    assert np.cov(after, Y)[0, 1] == pytest.approx(np.var(after, ddof=1))

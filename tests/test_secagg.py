@@ -130,7 +130,13 @@ def test_federated_ridge_equals_sklearn_ridge_on_the_pooled_data():
     correlation computed centrally."""
     from sklearn.linear_model import Ridge
 
-    from common.linear_head import RIDGE_GRID, standardize, to_raw
+    from common.linear_head import (
+        RIDGE_GRID,
+        rescale,
+        standardize,
+        standardized_statistics,
+        to_raw,
+    )
 
     fits = _secure_heads()
     mean, std = fits.scales["model"]
@@ -140,9 +146,10 @@ def test_federated_ridge_equals_sklearn_ridge_on_the_pooled_data():
     z = standardize(x, mean, std)
     # ours: mean squared error + lam |w|^2; sklearn: summed error + alpha |w|^2
     reference = Ridge(alpha=lam * len(y), tol=1e-12).fit(z, y)
-    central = to_raw(
-        np.concatenate([[reference.intercept_], reference.coef_]), mean, std
-    )
+    beta = np.concatenate([[reference.intercept_], reference.coef_])
+    # the run scores with the ridge rescaled to the label's scale (same ranking)
+    (gram, moment), _ = standardized_statistics(x, y, mean, std)
+    central = to_raw(rescale(beta, gram, moment), mean, std)
     coef = fits.coefs["model-ridge"]
     relative = np.abs(coef - central).max() / np.abs(central).max()
     assert relative < 1e-4, relative
