@@ -5,11 +5,14 @@ message it answers:
 
 - **model arrays**: in a train reply, one float array per array the phase
   dictates, with exactly the shapes the server's own message implies (a "gan"
-  delta has the shapes of the weights it received; "moments" two z-sized
-  vectors; "head" a (z+1)^2 matrix and a z+1 vector; "logit" one z+1 vector;
-  "eval" one score histogram per split/level/class). No other array, no
-  integer or byte array, no array of another shape (a CT slice, a feature
-  matrix) gets through.
+  delta has the shapes of the weights it received; per feature kind the
+  message names (`common.feature_kinds`: the model's, the radiomics and
+  untrained-encoder baselines', of width d), "moments" two d-sized vectors
+  and "head" a (d+1)^2 matrix and a d+1 vector for training and again for
+  validation slices; "logit" one z+1 vector; "eval" per head one score
+  histogram per split/level/class). No other array, no integer or byte
+  array, no array of another shape (a CT slice, a feature matrix, a vector
+  of per-patient values) gets through.
 - **SecAgg+ protocol records** (`secaggplus_configs`), stage by stage: the
   stage's keys only, with their types; node ids among those the server named;
   ciphertexts and shares of bounded size; masked vectors whose shapes are those
@@ -26,8 +29,10 @@ message it answers:
 - **aggregate metrics**: per phase, the named scalar metrics (losses, a count
   of clipped values; the node's seconds and peak memory for the message),
   `num_examples`, a node's role and training-set size, and
-  an external site's report (`common.site_evaluation`: AUC, rates and their
-  CIs, confusion counts, coarse-bin counts; no list of scores); Flower's status
+  an external site's report (`common.site_evaluation`: per head AUC, rates
+  and their CIs, confusion counts, coarse-bin counts; per baseline head the
+  paired difference model minus baseline, its CI and p; no list of scores,
+  exactly the keys of the kinds the server named); Flower's status
   record with the message "Success".
 
 Anything else is refused: the mod raises `AuditRefusal`, so the server gets an
@@ -65,11 +70,12 @@ from flwr.common.secure_aggregation.secaggplus_constants import (
     Stage,
 )
 
+from common import feature_kinds
 from common.config import Z_DIM, ConfigError, get_preset
 from common.metrics import GRID_BINS, histogram_keys
 from common.secure_agg import keys as secure_keys
 from common.secure_agg import protocol as secure
-from common.site_evaluation import COARSE_BINS, report_keys
+from common.site_evaluation import COARSE_BINS, heads_report_keys
 
 log = logging.getLogger("flwr")
 
@@ -87,7 +93,6 @@ OURS_CIPHERTEXT_BYTES = secure_keys.NONCE_BYTES + 2 + 2 * OURS_SHARE_BYTES + 16
 SECAGGPLUS, OURS = "secaggplus", "fedbigbigan"
 
 ALLOWED_STATUS_MESSAGES = frozenset({"Success"})
-SITE_REPORT_KEYS = frozenset(report_keys())
 ROLES = frozenset({"train", "external"})
 
 Shapes = list[tuple[int, ...]]
@@ -97,7 +102,8 @@ Shapes = list[tuple[int, ...]]
 class Phase:
     """What a train reply of one phase may carry."""
 
-    arrays: Callable[[Shapes, int], Shapes]  # (incoming shapes, z) -> reply shapes
+    # (incoming shapes, z, feature kinds) -> reply shapes
+    arrays: Callable[[Shapes, int, tuple[str, ...]], Shapes]
     metrics: frozenset[str]
 
 
@@ -105,19 +111,36 @@ class Phase:
 # its rounds' overhead with them. Not patient data: a site's size is sent anyway.
 NODE_COST_METRICS = frozenset({"seconds", "peak-rss-mb"})
 
+
+def _moments(incoming: Shapes, z: int, kinds: tuple[str, ...]) -> Shapes:
+    """Each kind's per-feature mean and mean square."""
+    return [(feature_kinds.dim(k, z),) for k in kinds for _ in range(2)]
+
+
+def _head_statistics(incoming: Shapes, z: int, kinds: tuple[str, ...]) -> Shapes:
+    """Each kind's X'X/n and X'y/n, of training then of validation slices."""
+    out: Shapes = []
+    for kind in kinds:
+        d = feature_kinds.dim(kind, z) + 1
+        out += [(d, d), (d,)] * 2
+    return out
+
+
 # The ClientApp's train phases (client/client_app.py). A new phase needs a line.
+# The feature kinds (common.feature_kinds) are those the server's message names.
 PHASES: dict[str, Phase] = {
     "gan": Phase(
-        lambda incoming, z: list(incoming),
+        lambda incoming, z, kinds: list(incoming),
         frozenset({"d_loss", "e_loss", "g_loss", "clipped"}),
     ),
-    "moments": Phase(lambda incoming, z: [(z,), (z,)], frozenset({"clipped"})),
-    "head": Phase(
-        lambda incoming, z: [(z + 1, z + 1), (z + 1,)], frozenset({"clipped"})
-    ),
-    "logit": Phase(lambda incoming, z: [(z + 1,)], frozenset({"clipped"})),
-    "eval": Phase(
-        lambda incoming, z: [(GRID_BINS,)] * len(histogram_keys()),
+    "moments": Phase(_moments, frozenset({"clipped"})),
+    "head": Phase(_head_statistics, frozenset({"clipped"})),
+    "logit": Phase(lambda incoming, z, kinds: [(z + 1,)], frozenset({"clipped"})),
+    "eval": Phase(  # per head, one score histogram per split, level and class
+        lambda incoming, z, kinds: (
+            [(GRID_BINS,)]
+            * (len(histogram_keys()) * len(feature_kinds.head_names(kinds)))
+        ),
         frozenset({"clipped"}),
     ),
 }
@@ -145,6 +168,7 @@ class _Incoming:
     shapes: Shapes = field(default_factory=list)
     node_ids: frozenset[int] = frozenset()
     lane_bits: object = 32  # our collect stage: the lanes the server asked for
+    kinds: tuple[str, ...] | None = ("model",)  # None: unknown kinds named
 
     @classmethod
     def read(cls, msg: Message) -> _Incoming:
@@ -167,8 +191,14 @@ class _Incoming:
                     for key in (Key.ACTIVE_NODE_ID_LIST, Key.DEAD_NODE_ID_LIST)
                     for n in secagg.get(key, [])
                 )
-        config = content.config_records.get("fitins.config")
+        config = content.config_records.get(
+            "fitins.config", content.config_records.get("evaluateins.config")
+        )
         if config is not None:
+            try:
+                out.kinds = feature_kinds.parse(config.get(feature_kinds.CONFIG_KEY))
+            except ValueError:
+                out.kinds = None
             phase = config.get("phase")
             out.phase = phase if isinstance(phase, str) else None
             try:
@@ -282,11 +312,13 @@ def _rules_for(incoming: _Incoming) -> dict[tuple[str, str], Callable]:
             ("config", "getpropertiesres.properties"): _properties,
             ("config", "getpropertiesres.status"): _status,
         }
+    if incoming.kinds is None:
+        raise AuditRefusal("a message naming feature kinds the audit does not know")
     if kind == MessageType.EVALUATE:
         return {
             ("metric", "evaluateres.loss"): _scalars({"loss"}),
             ("metric", "evaluateres.num_examples"): _num_examples,
-            ("config", "evaluateres.metrics"): _site_report,
+            ("config", "evaluateres.metrics"): _site_report(incoming.kinds),
             ("config", "evaluateres.status"): _status,
         }
     if kind != MessageType.TRAIN:
@@ -307,7 +339,7 @@ def _rules_for(incoming: _Incoming) -> dict[tuple[str, str], Callable]:
     phase = PHASES.get(incoming.phase or "")
     if phase is None:
         raise AuditRefusal("a train reply for a phase the audit does not know")
-    shapes = phase.arrays(incoming.shapes, incoming.z)
+    shapes = phase.arrays(incoming.shapes, incoming.z, incoming.kinds)
     rules = {
         ("config", "fitres.metrics"): _scalars(phase.metrics | NODE_COST_METRICS),
         ("metric", "fitres.num_examples"): _num_examples,
@@ -539,14 +571,24 @@ def _scalars(allowed: set[str] | frozenset[str]):
     return check
 
 
-def _site_report(record) -> None:
+def _site_report(kinds: tuple[str, ...]):
     """An external site's aggregate report, or nothing (training sites send their
-    histograms through SecAgg+): each key of `site_report` with its own type."""
-    if not len(record):
-        return
-    _exact_keys(record, SITE_REPORT_KEYS)
+    histograms through SecAgg+): each key of `heads_report` for the kinds the
+    server named (per head: `site_report`'s; per baseline head: the paired
+    difference, its CI and p), with its own type."""
+    allowed = frozenset(heads_report_keys(kinds))
+
+    def check(record) -> None:
+        if len(record):
+            _exact_keys(record, allowed)
+            _report_values(record)
+
+    return check
+
+
+def _report_values(record) -> None:
     for key, value in record.items():
-        kind = key.split("/", 1)[1]
+        kind = key.rsplit("/", 1)[1]
         if kind.endswith("_ci"):
             ok = _list_of(value, float) and len(value) == 2
         elif kind in ("coarse_pos", "coarse_neg"):

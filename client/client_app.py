@@ -2,7 +2,8 @@
 deltas, pooled statistics and score histograms through secure aggregation
 (every train message: Flower's SecAgg+ or ours, whichever the server runs),
 and, at the external site alone, its metrics as aggregates. Never pixels, tags
-or per-patient scores."""
+or per-patient scores. Head and evaluation phases serve every feature kind the
+server names (the model's and the baselines': `common.feature_kinds`)."""
 
 from __future__ import annotations
 
@@ -21,19 +22,28 @@ from client.audit_mod import audit_mod
 from client.local_parts import LocalParts
 from client.secure_dispatch_mod import secure_dispatch_mod
 from client.site import cache_dir, resolve_site, site_data
+from common import feature_kinds
 from common.config import FEDERATED_PARTS, RunConfig
 from common.dp import clip_and_noise
 from common.linear_head import (
     feature_moments,
     logistic_steps,
+    patient_means,
     predict,
     standardize,
     standardized_statistics,
+    validation_statistics,
 )
-from common.metrics import histogram, histogram_keys
+from common.metrics import (
+    GRID_HIGH,
+    GRID_LOW,
+    bin_edges,
+    histogram,
+    histogram_keys,
+)
 from common.model_parts import federated_indices, local_indices, merge, select
-from common.roc_stats import patient_score
-from common.site_evaluation import site_report
+from common.roc_stats import paired_delong, patient_score
+from common.site_evaluation import heads_report, paired_names
 
 _MODELS: dict[tuple, tuple] = {}
 # not part of the run config: set by the server per message
@@ -46,7 +56,10 @@ SERVER_KEYS = (
     "run-token",
     "dp-sites",
     "gan-round",
+    feature_kinds.CONFIG_KEY,
 )
+# per-head cut-offs of the baselines' heads ("threshold/radiomics-lm", ...)
+SERVER_PREFIXES = ("threshold/", "slice-threshold/")
 
 
 def _model_and_initial(config: RunConfig):
@@ -116,7 +129,11 @@ class HospitalClient(NumPyClient):
 
     def _setup(self, config: dict):
         run = RunConfig.from_flat(
-            {k: v for k, v in config.items() if k not in SERVER_KEYS}
+            {
+                k: v
+                for k, v in config.items()
+                if k not in SERVER_KEYS and not k.startswith(SERVER_PREFIXES)
+            }
         )
         site = resolve_site(self.node_config, run)
         return run, site, site_data(site, run)
@@ -142,19 +159,35 @@ class HospitalClient(NumPyClient):
 
     def _fit_phase(self, run: RunConfig, site, data: dict, parameters, config):
         train = data["train"]
+        kinds = feature_kinds.parse(config.get(feature_kinds.CONFIG_KEY))
         if config["phase"] == "gan":
             return _gan_round(run, site, train, parameters, config)
-        if config["phase"] == "moments":
-            model = _site_model(run, site, config, parameters, data)
-            moments = feature_moments(model.encode(train.images))
+        if config["phase"] == "moments":  # every kind's moments, in kind order
+            x = _features(run, site, config, parameters, data, kinds, ("train",))
+            moments = [m for kind in kinds for m in feature_moments(x[kind]["train"])]
             moments, clipped = clip_for_secagg(moments, float(config["head-clip"]))
             return moments, len(train), {"clipped": clipped}
-        if config["phase"] == "head":  # parameters: weights, pooled mean, pooled std
-            model = _site_model(run, site, config, parameters[:-2], data)
-            stats, clipped = standardized_statistics(
-                model.encode(train.images), train.labels, *parameters[-2:]
+        if config["phase"] == "head":  # weights, then each kind's pooled mean, std
+            weights, scales = (
+                parameters[: -2 * len(kinds)],
+                parameters[-2 * len(kinds) :],
             )
-            return stats, len(train), {"clipped": clipped}
+            x = _features(run, site, config, weights, data, kinds, ("train", "val"))
+            arrays, clipped = [], 0
+            for i, kind in enumerate(kinds):
+                mean, std = scales[2 * i : 2 * i + 2]
+                stats, n = standardized_statistics(
+                    x[kind]["train"], train.labels, mean, std
+                )
+                # the validation patients' mean features choose the ridge
+                # strength (a linear score of the mean: the patient's score)
+                val_x, val_y = patient_means(
+                    x[kind]["val"], data["val"].patient, data["val"].labels
+                )
+                val, m = validation_statistics(val_x, val_y, mean, std, len(train))
+                arrays += stats + val
+                clipped += n + m
+            return arrays, len(train), {"clipped": clipped}
         if config["phase"] == "logit":  # weights, mean, std, current logistic head
             model = _site_model(run, site, config, parameters[:-3], data)
             mean, std, beta = parameters[-3:]
@@ -164,9 +197,13 @@ class HospitalClient(NumPyClient):
             )
             delta, clipped = clip_for_secagg([new - beta], run.secagg.delta_clip)
             return delta, len(train), {"clipped": clipped}
-        if config["phase"] == "eval":
-            hist = _histograms(run, site, config, parameters, data)
-            arrays = [hist[k].astype(np.float64) for k in histogram_keys()]
+        if config["phase"] == "eval":  # every head's histograms, in head order
+            hists, _ = _histograms(run, site, config, parameters, data, kinds)
+            arrays = [
+                h[k].astype(np.float64)
+                for h in hists.values()
+                for k in histogram_keys()
+            ]
             arrays, clipped = clip_for_secagg(arrays, float(config["head-clip"]))
             return arrays, 1, {"clipped": clipped}  # weight 1: the server sums
         raise ValueError(f"unknown phase {config['phase']!r}")
@@ -178,41 +215,108 @@ class HospitalClient(NumPyClient):
         run, site, data = self._setup(config)
         if site.role != "external":
             return 0.0, 0, {}
-        thresholds = {
-            "patient": float(config["threshold"]),
-            "slice": float(config["slice-threshold"]),
+        kinds = feature_kinds.parse(config.get(feature_kinds.CONFIG_KEY))
+        thresholds = {}
+        for head in feature_kinds.head_names(kinds):
+            suffix = "" if head == feature_kinds.MAIN else f"/{head}"
+            thresholds[head] = {
+                "patient": float(config[f"threshold{suffix}"]),
+                "slice": float(config[f"slice-threshold{suffix}"]),
+            }
+        # histograms and scores stay here: only their aggregates leave
+        hists, scores = _histograms(run, site, config, parameters, data, kinds)
+        labels = scores.pop("labels")
+        paired = {
+            name: paired_delong(
+                scores[f"model-{name.rsplit('-', 1)[1]}"], scores[name], labels
+            )
+            for name in paired_names(kinds)
         }
-        hists = _histograms(run, site, config, parameters, data)  # they stay here
-        metrics = site_report(hists, "external", thresholds)
+        metrics = heads_report(hists, "external", thresholds, paired)
         return 0.0, sum(len(s) for s in data.values()), metrics
 
 
-def _histograms(
-    run: RunConfig, site, config: dict, parameters: list, data: dict
-) -> dict[str, np.ndarray]:
-    """Per split and level, per-class counts of head scores on the fixed grid."""
-    model = _site_model(run, site, config, parameters[:-1], data)
-    coef = parameters[-1]
-    out = {}
-    for split, slices in data.items():
-        scores = predict(coef, model.encode(slices.images))
-        n_patients = int(slices.patient.max()) + 1 if len(slices) else 0
-        patient = np.array(
-            [
-                patient_score(scores[slices.patient == i], run.patient_score)
-                for i in range(n_patients)
-            ]
-        )
-        patient_label = np.array(
-            [slices.labels[slices.patient == i][0] for i in range(n_patients)]
-        )
-        for level, s, y in (
-            ("slice", scores, slices.labels),
-            ("patient", patient, patient_label),
-        ):
-            out[f"{split}/{level}/pos"] = histogram(s[y == 1])
-            out[f"{split}/{level}/neg"] = histogram(s[y == 0])
+_FIXED_FEATURES: dict[tuple, tuple] = {}  # per process: features that never change
+
+
+def _fixed_features(kind: str, run: RunConfig, slices) -> np.ndarray:
+    """Radiomics or untrained-encoder features of a split, computed once per
+    process (they depend on the slices and the run seed alone)."""
+    key = (kind, run.preset, run.seed, id(slices))
+    if key not in _FIXED_FEATURES:
+        if kind == "radiomics":
+            from common.radiomics import features
+
+            x = features(slices.images, slices.hu_range)
+        else:  # the seed's initial weights: BigBiGAN rounds undone
+            model, initial = _model_and_initial(run)
+            model.set_weights(initial)
+            x = model.encode(slices.images)
+        _FIXED_FEATURES[key] = (slices, x)  # the slices kept: their id stays theirs
+    return _FIXED_FEATURES[key][1]
+
+
+def _features(
+    run: RunConfig,
+    site,
+    config: dict,
+    federated: list,
+    data: dict,
+    kinds: tuple[str, ...],
+    splits: tuple[str, ...],
+) -> dict[str, dict[str, np.ndarray]]:
+    """Per kind and split, the slice features a head is fitted on or scores."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    model = _site_model(run, site, config, federated, data)
+    out["model"] = {s: model.encode(data[s].images) for s in splits}
+    for kind in kinds[1:]:
+        out[kind] = {s: _fixed_features(kind, run, data[s]) for s in splits}
     return out
+
+
+def _histograms(
+    run: RunConfig, site, config: dict, parameters: list, data: dict, kinds: tuple
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """Per head, split and level, per-class counts of head scores on the fixed
+    grid; and per head the patient scores of the site's last split, each as
+    its grid bin's index (what the histograms hold), with their labels under
+    "labels": the external site's paired comparison. Both stay at the site."""
+    heads = feature_kinds.head_names(kinds)
+    coefs = dict(zip(heads, parameters[-len(heads) :], strict=True))
+    x = _features(
+        run, site, config, parameters[: -len(heads)], data, kinds, tuple(data)
+    )
+    hists: dict[str, dict[str, np.ndarray]] = {}
+    binned: dict[str, np.ndarray] = {}
+    for head, coef in coefs.items():
+        hists[head] = {}
+        for split, slices in data.items():
+            scores = predict(coef, x[head.rsplit("-", 1)[0]][split])
+            n_patients = int(slices.patient.max()) + 1 if len(slices) else 0
+            patient = np.array(
+                [
+                    patient_score(scores[slices.patient == i], run.patient_score)
+                    for i in range(n_patients)
+                ]
+            )
+            patient_label = np.array(
+                [slices.labels[slices.patient == i][0] for i in range(n_patients)]
+            )
+            for level, s, y in (
+                ("slice", scores, slices.labels),
+                ("patient", patient, patient_label),
+            ):
+                hists[head][f"{split}/{level}/pos"] = histogram(s[y == 1])
+                hists[head][f"{split}/{level}/neg"] = histogram(s[y == 0])
+            binned[head], binned["labels"] = _grid_bins(patient), patient_label
+    return hists, binned
+
+
+def _grid_bins(scores: np.ndarray) -> np.ndarray:
+    """Each score's bin on the histogram grid (its index, as `histogram` bins
+    it): AUCs of binned scores equal those of the histograms."""
+    clipped = np.clip(scores, GRID_LOW, GRID_HIGH - 1e-9)
+    return np.searchsorted(bin_edges(), clipped, side="right") - 1
 
 
 def _gan_round(run: RunConfig, site, train, parameters: list, config: dict):

@@ -21,6 +21,9 @@ class SliceSet:
     images: np.ndarray  # [n, size, size, 3] float32 in [-1, 1]
     labels: np.ndarray  # [n] int, per slice (the patient's label)
     patient: np.ndarray  # [n] int, index into the group's patient list
+    # [n, 2] the HU each slice's -1 and 1 stand for (NaN: unknown, e.g. image
+    # folders); None when the slices were not read through the ingest cache
+    hu_range: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -33,9 +36,10 @@ def slices_from_ingest(
 
     The cache holds one channel in float16; the model wants three in float32.
     """
-    images, labels, owner = [], [], []
+    images, labels, owner, ranges = [], [], [], []
     for index, patient in enumerate(patients):
         slices = patient.load(max_per_patient)
+        ranges.append(patient.load_ranges(max_per_patient))
         if slices.shape[1:] != (size, size):
             raise ValueError(
                 f"patient {patient.patient_id}: cached slices are "
@@ -51,6 +55,7 @@ def slices_from_ingest(
         np.repeat(stacked[..., None], 3, axis=-1),
         np.concatenate(labels).astype(int),
         np.concatenate(owner).astype(int),
+        np.concatenate(ranges),
     )
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from common.feature_kinds import HEADS, MAIN, head_names
 from common.metrics import (
     GRID_BINS,
     GRID_HIGH,
@@ -149,3 +150,81 @@ def read_site_report(record: dict) -> tuple[dict, dict[str, np.ndarray]]:
         "slice": slices,
     }
     return split, coarse
+
+
+# ---- every head at once: the model's and the baselines' (common.feature_kinds)
+
+PAIRED = "paired"  # record prefix of model-minus-baseline differences
+PAIRED_KEYS = ("diff", "diff_ci", "p")
+
+
+def _prefix(head: str) -> str:
+    """The model's main head keeps the plain keys (one-head reports read the
+    same); every other head's keys start with its name."""
+    return "" if head == MAIN else f"{head}/"
+
+
+def heads_report(
+    hists: dict[str, dict[str, np.ndarray]],
+    split: str,
+    thresholds: dict[str, dict],
+    paired: dict[str, dict],
+) -> dict:
+    """A lone site's record for every head: `site_report` per head (`hists`
+    and `thresholds` keyed by head name) and, per baseline head, the paired
+    DeLong difference model minus baseline on its patients (`paired`, keyed
+    "kind-head": {"diff", "diff_ci", "p"}). Aggregates only."""
+    out: dict = {}
+    for head, h in hists.items():
+        report = site_report(h, split, thresholds[head])
+        out |= {f"{_prefix(head)}{k}": v for k, v in report.items()}
+    for name, m in paired.items():
+        out[f"{PAIRED}/{name}/patient/diff"] = float(m["diff"])
+        out[f"{PAIRED}/{name}/patient/diff_ci"] = [float(v) for v in m["diff_ci"]]
+        out[f"{PAIRED}/{name}/patient/p"] = float(m["p"])
+    return out
+
+
+def paired_names(kinds: tuple[str, ...]) -> list[str]:
+    """The model-minus-baseline comparisons of `kinds`: like heads with like."""
+    return [f"{kind}-{head}" for kind in kinds if kind != "model" for head in HEADS]
+
+
+def heads_report_keys(kinds: tuple[str, ...]) -> set[str]:
+    """Every key `heads_report` writes for `kinds` (what the audit lets out)."""
+    keys = {f"{_prefix(h)}{k}" for h in head_names(kinds) for k in report_keys()}
+    return keys | {
+        f"{PAIRED}/{name}/patient/{k}"
+        for name in paired_names(kinds)
+        for k in PAIRED_KEYS
+    }
+
+
+def read_heads_report(
+    record: dict, kinds: tuple[str, ...]
+) -> tuple[dict[str, tuple[dict, dict]], dict[str, dict]]:
+    """`heads_report` back: per head (split metrics, coarse histograms) as
+    `read_site_report` gives them, and the paired differences by name."""
+    heads = {}
+    for head in head_names(kinds):
+        prefix = _prefix(head)
+        own = {k[len(prefix) :]: v for k, v in record.items() if k.startswith(prefix)}
+        try:
+            heads[head] = read_site_report(own)
+        except ValueError as err:
+            raise ValueError(f"{head}: {err}") from None
+    paired = {}
+    for name in paired_names(kinds):
+        base = f"{PAIRED}/{name}/patient/"
+        missing = [k for k in PAIRED_KEYS if base + k not in record]
+        if missing:
+            raise ValueError(f"site report lacks {base + missing[0]!r}")
+        ci = [float(v) for v in record[base + "diff_ci"]]
+        if len(ci) != 2:
+            raise ValueError(f"site report {base}diff_ci is not a (low, high) pair")
+        paired[name] = {
+            "diff": float(record[base + "diff"]),
+            "diff_ci": ci,
+            "p": float(record[base + "p"]),
+        }
+    return heads, paired

@@ -165,7 +165,10 @@ def write_run(
     head_scale: tuple[np.ndarray, np.ndarray] | None = None,
     logit: np.ndarray | None = None,
     coarse: dict | None = None,
+    heads: dict[str, np.ndarray] | None = None,
 ) -> None:
+    """Everything a run leaves: `heads` are every feature kind's heads by name
+    (`common.feature_kinds`), kept as `head_<name>` beside the main `head`."""
     write_config(out, config)
     _atomic_write(
         out / "metrics.json",
@@ -181,6 +184,8 @@ def write_run(
                 scale = {"head_mean": head_scale[0], "head_std": head_scale[1]}
             if logit is not None:  # the federated logistic head, for comparison
                 scale["logit_head"] = logit
+            for name, head in (heads or {}).items():
+                scale[f"head_{name.replace('-', '_')}"] = head
             np.savez(handle, *weights, head=coef, **scale)
 
     _atomic_write(out / "global_weights.npz", save_weights)

@@ -1,7 +1,9 @@
 """Flower ServerApp: (1) BigBiGAN rounds with secure aggregation, (2) the linear
-head from securely pooled statistics, (3) evaluation of every site from score
+heads from securely pooled statistics, (3) evaluation of every site from score
 histograms. Every secure round runs Flower's SecAgg+ or our protocol
-(run config `secure-aggregation`)."""
+(run config `secure-aggregation`). Phases 2 and 3 fit and evaluate the same
+heads (lm and ridge) on the model's features and on two baselines' (first-order
+radiomics, the untrained encoder: `common.feature_kinds`) in the same rounds."""
 
 from __future__ import annotations
 
@@ -24,12 +26,13 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.serverapp import Grid, ServerApp
 
+from common import feature_kinds
 from common.config import FEDERATED_PARTS, RunConfig
 from common.grids import save_samples
 from common.metrics import histogram_keys
 from common.model_parts import federated_indices, floor_variances, merge, select
 from common.secure_agg.quantize import FixedPoint
-from common.site_evaluation import read_site_report
+from common.site_evaluation import read_heads_report
 from server import tensorboard
 from server.aggregate_checks import admit_sites, check_aggregate, check_declared
 from server.checkpointing import (
@@ -112,9 +115,14 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
         flat = {**flat, "run-token": state.token, "gan-round": gan_rounds}
         fed = select(weights, shared)  # all that leaves the server from here on
         started = time.monotonic()
-        coef, head_scale = _federated_lm(
-            grid, legacy, strategy, config, flat, gan_rounds + 1, fed, max(sizes)
+        # every head round carries the model's features and both baselines'
+        kinds = feature_kinds.KINDS
+        heads = feature_kinds.head_names(kinds)
+        flat = {**flat, feature_kinds.CONFIG_KEY: ",".join(kinds)}
+        fits = _federated_lm(
+            grid, legacy, strategy, config, flat, gan_rounds + 1, fed, max(sizes), kinds
         )
+        coef, head_scale = fits.coefs[feature_kinds.MAIN], fits.scales["model"]
         secure_rounds += 2
         logit = _federated_logistic(
             grid,
@@ -137,33 +145,52 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
             extra=PROGRESS,
         )
         started = time.monotonic()
-        # training sites' histograms: securely summed, never seen one by one
+        # training sites' histograms of every head: securely summed, never
+        # seen one by one (one round for all heads)
         strategy.config = {**flat, "phase": "eval", "head-clip": EVAL_CLIP}
+        coefs = [fits.coefs[h] for h in heads]
         mean_hist = _secure_round(
             grid,
             legacy,
             gan_rounds + 3 + config.logit_rounds,
-            fed + [coef],
+            fed + coefs,
             config,
             clip=EVAL_CLIP,
             max_weight=1,
         )
         secure_rounds += 1
         n_sites = len(strategy.site_metrics)  # sites that completed the round
-        secure_hist = {
-            key: np.rint(np.asarray(h, np.float64) * n_sites).astype(np.int64)
-            for key, h in zip(histogram_keys(), mean_hist, strict=True)
+        keys = histogram_keys()
+        head_hist = {
+            head: {
+                "training sites (secure sum)": {
+                    key: np.rint(np.asarray(h, np.float64) * n_sites).astype(np.int64)
+                    for key, h in zip(
+                        keys,
+                        mean_hist[i * len(keys) : (i + 1) * len(keys)],
+                        strict=True,
+                    )
+                }
+            }
+            for i, head in enumerate(heads)
         }
-        site_hist = {"training sites (secure sum)": secure_hist}
-        # the external site: its own metrics at the validation cut-offs, as aggregates
-        cuts = cutoffs(site_hist)
-        eval_config = {
-            **flat,
-            "threshold": cuts["patient"],
-            "slice-threshold": cuts["slice"],
+        site_hist = head_hist[feature_kinds.MAIN]
+        # the external site: its own metrics at each head's validation
+        # cut-offs, and the paired differences model minus baseline, as aggregates
+        cuts = {head: cutoffs(h) for head, h in head_hist.items()}
+        eval_config = {**flat}
+        for head, cut in cuts.items():
+            suffix = "" if head == feature_kinds.MAIN else f"/{head}"
+            eval_config[f"threshold{suffix}"] = cut["patient"]
+            eval_config[f"slice-threshold{suffix}"] = cut["slice"]
+        reports = _evaluate_all(grid, fed + coefs, eval_config, config.secagg.timeout)
+        external, paired = _external_split(reports, kinds)
+        coarse = external[feature_kinds.MAIN][1] if external else {}
+        summaries = {
+            head: summarise(h, external=external[head][0] if external else None)
+            for head, h in head_hist.items()
         }
-        reports = _evaluate_all(grid, fed + [coef], eval_config, config.secagg.timeout)
-        external, coarse = _external_split(reports)
+        metrics = summaries[feature_kinds.MAIN]
         log.info(
             phase_line(
                 "evaluation",
@@ -172,7 +199,17 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
             ),
             extra=PROGRESS,
         )
-        metrics = summarise(site_hist, external=external)
+        metrics["model_ridge"] = summaries["model-ridge"]
+        metrics["ridge"] = fits.ridge
+        metrics["baselines"] = {
+            kind: {head: summaries[f"{kind}-{head}"] for head in feature_kinds.HEADS}
+            | {
+                "external_difference": {
+                    head: paired.get(f"{kind}-{head}") for head in feature_kinds.HEADS
+                }
+            }
+            for kind in feature_kinds.BASELINES
+        }
         metrics["secure_eval_sites"] = n_sites
         metrics["plain_eval_roles"] = sorted({roles[n][0] for n in reports})
         metrics["rounds"] = history
@@ -201,6 +238,7 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
             head_scale,
             logit=logit,
             coarse={"external": coarse} if coarse else None,
+            heads=fits.coefs,
         )
         tensorboard.log_results(out, metrics, gan_rounds)
         return metrics
@@ -316,15 +354,33 @@ def _gan_rounds(grid, legacy, strategy, config, out, model, state, sizes):
     return state
 
 
-def _federated_lm(grid, legacy, strategy, config, flat, rnd, weights, max_weight):
-    """The paper's least-squares head in two SecAgg+ rounds (see linear_head):
-    pooled feature moments, then statistics of standardised features."""
+@dataclasses.dataclass
+class HeadFits:
+    """The linear heads of every feature kind, fitted from pooled statistics."""
+
+    coefs: dict[str, np.ndarray]  # per head name ("model-lm"): raw coefficients
+    scales: dict[str, tuple[np.ndarray, np.ndarray]]  # per kind: mean, SD
+    ridge: dict[str, dict]  # per kind: lambda chosen, grid, validation errors
+
+
+def _federated_lm(
+    grid, legacy, strategy, config, flat, rnd, weights, max_weight, kinds=("model",)
+) -> HeadFits:
+    """The paper's least-squares head and a ridge head per feature kind, in two
+    secure rounds for all kinds (see linear_head): pooled feature moments,
+    then statistics of standardised features, of training and of validation
+    slices (the latter choose the ridge strength)."""
     from common.linear_head import (
+        RIDGE_GRID,
         STATS_CLIP,
         pooled_scale,
-        solve_standardized,
+        rescale,
+        ridge_path,
+        solve,
+        to_raw,
     )
 
+    flat = {**flat, feature_kinds.CONFIG_KEY: ",".join(kinds)}
     strategy.config = {**flat, "phase": "moments", "head-clip": MOMENTS_CLIP}
     moments = _secure_round(
         grid, legacy, rnd, weights, config, clip=MOMENTS_CLIP, max_weight=max_weight
@@ -340,15 +396,19 @@ def _federated_lm(grid, legacy, strategy, config, flat, rnd, weights, max_weight
     # the variance comes from a difference of quantised moments: floor it at
     # the quantisation error, so a feature's SD is never underestimated
     step = quantisation_step(config, MOMENTS_CLIP, len(strategy.train_node_ids))
-    mean, std = pooled_scale(
-        *(np.asarray(m, np.float64) for m in moments), variance_floor=8 * step
-    )
+    scales = {
+        kind: pooled_scale(
+            *(np.asarray(m, np.float64) for m in moments[2 * i : 2 * i + 2]),
+            variance_floor=8 * step,
+        )
+        for i, kind in enumerate(kinds)
+    }
     strategy.config = {**flat, "phase": "head"}
     stats = _secure_round(
         grid,
         legacy,
         rnd + 1,
-        weights + [mean, std],
+        weights + [a for kind in kinds for a in scales[kind]],
         config,
         clip=STATS_CLIP,
         max_weight=max_weight,
@@ -362,8 +422,25 @@ def _federated_lm(grid, legacy, strategy, config, flat, rnd, weights, max_weight
             "least-squares solution of the clipped features",
             clipped,
         )
-    coef = solve_standardized(stats[0], stats[1], mean, std, config.head_ridge)
-    return coef, (mean, std)
+    fits = HeadFits({}, scales, {})
+    for i, kind in enumerate(kinds):
+        gram, moment, val_gram, val_moment = (
+            np.asarray(a, np.float64) for a in stats[4 * i : 4 * i + 4]
+        )
+        lam, errors = ridge_path(gram, moment, val_gram, val_moment)
+        fits.ridge[kind] = {
+            "lambda": lam,
+            "grid": list(RIDGE_GRID),
+            "val_correlation": errors,
+        }
+        fits.coefs[f"{kind}-lm"] = to_raw(
+            solve(gram, moment, config.head_ridge), *scales[kind]
+        )
+        # rescaled to the label's scale: a strong ridge's scores would
+        # otherwise fall within one bin of the evaluation grid
+        ridge = rescale(solve(gram, moment, lam), gram, moment)
+        fits.coefs[f"{kind}-ridge"] = to_raw(ridge, *scales[kind])
+    return fits
 
 
 def _federated_logistic(
@@ -579,9 +656,10 @@ def _evaluate_all(
     return out
 
 
-def _external_split(reports: dict) -> tuple[dict | None, dict]:
-    """The external split's metrics and coarse histograms from the one external
-    site's report; (None, {}) for a federation without an external site."""
+def _external_split(reports: dict, kinds: tuple[str, ...]) -> tuple[dict | None, dict]:
+    """Per head, the external split's metrics and coarse histograms from the one
+    external site's report, and its paired differences model minus baseline;
+    (None, {}) for a federation without an external site."""
     if not reports:
         return None, {}
     if len(reports) > 1:
@@ -592,7 +670,7 @@ def _external_split(reports: dict) -> tuple[dict | None, dict]:
         )
     ((node, record),) = reports.items()
     try:
-        return read_site_report(record)
+        return read_heads_report(record, kinds)
     except ValueError as err:
         raise RuntimeError(f"external site (node {node}): {err}") from err
 

@@ -53,6 +53,9 @@ def concat(sets: list[SliceSet]) -> SliceSet:
         np.concatenate([s.images for s in sets]),
         np.concatenate([s.labels for s in sets]),
         np.concatenate(owners),
+        None
+        if any(s.hu_range is None for s in sets)
+        else np.concatenate([s.hu_range for s in sets]),
     )
 
 

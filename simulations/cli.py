@@ -556,6 +556,9 @@ def _results(metrics: dict) -> list[str]:
             f"sens {m['sensitivity']:.2f}  spec {m['specificity']:.2f}  "
             f"patients {m['n_patients']}"
         )
+    from server.report import baseline_lines
+
+    print("\n".join(baseline_lines(metrics)))
     comparisons = metrics["comparisons"]["table"]
     targets = list(next(iter(comparisons.values())))
     # numbered columns and a legend: site names are long, a terminal is not

@@ -306,6 +306,21 @@ def build_scenario(
     return sim_sites
 
 
+def data_source(data: Path) -> dict[str, Any]:
+    """What a simulated run's sites are, for its metrics and report: synthetic
+    phantoms (every scenario but one of linked images) or linked images."""
+    manifest = Path(data) / MANIFEST
+    scenario = {"name": "paper", "images": None}  # sites from before manifests
+    if manifest.is_file():
+        scenario = json.loads(manifest.read_text())["recipe"]["scenario"]
+    synthetic = scenario.get("images") is None
+    return {
+        "synthetic": synthetic,
+        "scenario": scenario.get("name", "?"),
+        "kind": "synthetic phantoms" if synthetic else "linked image folders",
+    }
+
+
 def _paper_roster() -> list[tuple[str, str]]:
     return [(name, p.role) for name, p in PROFILES.items()]
 

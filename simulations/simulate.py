@@ -12,7 +12,13 @@ from pathlib import Path
 from common.config import FEDERATED_PARTS, RunConfig
 from server import tensorboard
 from server.progress import PROGRESS
-from simulations.scenarios import MANIFEST, Scenario, build_scenario, load_scenario
+from simulations.scenarios import (
+    MANIFEST,
+    Scenario,
+    build_scenario,
+    data_source,
+    load_scenario,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +113,10 @@ def simulate(
 
     result["comparisons"] = add_to_run(out, config)
     from server.run_dir import update_metrics
+
+    # the report says so: a simulation's sites are phantoms unless linked images
+    result["data"] = data_source(data)
+    update_metrics(out, data=result["data"])
     from simulations.membership import membership_inference
 
     result["membership_inference"] = membership_inference(out, config)

@@ -21,7 +21,10 @@ sweep continues); `sweep.csv` gets one row per run and comparison: the federated
 model's external AUC with its DeLong CI, the same encoder's features with a head
 fitted on all training sites' data pooled ("pooled head"), each training site's
 own head ("local-only"), and with `central`, BigBiGAN trained on the pooled data
-("centralized"). `sweep.png` plots them.
+("centralized"); and the run's other federated heads: the model's ridge head
+("federated ridge") and the baselines' ("radiomics lm", "radiomics ridge",
+"untrained lm", "untrained ridge", each with the paired difference model minus
+it). `sweep.png` plots them (the baselines' lm heads among them).
 """
 
 from __future__ import annotations
@@ -54,6 +57,12 @@ COLUMNS = (
     "external_patients",
     "up_mb",
     "down_mb",
+    # baseline rows: the federated model's external AUC minus this one's, on
+    # the same patients (paired DeLong, computed at the external site)
+    "model_minus_this",
+    "diff_ci_low",
+    "diff_ci_high",
+    "diff_p",
     "run",
 )
 _KEYS = {
@@ -219,6 +228,7 @@ def _rows(key: tuple, run: Path, metrics: dict) -> list[dict]:
             **_auc_fields(external["auc"], external["auc_ci"], external["n_patients"]),
         }
     ]
+    rows += _head_rows(base, metrics)
     table = metrics["comparisons"]["table"]
     ext_site = _external_target(table)
     if ext_site is None:
@@ -243,6 +253,37 @@ def _rows(key: tuple, run: Path, metrics: dict) -> list[dict]:
                     **_auc_fields(m["auc"], m["ci"], m["n_patients"]),
                 }
             )
+    return rows
+
+
+def _head_rows(base: dict, metrics: dict) -> list[dict]:
+    """The run's other federated heads at the external site: the model's ridge
+    head and both baselines' lm and ridge heads (`common.feature_kinds`),
+    with each baseline's paired difference from the model's like head."""
+    heads = []
+    if "model_ridge" in metrics:
+        heads.append(("federated ridge", metrics["model_ridge"], None))
+    for kind, entry in metrics.get("baselines", {}).items():
+        for head in ("lm", "ridge"):
+            paired = (entry.get("external_difference") or {}).get(head)
+            heads.append((f"{kind} {head}", entry[head], paired))
+    rows = []
+    for setting, summary, paired in heads:
+        ext = summary["splits"]["external"]
+        row = {
+            **base,
+            "setting": setting,
+            "site": "",
+            **_auc_fields(ext["auc"], ext["auc_ci"], ext["n_patients"]),
+        }
+        if paired:
+            row |= {
+                "model_minus_this": paired["diff"],
+                "diff_ci_low": paired["diff_ci"][0],
+                "diff_ci_high": paired["diff_ci"][1],
+                "diff_p": paired["p"],
+            }
+        rows.append(row)
     return rows
 
 
@@ -347,6 +388,8 @@ def plot_sweep(path: Path, rows: list[dict]) -> None:
         "centralized": ("D", "C3"),
         "pooled head": ("s", "C1"),
         "local-only": ("v", "C2"),
+        "radiomics lm": ("^", "C4"),
+        "untrained lm": ("x", "C5"),
     }
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(configs) + 2), 4.5))
     for x, config in enumerate(configs):
@@ -361,7 +404,7 @@ def plot_sweep(path: Path, rows: list[dict]) -> None:
             aucs = aucs[np.isfinite(aucs)]
             if aucs.size == 0:
                 continue
-            xs = x + (offset - 1.5) * 0.15
+            xs = x + (offset - 2.5) * 0.12
             if setting in ("federated", "centralized"):
                 for r in values:
                     lo, hi = float(r["ci_low"]), float(r["ci_high"])

@@ -28,10 +28,15 @@ from flwr.compat.common import recorddict_compat as compat
 
 from client.audit_mod import AuditRefusal, audit_mod
 from client.secure_dispatch_mod import secure_dispatch_mod
+from common import feature_kinds
 from common.config import Z_DIM
 from common.metrics import GRID_BINS, histogram, histogram_keys
 from common.secure_agg import protocol as ours
-from common.site_evaluation import report_keys, site_report
+from common.site_evaluation import (
+    heads_report,
+    heads_report_keys,
+    paired_names,
+)
 from server.secure_agg_workflow import SecureAggregationError, SecureAggregator
 from simulations.loopback import LoopbackGrid
 
@@ -44,8 +49,11 @@ EXTERNAL_KEYS = [
 PATIENT_ID = "ANON-PT-0042"  # what a DICOM PatientID tag would hold
 
 
-def phase_reply(phase: str, parameters: list) -> tuple[list, dict]:
-    """Arrays and metrics shaped like client.client_app's replies."""
+def phase_reply(
+    phase: str, parameters: list, kinds: tuple = ("model",)
+) -> tuple[list, dict]:
+    """Arrays and metrics shaped like client.client_app's replies, for the
+    feature kinds the message names (the model's alone by default)."""
     z = Z_DIM
     if phase == "gan":
         return [p + 0.01 for p in parameters], {
@@ -54,11 +62,16 @@ def phase_reply(phase: str, parameters: list) -> tuple[list, dict]:
             "g_loss": -1.0,
             "clipped": 0,
         }
+    widths = [feature_kinds.dim(k, z) for k in kinds]
     arrays = {
-        "moments": [np.zeros(z), np.ones(z)],
-        "head": [np.eye(z + 1), np.zeros(z + 1)],
+        "moments": [a for d in widths for a in (np.zeros(d), np.ones(d))],
+        "head": [a for d in widths for a in (np.eye(d + 1), np.zeros(d + 1)) * 2],
         "logit": [np.zeros(z + 1)],
-        "eval": [np.zeros(GRID_BINS) for _ in histogram_keys()],
+        "eval": [
+            np.zeros(GRID_BINS)
+            for _ in feature_kinds.head_names(kinds)
+            for _ in histogram_keys()
+        ],
     }.get(phase, [np.zeros(3)])
     return arrays, {"clipped": 0}
 
@@ -75,25 +88,37 @@ class FakeSite(NumPyClient):
     def fit(self, parameters, config):
         if "raise" in self.extra:
             raise self.extra["raise"]
-        arrays, metrics = phase_reply(config["phase"], parameters)
+        kinds = feature_kinds.parse(config.get(feature_kinds.CONFIG_KEY))
+        arrays, metrics = phase_reply(config["phase"], parameters, kinds)
         arrays = self.extra.get("arrays", lambda a: a)(arrays)
         return arrays, 12, {**metrics, **self.extra.get("metrics", {})}
 
     def evaluate(self, parameters, config):
         if self.role != "external":
             return 0.0, 0, {}
-        return 0.0, 20, {**external_report(), **self.extra.get("metrics", {})}
+        kinds = feature_kinds.parse(config.get(feature_kinds.CONFIG_KEY))
+        report = external_report(kinds)
+        return 0.0, 20, {**report, **self.extra.get("metrics", {})}
 
 
-def external_report() -> dict:
-    """An external site's report (common.site_evaluation) on made-up scores."""
+def external_report(kinds: tuple = ("model",)) -> dict:
+    """An external site's report (common.site_evaluation) on made-up scores,
+    for every head of `kinds`, with the paired differences."""
     rng = np.random.default_rng(0)
     hists = {
-        f"external/{level}/{cls}": histogram(rng.uniform(0, 1, 9))
-        for level in ("patient", "slice")
-        for cls in ("pos", "neg")
+        head: {
+            f"external/{level}/{cls}": histogram(rng.uniform(0, 1, 9))
+            for level in ("patient", "slice")
+            for cls in ("pos", "neg")
+        }
+        for head in feature_kinds.head_names(kinds)
     }
-    return site_report(hists, "external", {"patient": 0.5, "slice": 0.5})
+    cut = {"patient": 0.5, "slice": 0.5}
+    paired = {
+        name: {"diff": 0.1, "diff_ci": [-0.2, 0.4], "p": 0.5}
+        for name in paired_names(kinds)
+    }
+    return heads_report(hists, "external", dict.fromkeys(hists, cut), paired)
 
 
 def app_for(site: NumPyClient, mods) -> ClientApp:
@@ -121,11 +146,11 @@ def context(node_id: int = 1) -> Context:
     return Context(1, node_id, {}, RecordDict(), {})
 
 
-def fit_content(phase: str, parameters=None, preset="tiny") -> RecordDict:
-    ins = FitIns(
-        ndarrays_to_parameters(parameters or WEIGHTS),
-        {"phase": phase, "preset": preset, "server-round": 1},
-    )
+def fit_content(phase: str, parameters=None, preset="tiny", kinds=None) -> RecordDict:
+    config = {"phase": phase, "preset": preset, "server-round": 1}
+    if kinds is not None:
+        config[feature_kinds.CONFIG_KEY] = ",".join(kinds)
+    ins = FitIns(ndarrays_to_parameters(parameters or WEIGHTS), config)
     return compat.fitins_to_recorddict(ins, True)
 
 
@@ -413,31 +438,42 @@ def test_the_real_client_app_replies_pass_the_audit(phantom_sites, tmp_path):
     for app in (*train.values(), external):
         reply = app(message(props, MessageTypeLegacy.GET_PROPERTIES), context())
         assert not reply.has_error(), reply.error
+    kinds = feature_kinds.KINDS  # the model's features and both baselines'
+    widths = [feature_kinds.dim(k, z) for k in kinds]
+    scales = [a for d in widths for a in (np.zeros(d), np.ones(d))]
+    heads = [
+        np.zeros(d + 1) for d in widths for _ in feature_kinds.HEADS
+    ]  # in head order
     mean, std, beta = np.zeros(z), np.ones(z), np.zeros(z + 1)
+    named = {feature_kinds.CONFIG_KEY: ",".join(kinds)}
     for phase, params in (
         ("gan", weights),
         ("moments", weights),
-        ("head", [*weights, mean, std]),
+        ("head", [*weights, *scales]),
         ("logit", [*weights, mean, std, beta]),
-        ("eval", [*weights, beta]),
+        ("eval", [*weights, *heads]),
     ):
         ins = FitIns(
             ndarrays_to_parameters(params),
-            {**flat, **SERVER_FIT_KEYS, "phase": phase},
+            {**flat, **SERVER_FIT_KEYS, **named, "phase": phase},
         )
         replies = secure_round(
             train, phase, lambda ins=ins: compat.fitins_to_recorddict(ins, True)
         )
         assert_allowed(replies)
     cutoffs = {"threshold": 0.5, "slice-threshold": 0.5}
+    for head in feature_kinds.head_names(kinds)[1:]:
+        cutoffs |= {f"threshold/{head}": 0.5, f"slice-threshold/{head}": 0.5}
     ins = compat.evaluateins_to_recorddict(
-        EvaluateIns(ndarrays_to_parameters([*weights, beta]), {**flat, **cutoffs}),
+        EvaluateIns(
+            ndarrays_to_parameters([*weights, *heads]), {**flat, **named, **cutoffs}
+        ),
         True,
     )
     reply = external(message(ins, MessageType.EVALUATE), context(3))
     assert not reply.has_error(), reply.error
     metrics = reply.content.config_records["evaluateres.metrics"]
-    assert set(metrics) == report_keys()
+    assert set(metrics) == heads_report_keys(kinds)
 
 
 # --- our secure aggregation (common.secure_agg), as the server runs it with
@@ -628,3 +664,95 @@ def test_our_protocol_records_outside_their_stage_rules_are_refused(
     reason = refusal(replies[STAGE_NAMES[stage]][min(replies[STAGE_NAMES[stage]])])
     assert names in reason, reason
     assert PATIENT_ID not in reason
+
+
+# --- the baselines' records (common.feature_kinds): the same rules, per kind
+
+
+@pytest.mark.parametrize("phase", ["moments", "head", "eval"])
+def test_every_kinds_records_through_secagg_plus_are_allowed(phase):
+    kinds = feature_kinds.KINDS
+    apps = {
+        n: app_for(FakeSite(), [audit_mod, secaggplus_mod, audit_mod]) for n in (1, 2)
+    }
+    replies = secure_round(apps, phase, lambda: fit_content(phase, kinds=kinds))
+    assert set(replies) == {"setup", "share", "collect", "unmask"}
+    assert_allowed(replies)
+
+
+def test_a_baselines_per_patient_array_is_refused():
+    """A vector with one radiomics score per patient, added to an eval or
+    head reply next to the allowed arrays, never leaves; nor does a
+    radiomics feature matrix in place of the statistics."""
+    kinds = feature_kinds.KINDS
+    per_patient = np.array([0.91, 0.12, 0.55, 0.33])
+    for phase in ("eval", "head"):
+        app = app_for(
+            FakeSite(extra={"arrays": lambda a: [*a, per_patient]}), [audit_mod]
+        )
+        outcome = lambda app=app, phase=phase: app(  # noqa: E731
+            message(fit_content(phase, kinds=kinds), MessageType.TRAIN), context()
+        )
+        assert "fitres.parameters" in refusal(outcome)
+    features = np.zeros((12, feature_kinds.dim("radiomics", Z_DIM)))  # 12 slices
+    app = app_for(
+        FakeSite(extra={"arrays": lambda a: [*a[:-4], features, *a[-3:]]}),
+        [audit_mod],
+    )
+    assert "shape" in refusal(
+        lambda: app(
+            message(fit_content("head", kinds=kinds), MessageType.TRAIN), context()
+        )
+    )
+
+
+def test_the_external_sites_baseline_report_passes_and_patient_values_do_not():
+    kinds = feature_kinds.KINDS
+    config = {feature_kinds.CONFIG_KEY: ",".join(kinds)}
+    ins = compat.evaluateins_to_recorddict(
+        EvaluateIns(ndarrays_to_parameters(WEIGHTS), config), True
+    )
+    app = app_for(FakeSite("external"), [audit_mod])
+    reply = app(message(ins, MessageType.EVALUATE), context())
+    assert not reply.has_error(), reply.error
+    assert (
+        "paired/radiomics-lm/patient/diff"
+        in (reply.content.config_records["evaluateres.metrics"])
+    )
+    # each patient's score difference, under the paired key or a new one
+    diffs = [0.2, -0.1, 0.05, 0.4]
+    for extra in (
+        {"paired/radiomics-lm/patient/diff": diffs},
+        {"paired/radiomics-lm/patient/scores": diffs},
+        {"radiomics-lm/patient/coarse_pos": histogram(np.array(diffs)).tolist()},
+    ):
+        app = app_for(FakeSite("external", {"metrics": extra}), [audit_mod])
+        reason = refusal(
+            lambda app=app: app(message(ins, MessageType.EVALUATE), context())
+        )
+        assert "evaluateres.metrics" in reason
+    # a report of a baseline the server did not ask for
+    plain = compat.evaluateins_to_recorddict(
+        EvaluateIns(ndarrays_to_parameters(WEIGHTS), {}), True
+    )
+    extra = {"radiomics-lm/patient/auc": 0.9}
+    app = app_for(FakeSite("external", {"metrics": extra}), [audit_mod])
+    assert "evaluateres.metrics" in refusal(
+        lambda: app(message(plain, MessageType.EVALUATE), context())
+    )
+
+
+class _KindBlindSite(FakeSite):
+    """Replies with the model's arrays whatever kinds the message names."""
+
+    def fit(self, parameters, config):
+        arrays, metrics = phase_reply(config["phase"], parameters)
+        return arrays, 12, metrics
+
+
+def test_unknown_feature_kinds_are_refused():
+    app = app_for(_KindBlindSite(), [audit_mod])
+    content = fit_content("moments", kinds=("model", "pixels"))
+    assert "feature kinds" in refusal(
+        lambda: app(message(content, MessageType.TRAIN), context())
+    )

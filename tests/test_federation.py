@@ -102,6 +102,29 @@ def test_whole_chain_two_training_sites_and_one_external(reference_run):
     assert (tmp_path / "reconstructions.png").stat().st_size > 0  # simulation only
     weights = np.load(tmp_path / "global_weights.npz")
     assert weights["head"].shape == (config.model.z_dim + 1,)
+    # baselines in the same rounds (7 above): every head on every split, and
+    # at the external site the paired differences, as aggregates
+    from common.linear_head import RIDGE_GRID
+    from common.radiomics import N_FEATURES
+
+    assert on_disk["data"]["synthetic"] is True
+    assert weights["head_radiomics_lm"].shape == (N_FEATURES + 1,)
+    for kind in ("radiomics", "untrained"):
+        entry = on_disk["baselines"][kind]
+        for head in ("lm", "ridge"):
+            for split in ("train", "val", "test", "external"):
+                m = entry[head]["splits"][split]
+                assert len(m["auc_ci"]) == 2 and m["n_patients"] > 0, (kind, split)
+            paired = entry["external_difference"][head]
+            assert set(paired) == {"diff", "diff_ci", "p"}
+            ext = entry[head]["splits"]["external"]["auc"]
+            model = (on_disk if head == "lm" else on_disk["model_ridge"])["splits"]
+            assert paired["diff"] == pytest.approx(model["external"]["auc"] - ext)
+        assert on_disk["ridge"][kind]["lambda"] in RIDGE_GRID
+    n_train = sum(metrics["splits"]["train"][k] for k in ("n_patients",))
+    assert on_disk["baselines"]["radiomics"]["lm"]["splits"]["train"]["n_patients"] == (
+        n_train
+    )
 
 
 def _kill_tree(proc: subprocess.Popen) -> None:

@@ -175,3 +175,48 @@ def test_pooled_statistics_equal_centralised_least_squares():
     pooled = [(40 * a + 70 * b) / 110 for a, b in zip(s1, s2, strict=True)]
     central = sufficient_statistics(np.vstack([x1, x2]), np.r_[y1, y2])
     np.testing.assert_allclose(solve(*pooled), solve(*central), rtol=1e-10)
+
+
+def test_paired_delong_difference_equals_the_two_aucs_difference():
+    from sklearn.metrics import roc_auc_score
+
+    from common.roc_stats import paired_delong
+
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 2, 60)
+    a = labels + rng.normal(0, 0.8, 60)
+    b = labels + rng.normal(0, 1.5, 60)
+    got = paired_delong(a, b, labels)
+    expected = roc_auc_score(labels, a) - roc_auc_score(labels, b)
+    assert got["diff"] == pytest.approx(expected)
+    low, high = got["diff_ci"]
+    assert low < got["diff"] < high and 0 < got["p"] < 1
+
+
+def test_paired_delong_of_a_reversed_score_has_twice_the_ci_of_one_auc():
+    """b = -a: AUC(b) = 1 - AUC(a), its components are 1 minus a's, so the
+    difference's variance is 4 var(AUC(a)), its half-width twice a's."""
+    from statistics import NormalDist
+
+    from common.roc_stats import paired_delong
+
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 2, 40)
+    a = labels + rng.normal(0, 1.0, 40)
+    auc, var = delong_auc(a, labels)
+    got = paired_delong(a, -a, labels)
+    assert got["diff"] == pytest.approx(2 * auc - 1)
+    half = (got["diff_ci"][1] - got["diff_ci"][0]) / 2
+    assert half == pytest.approx(2 * NormalDist().inv_cdf(0.975) * np.sqrt(var))
+
+
+def test_paired_delong_of_the_same_score_is_no_difference():
+    from common.roc_stats import paired_delong
+
+    labels = np.array([0, 1, 0, 1, 1, 0])
+    scores = np.array([0.1, 0.8, 0.4, 0.3, 0.9, 0.2])
+    got = paired_delong(scores, scores, labels)
+    assert got["diff"] == 0 and got["p"] == 1.0
+    assert np.isnan(paired_delong(scores, scores, np.ones(6))["p"])
+    with pytest.raises(ValueError, match="one per case"):
+        paired_delong(scores, scores[:3], labels)

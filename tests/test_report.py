@@ -242,3 +242,66 @@ def test_privacy_section_states_the_guarantee_and_shows_the_curve(run_dir):
     assert "AUC 0.513" in page and "on D" not in page
     assert "Privacy against utility" in page and "noise-4" in page
     assert (run_dir.parent / "privacy_curve.png").read_bytes() in _embedded_pngs(page)
+
+
+def _with_baselines(run_dir, shift: float, paired_low: float) -> dict:
+    """Add `baselines` as the ServerApp writes them: summaries of histograms
+    whose classes are `shift` apart, and an external paired difference."""
+    from server.run_dir import update_metrics
+
+    rng = np.random.default_rng(7)
+    inside = {"train": (33, 33, shift), "val": (4, 4, shift), "test": (4, 5, shift)}
+    hist = {1: _site(rng, inside)}
+    ext_hist = _site(rng, {"external": (15, 20, shift)})
+    external, _ = read_site_report(site_report(ext_hist, "external", cutoffs(hist)))
+    summary = summarise(hist, external=external)
+    paired = {"diff": 0.12, "diff_ci": [paired_low, 0.3], "p": 0.04}
+    baselines = {
+        kind: {"lm": summary, "ridge": summary, "external_difference": {"lm": paired}}
+        for kind in ("radiomics", "untrained")
+    }
+    update_metrics(run_dir, baselines=baselines, model_ridge=summary)
+    return summary
+
+
+def test_report_shows_the_baselines_beside_the_model_in_plain_words(run_dir):
+    weak = _with_baselines(run_dir, 0.0, 0.02)  # baselines near chance
+    page = write_report(run_dir).read_text(encoding="utf-8")
+    assert "Baselines: the same rounds on simpler features" in page
+    ext = weak["splits"]["external"]
+    low, high = ext["auc_ci"]
+    assert f"{ext['auc']:.3f} ({low:.3f}–{high:.3f})" in page
+    assert "+0.120 (0.020–0.300), p 0.04" in page
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    if metrics["splits"]["external"]["auc"] > ext["auc"]:
+        assert "External site: AUC" in page and "better than a histogram" in page
+    # a strong baseline: the model is "not better than" it
+    _with_baselines(run_dir, 0.6, -0.1)
+    page = write_report(run_dir).read_text(encoding="utf-8")
+    assert "not better than a histogram of intensities" in page
+    assert "Youden&#x27;s J (the score that maximises" in page or (
+        "Youden's J (the score that maximises" in page
+    )
+    assert "DeLong&#x27;s method" in page or "DeLong's method" in page
+
+
+def test_report_says_when_the_data_are_synthetic(run_dir):
+    from server.run_dir import update_metrics
+
+    page = write_report(run_dir).read_text(encoding="utf-8")
+    assert "synthetic" not in page.lower()  # a deployment records no data
+    assert "not recorded by the run" in page
+    update_metrics(run_dir, data={"synthetic": True, "scenario": "paper"})
+    page = write_report(run_dir).read_text(encoding="utf-8")
+    assert "These data are synthetic" in page and "phantoms" in page
+
+
+def test_verdicts_say_near_chance_when_the_ci_includes_half():
+    from server.report import verdicts
+
+    m = {"auc": 0.6, "auc_ci": [0.4, 0.8]}
+    metrics = {"splits": {"external": m}, "baselines": {}}
+    lines = verdicts(metrics)
+    assert any("External site" in x and "near chance" in x for x in lines)
+    metrics["splits"]["external"] = {"auc": 0.9, "auc_ci": [0.8, 1.0]}
+    assert not any("near chance" in x for x in verdicts(metrics))

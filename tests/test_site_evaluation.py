@@ -92,3 +92,39 @@ def test_histograms_of_a_run_keep_only_coarse_external_counts(tmp_path):
     assert np.array_equal(
         arrays["external/slice/neg"], coarsen(site_hist[33]["external/slice/neg"])
     )
+
+
+def test_every_heads_report_round_trips_and_names_each_head():
+    from common.feature_kinds import KINDS, head_names
+    from common.site_evaluation import (
+        heads_report,
+        heads_report_keys,
+        read_heads_report,
+    )
+
+    by_head = {head: make_site_hist(i + 3) for i, head in enumerate(head_names(KINDS))}
+    hists = {head: h[33] for head, h in by_head.items()}
+    cuts = {
+        head: cutoffs({k: v for k, v in h.items() if k != 33})
+        for head, h in by_head.items()
+    }
+    paired = {
+        name: {"diff": 0.05 * i, "diff_ci": [-0.1, 0.2], "p": 0.5}
+        for i, name in enumerate(("radiomics-lm", "radiomics-ridge"))
+    } | {
+        name: {"diff": 0.0, "diff_ci": [0.0, 0.0], "p": 1.0}
+        for name in ("untrained-lm", "untrained-ridge")
+    }
+    record = heads_report(hists, "external", cuts, paired)
+    assert set(record) == heads_report_keys(KINDS)
+    assert set(report_keys()) <= set(record)  # the model's lm keeps plain keys
+    heads, back = read_heads_report(record, KINDS)
+    assert back == paired
+    for head, h in hists.items():
+        own, _ = read_site_report(site_report(h, "external", cuts[head]))
+        assert heads[head][0] == own, head
+    # the heads differ: each got its own histograms
+    assert heads["radiomics-lm"][0]["auc"] != heads["model-lm"][0]["auc"]
+    del record["paired/untrained-ridge/patient/p"]
+    with pytest.raises(ValueError, match="untrained-ridge"):
+        read_heads_report(record, KINDS)

@@ -38,12 +38,22 @@ def test_a_two_seed_sweep_writes_its_table_and_plot_and_resumes(tmp_path, monkey
 
     with (out / SWEEP_CSV).open(newline="") as handle:
         table = list(csv.DictReader(handle))
-    # per seed: federated, pooled head, 2 local-only, and centralized
-    assert len(table) == len(rows) == 2 * (1 + 1 + 2 + 1)
+    # per seed: federated, its ridge head, 4 baseline heads, pooled head, 2
+    # local-only, and centralized
+    assert len(table) == len(rows) == 2 * (1 + 1 + 4 + 1 + 2 + 1)
+    baselines = {
+        f"{k} {h}" for k in ("radiomics", "untrained") for h in ("lm", "ridge")
+    }
     for seed in (0, 1):
         mine = [r for r in table if r["seed"] == str(seed)]
         settings = {"federated", "pooled head", "local-only", "centralized"}
-        assert {r["setting"] for r in mine} == settings
+        assert {r["setting"] for r in mine} == settings | baselines | {
+            "federated ridge"
+        }
+        for r in mine:
+            if r["setting"] in baselines:
+                low, high = float(r["diff_ci_low"]), float(r["diff_ci_high"])
+                assert low <= float(r["model_minus_this"]) <= high
         central = next(r for r in mine if r["setting"] == "centralized")
         assert 0 <= float(central["external_auc"]) <= 1
         assert (out / central["run"] / "model.npz").is_file()
@@ -90,3 +100,38 @@ def test_sweep_files_are_checked_before_any_run(tmp_path):
     bad.write_text("seed = [0]\n")
     with pytest.raises(ScenarioError, match=r"unknown keys \['seed'\]"):
         load_sweep(bad)
+
+
+def test_the_benchmark_sweep_files_load():
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks" / "sweeps"
+    sweep = load_sweep(folder / "baselines.toml")
+    assert {"paper", "scanner-shift", "label-skew", "size-skew"} <= set(sweep.scenarios)
+    assert load_sweep(folder / "federated_parts.toml").federated_parts
+
+
+def test_a_runs_heads_become_sweep_rows_with_their_paired_differences():
+    from simulations.sweep import _head_rows
+
+    split = {"auc": 0.7, "auc_ci": [0.5, 0.9], "n_patients": 18}
+    summary = {"splits": {"external": split}}
+    paired = {"diff": 0.1, "diff_ci": [-0.1, 0.3], "p": 0.3}
+    metrics = {
+        "model_ridge": summary,
+        "baselines": {
+            "radiomics": {
+                "lm": summary,
+                "ridge": summary,
+                "external_difference": {"lm": paired, "ridge": None},
+            }
+        },
+    }
+    rows = _head_rows({"run": "r"}, metrics)
+    assert [r["setting"] for r in rows] == [
+        "federated ridge",
+        "radiomics lm",
+        "radiomics ridge",
+    ]
+    assert rows[1]["model_minus_this"] == 0.1 and rows[1]["diff_ci_low"] == -0.1
+    assert "model_minus_this" not in rows[2] and rows[2]["external_auc"] == 0.7

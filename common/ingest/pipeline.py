@@ -476,6 +476,10 @@ class _Run:
                     for ref in plan.slices
                 ),
                 keep=tuple(keep),
+                ranges=tuple(
+                    tuple(self.stored.get((ref.key, ref.frame), _NO_RANGE)[2:])
+                    for ref in plan.slices
+                ),
             )
             by_patient.setdefault(plan.patient_id, []).append(series)
             used = {}
@@ -711,6 +715,9 @@ def _path_skip(rel: str, code: str, detail: str) -> Skip:
     if code in ("not-dicom", "bad-dicom"):
         code = "bad-dicom" if rel.lower().endswith(DICOM_SUFFIXES) else "not-dicom"
     return Skip(code, detail)
+
+
+_NO_RANGE = ("", 0, math.nan, math.nan)  # a stored row without its HU range
 
 
 def _nan(value) -> float:

@@ -24,6 +24,9 @@ class IngestedSeries:
     positions: tuple[float | None, ...]  # mm along the slice normal
     lung: tuple[float, ...]  # share of lung per slice (NaN for image folders)
     keep: tuple[int, ...]  # indices chosen by the slice policy
+    # per slice, the HU its -1 and 1 stand for (NaN for image folders): with it
+    # a cached slice maps back to HU (common.ingest.policy.from_unit)
+    ranges: tuple[tuple[float, float], ...] = ()
 
     def load(self, mmap: bool = True) -> np.ndarray:
         """The kept slices as [k, size, size] float16 (memory-mapped if all kept)."""
@@ -31,6 +34,14 @@ class IngestedSeries:
         if len(self.keep) == array.shape[0]:
             return array
         return np.asarray(array[list(self.keep)])
+
+    def kept_ranges(self) -> np.ndarray:
+        """The kept slices' HU ranges as [k, 2] (NaN where unknown)."""
+        if len(self.ranges) != len(self.positions):
+            return np.full((len(self.keep), 2), np.nan)
+        return np.asarray([self.ranges[i] for i in self.keep], np.float64).reshape(
+            -1, 2
+        )
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,14 @@ class IngestedPatient:
             start = (len(slices) - max_slices) // 2
             slices = slices[start : start + max_slices]
         return np.asarray(slices, dtype=np.float32)
+
+    def load_ranges(self, max_slices: int = 0) -> np.ndarray:
+        """The HU range of each slice `load(max_slices)` returns, as [n, 2]."""
+        ranges = np.concatenate([s.kept_ranges() for s in self.series])
+        if 0 < max_slices < len(ranges):
+            start = (len(ranges) - max_slices) // 2
+            ranges = ranges[start : start + max_slices]
+        return ranges
 
 
 @dataclass(frozen=True)
