@@ -558,7 +558,12 @@ def _results(metrics: dict) -> list[str]:
         )
     from server.report import baseline_lines
 
-    print("\n".join(baseline_lines(metrics)))
+    # the verdicts on the held-out data only (train and val are in the report)
+    lines.extend(
+        line
+        for line in baseline_lines(metrics)
+        if not line.startswith(("Training:", "Validation:"))
+    )
     comparisons = metrics["comparisons"]["table"]
     targets = list(next(iter(comparisons.values())))
     # numbered columns and a legend: site names are long, a terminal is not
