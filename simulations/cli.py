@@ -367,11 +367,12 @@ def main(argv: list[str] | None = None) -> int:
     add_deploy_commands(sub, _add_run_config)
     _add_ingest_command(sub)
     args = parser.parse_args(argv)
+    configured = bool(logging.getLogger().handlers)  # e.g. pytest's own
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    for handler in logging.getLogger().handlers:
+    if not configured:
         # Flower's own handler prints its INFO and above; its DEBUG lines (the
-        # secure rounds' stages) reach the run's log through this one
-        handler.addFilter(
+        # secure rounds' stages) reach the run's log through ours
+        logging.getLogger().handlers[0].addFilter(
             lambda r: not (r.name.startswith("flwr") and r.levelno >= logging.INFO)
         )
     try:
