@@ -90,9 +90,12 @@ def test_reconstruct_command_draws_a_sites_slices_and_their_reconstructions(
     out = tmp_path / "grid.png"
     args = ["reconstruct", "--model", str(run), "--dicom", str(site_dir)]
     assert main([*args, "--out", str(out), "--patients", "3"]) == 0
-    grid = np.asarray(Image.open(out), dtype=np.float32) / 127.5 - 1.0
+    labelled = np.asarray(Image.open(out), dtype=np.float32) / 127.5 - 1.0
     side = config.model.gd_size
-    assert grid.shape == (2 * side, 3 * side)  # real row, G(E(x)) row; 3 patients
+    # real row, G(E(x)) row; 3 patients, right of a white margin with the labels
+    assert labelled.shape[0] == 2 * side and labelled.shape[1] > 3 * side
+    margin, grid = labelled[:, : -3 * side], labelled[:, -3 * side :]
+    assert margin.max() == 1.0 and margin.min() < 0.0  # white, with dark text
     # the bottom row is G(E(x)) of the top row's slices (8-bit PNG rounding)
     slices = site_data(Site("hospital_b", site_dir.parent, "external"), config)
     images = slices["external"].images

@@ -152,6 +152,7 @@ def test_fedbn_never_sends_batchnorm_values(tmp_path):
     from flwr.clientapp import ClientApp
 
     from client.client_app import client_fn
+    from common import feature_kinds
     from common.model_parts import federated_indices, is_batchnorm
     from simulations.simulate import simulate
 
@@ -196,12 +197,16 @@ def test_fedbn_never_sends_batchnorm_values(tmp_path):
     assert len(gan_replies) == 2 * 2  # 2 training sites x 2 rounds
     assert all(e["shapes"] == shared_shapes for e in gan_replies)
     # and no message either way, masked or not, is big enough to hold more
-    # (later phases send E with the head's vectors: 3 of 121 values at most)
-    head_vectors = 4 * (config.model.z_dim + 1)
-    assert sum(weights[i].size for i in bn) > 10 * head_vectors
+    # (later phases send E with every head's vector: the model's and the
+    # baselines', `common.feature_kinds`, two heads of dim + 1 values per kind)
+    head_values = sum(
+        len(feature_kinds.HEADS) * (feature_kinds.dim(kind, config.model.z_dim) + 1)
+        for kind in feature_kinds.KINDS
+    )
+    assert sum(weights[i].size for i in bn) > 5 * head_values
     for entry in log:
         values = sum(int(np.prod(s)) for s in entry["shapes"])
-        assert values <= shared_values + head_vectors, entry
+        assert values <= shared_values + head_values, entry
     assert metrics["payload"]["federated_values"] == shared_values
     # the sites keep their BatchNorm arrays (with any other kept part) at home
     kept = sorted((out / "ingest-cache").rglob("local-*-r0002.npz"))
