@@ -155,6 +155,26 @@ class TrainConfig:
     # encoder learn where the adversarial gradient alone does not)
     aux_reconstruction: float = 0.0
     aux_latent: float = 0.0
+    # DiffAugment policies for D's image inputs, comma-separated ("" = off, the
+    # paper's setting): common.diff_augment.POLICIES
+    diff_augment: str = ""
+
+
+# DiffAugment's transforms of D's image inputs (common.diff_augment)
+DIFF_AUGMENT_POLICIES = ("translation", "cutout", "color")
+
+
+def diff_augment_policies(text: str) -> tuple[str, ...]:
+    """The policies of a diff-augment value ("translation,cutout"; "" = none).
+    ValueError names an unknown one."""
+    names = tuple(p.strip() for p in text.split(",") if p.strip())
+    unknown = [p for p in names if p not in DIFF_AUGMENT_POLICIES]
+    if unknown:
+        raise ValueError(
+            f"diff-augment: unknown {unknown}; expected a comma-separated list "
+            f"of {list(DIFF_AUGMENT_POLICIES)} or '' (off)"
+        )
+    return names
 
 
 # federated-parts values: which of E, G and D leave a site
@@ -526,6 +546,11 @@ def _value_problem(key: str, value: Any) -> str | None:
             return f"{key} must be {allowed}, got {value!r}"
     elif key in CHOICES and value not in CHOICES[key]:
         return f"{key} must be one of {list(CHOICES[key])}, got {value!r}"
+    elif key == "diff-augment" and isinstance(value, str):
+        try:
+            diff_augment_policies(value)
+        except ValueError as err:
+            return str(err)
     return None
 
 

@@ -22,6 +22,7 @@ from common.bigbigan import (
 )
 from common.config import ModelPreset, TrainConfig
 from common.devices import DeviceConfig, dtype_policy, strategy_for, wrap_optimizer
+from common.diff_augment import augment, parse
 from common.layers import seeded_initializers
 from common.losses import discriminator_loss, encoder_generator_loss
 
@@ -152,6 +153,7 @@ class BigBiGAN:
         preset, z_dim, d_steps = self.preset, self.preset.z_dim, config.d_steps
         # which of (s_x, s_z, s_xz) enter the losses
         kept = slice(None) if config.unary_scores else slice(2, 3)
+        policies = parse(config.diff_augment)  # what D's image inputs go through
         noise = self._seed_gen
         strategy = self.strategy
         replicas = float(strategy.num_replicas_in_sync)
@@ -180,8 +182,11 @@ class BigBiGAN:
             )
             z = noise.normal((batch, z_dim))
             x_fake = generator(z, training=True)
-            x_small = downsample_for_d(x_real, preset)
-            real = disc([tf.cast(x_small, x_fake.dtype), z_hat], training=True)
+            x_small = tf.cast(downsample_for_d(x_real, preset), x_fake.dtype)
+            if policies:  # the same random transforms for real and generated
+                x_small = augment(x_small, policies, noise)
+                x_fake = augment(x_fake, policies, noise)
+            real = disc([x_small, z_hat], training=True)
             fake = disc([x_fake, z], training=True)
             return real[kept], fake[kept]
 
