@@ -7,6 +7,10 @@ probes afterwards are the usual ones: what a linear head on z_mean reaches when
 E was *told* what to encode is an upper reference for what self-supervised
 training could give this architecture on this data. Only the held-out splits
 (test, the external site) are honest for it: E saw the training labels.
+
+`diff-augment`, which in BigBiGAN's runs transforms D's image inputs, here
+transforms E's (there is no D): the same policies, fresh draws per step, so
+the ceiling can be measured with and without augmentation.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from common.config import TrainConfig
+from common.config import TrainConfig, diff_augment_policies
+from common.diff_augment import augment
 
 
 def train_supervised_epoch(
@@ -27,13 +32,18 @@ def train_supervised_epoch(
     config: TrainConfig,
     seed: int,
 ) -> float:
-    """One pass over (images, labels) in shuffled batches; the mean loss."""
+    """One pass over (images, labels) in shuffled batches; the mean loss.
+    E's inputs go through `config.diff_augment`'s transforms, drawn from `seed`."""
     order = np.random.default_rng(seed).permutation(len(images))
     batch = min(config.batch_size, len(images))
+    policies = diff_augment_policies(config.diff_augment)
+    noise = tf.random.Generator.from_seed(seed)
     losses = []
     for start in range(0, len(order) - batch + 1, batch):
         idx = order[start : start + batch]
         x = tf.constant(images[idx])
+        if policies:
+            x = augment(x, policies, noise)
         y = tf.constant(labels[idx].astype(np.float32)[:, None])
         losses.append(float(_step(encoder, head, optimizer, x, y)))
     return float(np.mean(losses)) if losses else float("nan")

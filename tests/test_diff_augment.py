@@ -83,3 +83,29 @@ def test_a_step_with_diff_augment_differs_and_repeats_with_its_seed():
     assert all(np.array_equal(u, v) for u, v in zip(a, b, strict=True))
     assert not all(np.array_equal(u, v) for u, v in zip(a, p, strict=True))
     assert all(np.isfinite(u).all() for u in a)
+
+
+def test_the_supervised_ceiling_augments_e_s_inputs_when_asked():
+    """In `train-central --supervised` there is no D: diff-augment transforms
+    E's inputs; off, the epoch is the unaugmented one bit for bit."""
+    from simulations import supervised as sup
+
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1, 1, (8, 64, 64, 3)).astype("float32")
+    labels = np.array([0, 1] * 4)
+
+    def encoder_after_one_epoch(policy: str) -> list[np.ndarray]:
+        model = BigBiGAN(get_preset("tiny"), seed=0)
+        config = TrainConfig(batch_size=4, diff_augment=policy)
+        head = sup.make_head(120, seed=0)
+        optimizer = sup.make_optimizer(config, model.encoder, head)
+        loss = sup.train_supervised_epoch(
+            model.encoder, head, optimizer, images, labels, config, seed=0
+        )
+        assert np.isfinite(loss)
+        return [w.numpy() for w in model.encoder.weights]
+
+    off, off_again = encoder_after_one_epoch(""), encoder_after_one_epoch("")
+    on = encoder_after_one_epoch("translation,cutout")
+    assert all(np.array_equal(u, v) for u, v in zip(off, off_again, strict=True))
+    assert not all(np.array_equal(u, v) for u, v in zip(off, on, strict=True))
