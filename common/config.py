@@ -158,6 +158,11 @@ class TrainConfig:
     # DiffAugment policies for D's image inputs, comma-separated ("" = off, the
     # paper's setting): common.diff_augment.POLICIES
     diff_augment: str = ""
+    # E's latent in D's real pair: z_mean + z_stdev * noise (BigBiGAN's, the
+    # paper's) or z_mean alone (false: BiGAN's deterministic encoder). At
+    # initialisation z_stdev ~0.7 against a spread of z_mean across images of
+    # ~0.003, so a sampled E meets the prior with noise alone
+    encoder_sampling: bool = True
 
 
 # DiffAugment's transforms of D's image inputs (common.diff_augment)

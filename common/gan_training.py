@@ -134,7 +134,14 @@ class BigBiGAN:
                 for v in layer.trainable_variables
             ]
             opt_d.build(d_variables)
-            opt_e.build(self.encoder.trainable_variables)
+            # a deterministic E's z_stdev gets no gradient
+            e_variables = [
+                v
+                for layer in self.encoder.layers
+                if config.encoder_sampling or layer.name != "z_stdev_pre"
+                for v in layer.trainable_variables
+            ]
+            opt_e.build(e_variables)
             opt_g.build(self.generator.trainable_variables)
             self._anchors = {
                 part: [
@@ -154,6 +161,7 @@ class BigBiGAN:
         # which of (s_x, s_z, s_xz) enter the losses
         kept = slice(None) if config.unary_scores else slice(2, 3)
         policies = parse(config.diff_augment)  # what D's image inputs go through
+        sampling = config.encoder_sampling
         noise = self._seed_gen
         strategy = self.strategy
         replicas = float(strategy.num_replicas_in_sync)
@@ -177,9 +185,9 @@ class BigBiGAN:
         def scores(x_real):
             batch = tf.shape(x_real)[0]
             e_out = encoder(x_real, training=True)
-            z_hat = e_out["z_mean"] + e_out["z_stdev"] * noise.normal(
-                tf.shape(e_out["z_mean"])
-            )
+            z_hat = e_out["z_mean"]
+            if sampling:  # BigBiGAN's stochastic E; off: BiGAN's deterministic E
+                z_hat += e_out["z_stdev"] * noise.normal(tf.shape(z_hat))
             z = noise.normal((batch, z_dim))
             x_fake = generator(z, training=True)
             x_small = tf.cast(downsample_for_d(x_real, preset), x_fake.dtype)
@@ -241,7 +249,7 @@ class BigBiGAN:
                     g_loss += tf.cast(extra, g_loss.dtype)
                 e_scaled = scaled(opt_e, with_proximal(e_loss, "e", encoder))
                 g_scaled = scaled(opt_g, with_proximal(g_loss, "g", generator))
-            apply(opt_e, tape, e_scaled, encoder.trainable_variables)
+            apply(opt_e, tape, e_scaled, e_variables)
             apply(opt_g, tape, g_scaled, generator.trainable_variables)
             del tape
             return tf.stack([d_loss, e_loss, g_loss])

@@ -122,3 +122,27 @@ def test_auxiliary_losses_change_e_and_g_only_and_do_what_they_claim():
         return float(np.mean((np.asarray(z_hat) - z) ** 2))
 
     assert latent_error(models["lat"]) < latent_error(models["paper"])
+
+
+def test_a_deterministic_encoder_sends_z_mean_alone_and_leaves_z_stdev():
+    """encoder-sampling = false puts E's z_mean, not z_mean + z_stdev * noise,
+    in D's real pair: z_stdev's layer gets no gradient and keeps its weights,
+    while E's z_mean layer, G and D train; on, every E layer moves."""
+    images = np.random.default_rng(0).uniform(-1, 1, (8, 64, 64, 3)).astype("float32")
+    for sampling in (True, False):
+        model = BigBiGAN(get_preset("tiny"), seed=0)
+        layers = ("z_mean", "z_stdev_pre")
+        before = {
+            n: [w.numpy().copy() for w in model.encoder.get_layer(n).weights]
+            for n in layers
+        }
+        config = TrainConfig(batch_size=4, encoder_sampling=sampling)
+        losses = model.train_epochs(images, config, seed=0)
+        assert np.isfinite([losses.d, losses.e, losses.g]).all()
+        for name in layers:
+            after = [w.numpy() for w in model.encoder.get_layer(name).weights]
+            moved = any(
+                not np.array_equal(a, b)
+                for a, b in zip(after, before[name], strict=True)
+            )
+            assert moved == (sampling or name == "z_mean"), (sampling, name)
