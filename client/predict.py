@@ -46,7 +46,7 @@ def predict_dicom(run_dir: Path, dicom_dir: Path, cache_dir: Path | None = None)
     from common.dataset import slices_from_ingest
     from common.linear_head import predict
     from common.roc_stats import patient_score
-    from server.run_dir import revive_json
+    from common.strict_json import revive_json
 
     start = time.perf_counter()
     run_dir, dicom_dir = Path(run_dir), Path(dicom_dir)

@@ -11,6 +11,7 @@ import numpy as np
 
 from common.config import RunConfig
 from common.metrics import roc_from_histograms
+from common.strict_json import revive_json, strict_json
 from server.checkpointing import CHECKPOINT
 from server.evaluation import SPLITS, pooled
 
@@ -105,32 +106,6 @@ def _atomic_write(path: Path, write) -> None:
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     os.replace(tmp, path)
-
-
-NON_FINITE = {"Infinity": float("inf"), "-Infinity": float("-inf"), "NaN": float("nan")}
-
-
-def strict_json(value):
-    """Non-finite numbers as the strings "Infinity", "-Infinity", "NaN": bare
-    Infinity/NaN are not JSON, and strict parsers (hospital tools) reject them."""
-    if isinstance(value, dict):
-        return {k: strict_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [strict_json(v) for v in value]
-    if isinstance(value, float | np.floating) and not np.isfinite(value):
-        return "NaN" if np.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    return value
-
-
-def revive_json(value):
-    """The inverse of `strict_json` for a parsed metrics.json."""
-    if isinstance(value, dict):
-        return {k: revive_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [revive_json(v) for v in value]
-    if isinstance(value, str) and value in NON_FINITE:
-        return NON_FINITE[value]
-    return value
 
 
 def update_metrics(run_dir: Path, **items) -> None:

@@ -24,7 +24,7 @@ def privacy_curve(
     scale: float = 1.0,
     slices_per_patient: int = 6,
 ) -> list[dict]:
-    from server.run_dir import strict_json
+    from common.strict_json import strict_json
     from simulations.scenarios import build_scenario, load_scenario
     from simulations.simulate import simulate
 

@@ -10,7 +10,7 @@ from client.site import Site, site_data
 from common.checkpoint import initial_model
 from common.config import RunConfig
 from common.linear_head import predict
-from server.run_dir import strict_json
+from common.strict_json import strict_json
 from simulations.cli import main
 from simulations.phantoms import write_study
 

@@ -16,9 +16,10 @@ from common.config import RunConfig
 from common.grids import save_png
 from common.metrics import histogram
 from common.site_evaluation import read_site_report, site_report
+from common.strict_json import strict_json
 from server.evaluation import cutoffs, summarise
 from server.report import write_report
-from server.run_dir import HISTOGRAMS, strict_json, write_run
+from server.run_dir import HISTOGRAMS, write_run
 from simulations.cli import main
 
 
@@ -135,7 +136,7 @@ def test_report_needs_no_tensorflow():
 
 
 def test_metrics_json_is_strict_json_and_round_trips_non_finite_values():
-    from server.run_dir import revive_json, strict_json
+    from common.strict_json import revive_json, strict_json
 
     metrics = {"threshold": float("inf"), "splits": {"val": {"auc": float("nan")}}}
     text = json.dumps(strict_json(metrics), allow_nan=False)  # raises if not strict
