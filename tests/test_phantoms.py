@@ -20,6 +20,7 @@ from simulations.phantoms import (
     site_counts,
     write_study,
 )
+from simulations.phantoms.patients import _slice_weights
 
 SCALE = 0.1
 SLICES = 2
@@ -196,7 +197,7 @@ def _lesion_weight_ratio(spec: phantoms.PatientSpec) -> float:
     """Smallest lesion weight among the patient's slices over its peak in the lungs."""
     grid = tuple(np.linspace(0.08, 0.94, 431))
     n = len(spec.fractions)
-    weight = phantoms._slice_weights(spec.findings, spec.fractions + grid)  # one scale
+    weight = _slice_weights(spec.findings, spec.fractions + grid)  # one scale
     return float(weight[:n].min() / weight[n:].max())
 
 
