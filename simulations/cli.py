@@ -112,7 +112,15 @@ def _add_ingest_command(sub) -> None:
     ing.add_argument(
         "--labels",
         type=Path,
-        help="patient_id,label CSV (default: SITE/labels.csv; image folders: none)",
+        help="labels CSV: patient_id,label (DICOM); for image files also "
+        "file,label with a path relative to the site or a glob (default: "
+        "SITE/labels.csv; image folders without one: label folder names)",
+    )
+    ing.add_argument(
+        "--label-map",
+        default="",
+        help="label words of the CSV, e.g. covid=1,pneumonia=0 (any case; 0/1 "
+        "always work)",
     )
     ing.add_argument("--out", type=Path, required=True, help="cache folder")
     ing.add_argument("--strict", action="store_true", help="stop at the first problem")
@@ -179,6 +187,7 @@ def _ingest(args: argparse.Namespace) -> int:
 
     from common.ingest import IngestConfig, IngestError, ingest_site
     from common.ingest.config import IngestConfigError
+    from common.ingest.image_labels import parse_label_map
 
     logging.getLogger("common.ingest").setLevel(logging.WARNING)  # summary below
     try:
@@ -203,6 +212,7 @@ def _ingest(args: argparse.Namespace) -> int:
             strict=args.strict,
             progress=not args.quiet,
             rehash=args.rehash,
+            label_map=parse_label_map(args.label_map),
         )
     except (IngestError, IngestConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
