@@ -500,6 +500,7 @@ def _simulate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from simulations.run_log import RunLog
     from simulations.scenarios import ScenarioError, load_scenario, parse_override
     from simulations.simulate import simulate
+    from simulations.site_checks import SiteCheckError
 
     try:
         config = RunConfig.from_flat(flat)  # every value checked before anything
@@ -524,8 +525,9 @@ def _simulate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 scenario,
                 args.slice_choice,
             )
-        except ScenarioError as err:
-            run.say(f"error: {err}")
+        except (ScenarioError, SiteCheckError) as err:
+            for line in str(err).splitlines():
+                run.say(f"error: {line}")
             return 2
         except Exception as err:
             if args.verbose:

@@ -123,6 +123,7 @@ def test_label_words():
     assert label_words("non-covid-cases", words) == {0}
     assert label_words("covid_vs_pneumonia", words) == {0, 1}
     assert label_words("person7", words) == set()
+    assert label_words("covid-0", {**words, "0": 0}) == {1}  # a number, not a label
 
 
 def test_bad_label_maps_are_refused():

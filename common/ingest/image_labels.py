@@ -84,7 +84,10 @@ def label_words(folder: str, words: dict[str, int]) -> set[int]:
     if name in words:
         return {words[name]}
     name = re.sub(r"\bnon[\s_\-]+", "non", name)
-    return {words[t] for t in re.split(r"[^a-z0-9]+", name) if t in words}
+    # digits alone name a class only as a whole folder name (`0/`, `1/`), never
+    # inside one (`patient-0`)
+    tokens = re.split(r"[^a-z0-9]+", name)
+    return {words[t] for t in tokens if t in words and not t.isdigit()}
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,7 @@ class ImageLabels:
         parts = PurePath(rel).parts
         folders = parts[:-1]
         row = self._file_row(rel)
-        patient, source = self._patient(parts)
+        patient, source = self.patient_of(parts)
         if row is not None and row.patient_id:
             patient, source = row.patient_id, "csv"
         if row is None and self.path is not None:
@@ -132,7 +135,7 @@ class ImageLabels:
             self.matched.add(row.line)
             label = row.label
         else:
-            label = self._folder_label(folders)
+            label = self.folder_label(folders)
         top = folders[0] if folders and folders[0].lower() in self.words else None
         group = top or (str(PurePath(*folders)) if folders else ".")
         return {
@@ -170,7 +173,7 @@ class ImageLabels:
             )
         return hits[0] if hits else None
 
-    def _patient(self, parts: tuple[str, ...]) -> tuple[str, str]:
+    def patient_of(self, parts: tuple[str, ...]) -> tuple[str, str]:
         """(patient, how it was found): "patient-folder" (the folder after a
         label folder), "folder" (the file's own folders, no label folder: a
         guess `split_mixed_folders` may undo) or "file"."""
@@ -185,7 +188,7 @@ class ImageLabels:
             return str(PurePath(*folders)), "folder"
         return parts[-1], "file"
 
-    def _folder_label(self, folders: tuple[str, ...]) -> int:
+    def folder_label(self, folders: tuple[str, ...]) -> int:
         found: dict[int, str] = {}
         for folder in folders:
             for label in label_words(folder, self.words):
