@@ -339,10 +339,19 @@ def main(argv: list[str] | None = None) -> int:
     rep = sub.add_parser("report", help="write RUN_DIR/report.html with its figures")
     rep.add_argument("run_dir", type=Path, help="a run directory (simulate --out)")
     pred = sub.add_parser(
-        "predict", help="a patient's COVID-19 score from DICOM with a trained run"
+        "predict",
+        help="a patient's COVID-19 score from DICOM or images with a trained run",
     )
     pred.add_argument("--model", type=Path, required=True, help="a run directory")
-    pred.add_argument("--dicom", type=Path, required=True, help="a series or study")
+    pred.add_argument(
+        "--input",
+        "--dicom",
+        dest="dicom",
+        type=Path,
+        required=True,
+        help="a DICOM series or study folder, an image file (PNG/JPEG/...) or a "
+        "folder of images (a patient per folder)",
+    )
     pred.add_argument("--cache", type=Path, default=None, help="ingest cache to reuse")
     rec = sub.add_parser(
         "reconstruct",
@@ -410,9 +419,13 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "hub-inspect":
         return _hub_inspect(args.module, args.preset)
     if args.command == "predict":
-        from client.predict import predict_dicom
+        from client.predict import InputError, predict_dicom
 
-        predictions, seconds = predict_dicom(args.model, args.dicom, args.cache)
+        try:
+            predictions, seconds = predict_dicom(args.model, args.dicom, args.cache)
+        except InputError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         for p in predictions:
             decision = "COVID-19" if p.covid else "other pneumonia"
             print(

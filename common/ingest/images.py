@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from common.ingest.cache import PACK_DTYPE
+from common.ingest.config import IngestConfig
 from common.ingest.image_labels import IMAGE_SUFFIXES, LABEL_WORDS
 from common.ingest.packs import SeriesBuffer
 from common.ingest.pixels import resize_stored
@@ -56,12 +57,17 @@ def process_image(
     except Skip as skip:
         result.record["skip"] = skip_record(skip)
         return result
-    small = resize_stored(pixels, setup.config.image_size)
-    result.pack, result.row = sink.append(
-        paper_unit_range(small)[None].astype(PACK_DTYPE)
-    )
+    result.pack, result.row = sink.append(cached_slice(pixels, setup.config)[None])
     result.ranges = [[float("nan"), float("nan")]]  # no HU: no lung share
     return result
+
+
+def cached_slice(pixels: np.ndarray, config: IngestConfig) -> np.ndarray:
+    """An image as ingest caches it (and the model sees it): shrunk to the
+    config's size, per-image min-max to [-1, 1], in the cache's dtype. Predict
+    uses it too, so scoring sees exactly what training saw."""
+    small = resize_stored(pixels, config.image_size)
+    return paper_unit_range(small).astype(PACK_DTYPE)
 
 
 def read_image(data: bytes, max_decoded_mb: int) -> np.ndarray:
