@@ -4,13 +4,15 @@ Any layout ingest reads (label folders, label words in folder names, flat
 label folders) is accepted; the manifest names each patient's site and, in its
 label column if it has one, its label (0/1 or a label word), which wins over
 the folders' names. Each site gets `<site>/COVID|NonCOVID/<patient>/<file>`
-symlinks: the collection itself is only read.
+as hard links (copies across file systems): the collection is only read.
 """
 
 from __future__ import annotations
 
 import csv
+import os
 import re
+import shutil
 from pathlib import Path, PurePath
 
 from common.ingest.image_labels import IMAGE_SUFFIXES, LABEL_WORDS, ImageLabels
@@ -89,8 +91,17 @@ def link_sites(
         )
     for source, target in links:
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.symlink_to(source.resolve())
+        _link(source, target)
     return {site for site, _ in (rows[p] for p in seen)}
+
+
+def _link(source: Path, target: Path) -> None:
+    """A hard link (no copy; ingest reads a site's regular files only, never a
+    symlink out of it), or a copy across file systems."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def _label(raw: str | None, path: Path, line: int) -> int:

@@ -196,7 +196,9 @@ def test_real_images_split_into_sites_by_manifest_without_touching_the_source(tm
         patients = {p.name for p in (data / site).glob("*/*")}
         assert patients == {f"{site}-{i}" for i in range(4)}
         files = list((data / site).rglob("*.png"))
-        assert len(files) == 8 and all(f.is_symlink() for f in files)
+        # regular files (ingest follows no link out of a site): hard links
+        assert len(files) == 8 and not any(f.is_symlink() for f in files)
+        assert all(f.stat().st_nlink == 2 for f in files)
     assert (data / MANIFEST).is_file()
     assert before == {p: p.read_bytes() for p in (tmp_path / "images").rglob("*.png")}
 
