@@ -97,3 +97,22 @@ def test_simulate_refuses_single_class_sites_before_flower(tmp_path, capfd):
     ]
     assert "Traceback" not in shown.out + shown.err
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_train_central_takes_a_scenario_of_real_images(tmp_path, capsys):
+    images, manifest = _collection(tmp_path)
+    out = tmp_path / "central"
+    args = ["train-central", "--out", str(out), "--scenario", "real-images"]
+    sets = [f"images.root={images}", f"images.manifest={manifest}"]
+    config = ["--run-config", "gan-rounds=1", "local-epochs=1"]
+    assert main([*args, "--scenario-set", *sets, "images.external=east", *config]) == 0
+    printed = capsys.readouterr().out
+    # the probes' external rows are the east site's 6 linked patients
+    assert "probe_trained east" in printed and "patients 6" in printed
+    assert json.loads((out / "data" / "scenario.json").read_text())["sim_sites"] == (
+        "east:external,north:train,south:train"
+    )
+    with pytest.raises(SystemExit, match="images.external 'west' is not a site"):
+        other = ["train-central", "--out", str(tmp_path / "c2"), "--scenario"]
+        main([*other, "real-images", "--scenario-set", *sets, "images.external=west"])
