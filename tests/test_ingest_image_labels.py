@@ -150,3 +150,37 @@ def test_cli_labels_images_and_fails_when_nothing_is_usable(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and err.startswith(f"error: {site}: no patient")
     assert main([*args, "--label-map", "covid"]) == 2
     assert "--label-map item 'covid'" in capsys.readouterr().err
+
+
+def test_metadata_that_encodes_the_label_is_warned_about(tmp_path):
+    site = tmp_path / "shortcut"
+    rng = np.random.default_rng(0)
+    # COVID slices are RGB JPEGs, the others grey PNGs; sizes vary alike
+    for word, suffix, mode in (("COVID", ".jpg", "RGB"), ("NonCOVID", ".png", "L")):
+        for i in range(8):
+            for j in range(2):
+                side = int(rng.integers(40, 60))
+                image(
+                    site / word / f"{word}{i}" / f"{j}{suffix}", 100, (side, side), mode
+                )
+    result = ingest_site(site, None, tmp_path / "c", CONFIG, progress=False)
+    report = json.loads(result.report_path.read_text())
+    assert report["shortcuts"]["auc"]["format"] == 1.0
+    assert result.summary.warnings and "format alone 1.00" in result.summary.warnings[0]
+    assert "warning: shortcut: file metadata alone" in result.summary.text()
+
+
+def test_metadata_unrelated_to_the_label_is_not_warned_about(tmp_path):
+    site = tmp_path / "fair"
+    rng = np.random.default_rng(1)
+    for word in ("COVID", "NonCOVID"):
+        for i in range(8):
+            for j, (suffix, mode) in enumerate(((".png", "L"), (".jpg", "RGB"))):
+                side = int(rng.integers(40, 60))
+                image(
+                    site / word / f"{word}{i}" / f"{j}{suffix}", 100, (side, side), mode
+                )
+    result = ingest_site(site, None, tmp_path / "c", CONFIG, progress=False)
+    report = json.loads(result.report_path.read_text())
+    assert report["shortcuts"]["auc"]["all"] < 0.8
+    assert result.summary.warnings == ()

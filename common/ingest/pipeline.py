@@ -9,6 +9,7 @@ write the report. Nothing is ever written inside the site folder.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -63,6 +64,7 @@ from common.ingest.report import (
 from common.ingest.result import IngestedPatient, IngestedSeries, IngestResult
 from common.ingest.scan import missing_references, walk
 from common.ingest.series import Candidate, SeriesPlan, plan_series
+from common.ingest.shortcuts import image_metadata, shortcut_check
 from common.ingest.worker import FileResult, WorkerSetup, init_worker, process_chunk
 
 LABELS_FILE = "labels.csv"
@@ -554,6 +556,9 @@ class _Run:
         summary = summarize(
             self.site, all_outcomes, patient_rows, problems, without_images, unlabeled
         )
+        shortcuts = self._shortcuts(kept) if self.images else None
+        if shortcuts and shortcuts["warning"]:
+            summary = dataclasses.replace(summary, warnings=(shortcuts["warning"],))
         report_path = self.cache.root / REPORT_FILE
         context = {
             "site_dir": str(self.site),
@@ -562,11 +567,22 @@ class _Run:
             "config": self.config.to_dict(),
             "files_read": self.files_read,
             "files_decoded": self.files_decoded,
+            "shortcuts": shortcuts,
         }
         write_report(
             report_path, summary, context, all_outcomes, patient_rows, problems
         )
         return patients, summary, report_path, all_outcomes, problems
+
+    def _shortcuts(self, kept) -> dict | None:
+        """The shortcut check on the used images (`shortcuts`)."""
+        rows, labels, patients = [], [], []
+        for plan, keep, _ in kept:
+            for index in keep:
+                rows.append(image_metadata(self.site / plan.slices[index].rel))
+                labels.append(self.labels.rows[plan.patient_id].label)
+                patients.append(plan.patient_id)
+        return shortcut_check(rows, labels, patients)
 
     def _raise_first_problem(
         self, outcomes: list[FileOutcome], problems: list[LabelProblem]
