@@ -1,7 +1,8 @@
-"""`fedbigbigan predict`: a patient's COVID-19 score from DICOM, at a hospital.
+"""`fedbigbigan predict`: a patient's COVID-19 score from DICOM or images.
 
-The trained run's encoder and linear head score every slice the ingest keeps (the
-same preprocessing as training); a patient's score is the mean of its slices'
+The trained run's encoder and linear head score every slice the ingest keeps, or
+every image of an image file or folder (the same preprocessing as training, from
+the run's config.json); a patient's score is the mean of its slices'
 scores and the decision uses the run's validation cut-off unchanged. Nothing leaves
 the machine. The least-squares head was fitted to 0/1 labels, so its score is on a
 0..1 scale but is not a calibrated probability; it is shown clipped to [0, 1].
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
+from client.image_input import InputError
 from common.config import RunConfig
 
 log = logging.getLogger(__name__)
@@ -39,11 +41,11 @@ class Prediction:
 
 
 def predict_dicom(run_dir: Path, dicom_dir: Path, cache_dir: Path | None = None):
-    """Predictions per patient found under `dicom_dir`, and the seconds it took."""
-    from client.site import ingest_config
+    """Predictions per patient found under `dicom_dir` (a DICOM folder, an
+    image file or a folder of images), and the seconds it took; `InputError`
+    (one line) when nothing in it can be scored."""
     from common.adabn import adapt_batchnorm
     from common.checkpoint import encode_z_mean, load_encoder
-    from common.dataset import slices_from_ingest
     from common.linear_head import predict
     from common.roc_stats import patient_score
     from common.strict_json import revive_json
@@ -56,39 +58,63 @@ def predict_dicom(run_dir: Path, dicom_dir: Path, cache_dir: Path | None = None)
     with np.load(run_dir / "global_weights.npz") as weights:
         coef = weights["head"]
     encoder = load_encoder(run_dir)  # E alone: scoring needs nothing else
-    result = ingest_unlabelled(dicom_dir, config, cache_dir)
-    size = ingest_config(config).image_size
-    if config.strategy == "fedbn" and result.patients:
+    groups = _input_slices(dicom_dir, config, cache_dir)
+    if config.strategy == "fedbn":
         # the run's BatchNorm statistics stayed at its training sites: estimate
         # them on the slices being scored, as the held-out site did in the run
-        adapt_batchnorm(encoder, slices_from_ingest(result.patients, size).images)
+        adapt_batchnorm(encoder, np.concatenate(list(groups.values())))
         log.info(
             "FedBN run: E's BatchNorm statistics estimated on the %d patients "
             "under %s (AdaBN)",
-            len(result.patients),
+            len(groups),
             dicom_dir,
         )
     predictions = []
-    for patient in result.patients:
-        slices = slices_from_ingest([patient], size)
-        scores = predict(coef, encode_z_mean(encoder, slices.images))
+    for patient_id, images in groups.items():
+        scores = predict(coef, encode_z_mean(encoder, images))
         raw = patient_score(scores, config.patient_score)
         score = float(np.clip(raw, 0.0, 1.0))
         predictions.append(
             Prediction(
-                patient.patient_id,
-                len(slices),
+                patient_id,
+                len(images),
                 score,
                 bool(raw >= threshold),
                 threshold,
             )
         )
-    if not predictions:
-        raise ValueError(
-            f"{dicom_dir}: no usable axial CT slice found; see "
+    return predictions, time.perf_counter() - start
+
+
+def _input_slices(
+    path: Path, config: RunConfig, cache_dir: Path | None
+) -> dict[str, np.ndarray]:
+    """Patient -> model-ready slices (n, size, size, 3) from DICOM or images,
+    preprocessed as the run's training data was (its recorded config)."""
+    from client.image_input import image_patients, is_image_input
+    from client.site import ingest_config
+    from common.dataset import slices_from_ingest
+
+    ingest = ingest_config(config)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    if is_image_input(path):
+        groups = image_patients(path, ingest)
+        return {pid: np.repeat(s[..., None], 3, axis=-1) for pid, s in groups.items()}
+    if not path.is_dir():
+        raise InputError(
+            f"{path}: give a DICOM folder, an image file or a folder of images"
+        )
+    result = ingest_unlabelled(path, config, cache_dir)
+    if not result.patients:
+        raise InputError(
+            f"{path}: no usable axial CT slice found; see "
             f"{result.report_path} for why each file was skipped"
         )
-    return predictions, time.perf_counter() - start
+    return {
+        p.patient_id: slices_from_ingest([p], ingest.image_size).images
+        for p in result.patients
+    }
 
 
 def ingest_unlabelled(dicom_dir: Path, config: RunConfig, cache_dir: Path | None):

@@ -144,6 +144,8 @@ class TrainConfig:
     unary_scores: bool = True
     lr_halve_every: int = 0  # epochs; 0 = constant (the authors meant 4)
     max_slices_per_patient: int = 0  # 0 = all slices
+    # a training site's fewest patients of each class (checked before any round)
+    min_patients_per_class: int = 2
     # FedProx's mu (strategy "fedprox" only): a site's losses get
     # mu/2 ||w - w_global||^2 on the federated parts, which keeps sites near
     # the global model when their data differ
@@ -460,6 +462,7 @@ RANGES: dict[str, Range] = {
     "d-steps": _at_least(1, integer=True),
     "lr-halve-every": _at_least(0, integer=True),
     "max-slices-per-patient": _at_least(0, integer=True),
+    "min-patients-per-class": _at_least(1, integer=True),
     "fedprox-mu": _NON_NEGATIVE,
     "aux-reconstruction": _NON_NEGATIVE,
     "aux-latent": _NON_NEGATIVE,

@@ -112,7 +112,15 @@ def _add_ingest_command(sub) -> None:
     ing.add_argument(
         "--labels",
         type=Path,
-        help="patient_id,label CSV (default: SITE/labels.csv; image folders: none)",
+        help="labels CSV: patient_id,label (DICOM); for image files also "
+        "file,label with a path relative to the site or a glob (default: "
+        "SITE/labels.csv; image folders without one: label folder names)",
+    )
+    ing.add_argument(
+        "--label-map",
+        default="",
+        help="label words of the CSV, e.g. covid=1,pneumonia=0 (any case; 0/1 "
+        "always work)",
     )
     ing.add_argument("--out", type=Path, required=True, help="cache folder")
     ing.add_argument("--strict", action="store_true", help="stop at the first problem")
@@ -179,6 +187,7 @@ def _ingest(args: argparse.Namespace) -> int:
 
     from common.ingest import IngestConfig, IngestError, ingest_site
     from common.ingest.config import IngestConfigError
+    from common.ingest.image_labels import parse_label_map
 
     logging.getLogger("common.ingest").setLevel(logging.WARNING)  # summary below
     try:
@@ -203,6 +212,7 @@ def _ingest(args: argparse.Namespace) -> int:
             strict=args.strict,
             progress=not args.quiet,
             rehash=args.rehash,
+            label_map=parse_label_map(args.label_map),
         )
     except (IngestError, IngestConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -329,10 +339,19 @@ def main(argv: list[str] | None = None) -> int:
     rep = sub.add_parser("report", help="write RUN_DIR/report.html with its figures")
     rep.add_argument("run_dir", type=Path, help="a run directory (simulate --out)")
     pred = sub.add_parser(
-        "predict", help="a patient's COVID-19 score from DICOM with a trained run"
+        "predict",
+        help="a patient's COVID-19 score from DICOM or images with a trained run",
     )
     pred.add_argument("--model", type=Path, required=True, help="a run directory")
-    pred.add_argument("--dicom", type=Path, required=True, help="a series or study")
+    pred.add_argument(
+        "--input",
+        "--dicom",
+        dest="dicom",
+        type=Path,
+        required=True,
+        help="a DICOM series or study folder, an image file (PNG/JPEG/...) or a "
+        "folder of images (a patient per folder)",
+    )
     pred.add_argument("--cache", type=Path, default=None, help="ingest cache to reuse")
     rec = sub.add_parser(
         "reconstruct",
@@ -400,9 +419,13 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "hub-inspect":
         return _hub_inspect(args.module, args.preset)
     if args.command == "predict":
-        from client.predict import predict_dicom
+        from client.predict import InputError, predict_dicom
 
-        predictions, seconds = predict_dicom(args.model, args.dicom, args.cache)
+        try:
+            predictions, seconds = predict_dicom(args.model, args.dicom, args.cache)
+        except InputError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         for p in predictions:
             decision = "COVID-19" if p.covid else "other pneumonia"
             print(
@@ -490,6 +513,7 @@ def _simulate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from simulations.run_log import RunLog
     from simulations.scenarios import ScenarioError, load_scenario, parse_override
     from simulations.simulate import simulate
+    from simulations.site_checks import SiteCheckError
 
     try:
         config = RunConfig.from_flat(flat)  # every value checked before anything
@@ -514,8 +538,9 @@ def _simulate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 scenario,
                 args.slice_choice,
             )
-        except ScenarioError as err:
-            run.say(f"error: {err}")
+        except (ScenarioError, SiteCheckError) as err:
+            for line in str(err).splitlines():
+                run.say(f"error: {line}")
             return 2
         except Exception as err:
             if args.verbose:

@@ -51,10 +51,23 @@ def add_model_commands(sub, add_run_config) -> None:
     sub.add_parser("presets", help="print each model preset's parameter counts")
     central = sub.add_parser(
         "train-central",
-        help="train the same model on pooled phantom data (the federated reference)",
+        help="train the same model on the pooled data of a scenario's training "
+        "sites (the federated reference; default: the paper's phantom study)",
     )
     central.add_argument(
         "--out", type=Path, required=True, help="folder of the run (data, model)"
+    )
+    central.add_argument(
+        "--scenario",
+        default=None,
+        help="a built-in scenario (fedbigbigan scenarios) or a .toml file, as "
+        "simulate takes it (e.g. real-images)",
+    )
+    central.add_argument(
+        "--scenario-set",
+        nargs="*",
+        default=[],
+        help="scenario settings, e.g. images.root=DIR images.manifest=FILE.csv",
     )
     central.add_argument(
         "--scale", type=scale, default=1.0, help="phantom study size (1.0: full)"
@@ -133,7 +146,6 @@ def _presets() -> int:
 
 def _train_central(args: argparse.Namespace, config: RunConfig) -> int:
     from server.run_dir import CENTRAL_FILES, CENTRAL_FOLDERS, claim_run_dir
-    from simulations.central import train_central
     from simulations.phantoms import write_study
 
     claim_run_dir(
@@ -144,6 +156,8 @@ def _train_central(args: argparse.Namespace, config: RunConfig) -> int:
         folders=CENTRAL_FOLDERS,
     )
     data = args.out / "data"
+    if args.scenario or args.scenario_set:
+        return _central_run(args, _scenario_config(args, config, data))
     recipe = {
         "scale": args.scale,
         "seed": config.seed,
@@ -170,6 +184,53 @@ def _train_central(args: argparse.Namespace, config: RunConfig) -> int:
     config = dataclasses.replace(
         config, sim_data_root=str(data.resolve()), out_dir=str(args.out.resolve())
     )
+    return _central_run(args, config)
+
+
+def _scenario_config(args: argparse.Namespace, config: RunConfig, data: Path):
+    """The scenario's sites written under `data` (as simulate writes them) and
+    checked (`simulations.site_checks`); the config that points at them."""
+    from simulations.scenarios import (
+        ScenarioError,
+        build_scenario,
+        load_scenario,
+        parse_override,
+    )
+    from simulations.site_checks import SiteCheckError, check_sites
+
+    try:
+        settings: dict = {}
+        for item in args.scenario_set:
+            _merge(settings, parse_override(item))
+        scenario = load_scenario(args.scenario or "paper", settings)
+        sim_sites = build_scenario(
+            scenario, data, args.scale, config.seed, args.slices, args.slice_choice
+        )
+        config = dataclasses.replace(
+            config,
+            sim_data_root=str(data.resolve()),
+            out_dir=str(args.out.resolve()),
+            sim_sites=sim_sites,
+        )
+        check_sites(config)
+    except (ScenarioError, SiteCheckError) as err:
+        lines = [f"error: {line}" for line in str(err).splitlines()]
+        raise SystemExit("\n".join(lines)) from None
+    return config
+
+
+def _merge(base: dict, extra: dict) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def _central_run(args: argparse.Namespace, config: RunConfig) -> int:
+    """Train on the pooled sites of `config` and print the probes' AUCs."""
+    from simulations.central import train_central
+
     metrics = train_central(
         args.out, config, probe_every=args.probe_every, supervised=args.supervised
     )

@@ -11,7 +11,6 @@ and keeps its one external site out of training.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import re
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 import tomllib
 
+from simulations.image_sites import ImageSiteError, link_sites, read_manifest
 from simulations.phantoms import (
     PROFILES,
     PhantomSite,
@@ -36,7 +36,6 @@ MANIFEST = "scenario.json"  # what a data directory was built from
 # fewest patients per class at a site: its 80/10/10 split needs some of each
 MIN_PER_CLASS = 2
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 
 class ScenarioError(ValueError):
@@ -56,10 +55,13 @@ class ScenarioSite:
 class ImageSource:
     """A labelled image folder split into sites by a manifest column."""
 
-    root: str = ""  # <root>/<label>/<patient>/*.png
+    root: str = ""  # an image collection, e.g. <root>/<label>/<patient>/*.png
     manifest: str = ""  # CSV, one row per patient
     patient_column: str = "patient"
     site_column: str = "hospital"
+    # the patient's label (0/1 or a label word), if the manifest has it; else
+    # the folders' names (see common.ingest.image_labels)
+    label_column: str = "label"
     external: str = ""  # the site held out
 
 
@@ -332,15 +334,20 @@ def _link_images(source: ImageSource, data: Path) -> list[tuple[str, str]]:
     if not source.root or not root.is_dir():
         raise ScenarioError(
             f"images.root {source.root!r} is not a folder: give it with "
-            "--scenario-set images.root=DIR (laid out <label>/<patient>/*.png)"
+            "--scenario-set images.root=DIR (an image collection)"
         )
     if not source.manifest or not manifest.is_file():
         raise ScenarioError(
             f"images.manifest {source.manifest!r} is not a file: give it with "
             "--scenario-set images.manifest=FILE.csv"
         )
-    site_of = _read_manifest(manifest, source.patient_column, source.site_column)
-    roster_sites = sorted(set(site_of.values()))
+    try:
+        rows = read_manifest(
+            manifest, source.patient_column, source.site_column, source.label_column
+        )
+    except ImageSiteError as err:
+        raise ScenarioError(str(err)) from None
+    roster_sites = sorted({site for site, _ in rows.values()})
     if source.external not in roster_sites:
         raise ScenarioError(
             f"images.external {source.external!r} is not a site of {manifest} "
@@ -349,30 +356,10 @@ def _link_images(source: ImageSource, data: Path) -> list[tuple[str, str]]:
     for name in roster_sites:
         if not _NAME.fullmatch(name):
             raise ScenarioError(f"{manifest}: site {name!r} is not a folder name")
-    unlisted = []
-    seen: dict[str, str] = {}
-    for label_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        for patient_dir in sorted(p for p in label_dir.iterdir() if p.is_dir()):
-            patient = patient_dir.name
-            if patient not in site_of:
-                unlisted.append(f"{label_dir.name}/{patient}")
-                continue
-            if patient in seen:
-                raise ScenarioError(
-                    f"{root}: patient {patient} is in both {seen[patient]}/ and "
-                    f"{label_dir.name}/: one patient, one label"
-                )
-            seen[patient] = label_dir.name
-            target = data / site_of[patient] / label_dir.name / patient
-            target.mkdir(parents=True, exist_ok=True)
-            for f in sorted(patient_dir.iterdir()):
-                if f.is_file() and f.suffix.lower() in _IMAGE_SUFFIXES:
-                    (target / f.name).symlink_to(f.resolve())
-    if unlisted:
-        raise ScenarioError(
-            f"{manifest} does not list {len(unlisted)} patient folder(s) of "
-            f"{root}, e.g. {unlisted[:3]}: add them with their site"
-        )
+    try:
+        link_sites(root, manifest, rows, data)
+    except ImageSiteError as err:
+        raise ScenarioError(str(err)) from None
     roster = [
         (n, "external" if n == source.external else "train") for n in roster_sites
     ]
@@ -381,24 +368,3 @@ def _link_images(source: ImageSource, data: Path) -> list[tuple[str, str]]:
     if missing:
         raise ScenarioError(f"{manifest}: sites {missing} have no patient in {root}")
     return roster
-
-
-def _read_manifest(path: Path, patient_column: str, site_column: str) -> dict[str, str]:
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        for column in (patient_column, site_column):
-            if column not in columns:
-                raise ScenarioError(f"{path}: no column {column!r} (has {columns})")
-        site_of: dict[str, str] = {}
-        for line, row in enumerate(reader, start=2):
-            patient, site = row[patient_column].strip(), row[site_column].strip()
-            if not patient or not site:
-                raise ScenarioError(f"{path}:{line}: empty patient or site")
-            if site_of.get(patient, site) != site:
-                raise ScenarioError(
-                    f"{path}:{line}: patient {patient} is already in site "
-                    f"{site_of[patient]}: a patient belongs to one site"
-                )
-            site_of[patient] = site
-    return site_of

@@ -19,6 +19,7 @@ from simulations.scenarios import (
     data_source,
     load_scenario,
 )
+from simulations.site_checks import check_sites
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,11 @@ def simulate(
         sim_data_root=str(data.resolve()),
         out_dir=str(out.resolve()),
         sim_sites=sim_sites,
+    )
+    counts = check_sites(config)  # refused here, before Flower starts
+    log.info(
+        "sites: %s",
+        ", ".join(f"{n} {c[1]}+{c[0]} patients" for n, c in counts.items()),
     )
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation

@@ -188,3 +188,32 @@ def test_dicomdir_entries_missing_from_the_export_are_reported(tmp_path):
     assert [f["path"] for f in missing] == [images[0].relative_to(site).as_posix()]
     assert "listed in DICOMDIR DICOMDIR but missing" in missing[0]["reason"]
     assert result.summary.slices == 2
+
+
+@pytest.mark.parametrize(
+    ("rescale_type", "used"),
+    [
+        ("HU", True),
+        ("Hounsfield Units", True),
+        ("HOUNSFIELD UNIT", True),
+        ("HOUNDSFIELD UNIT", True),  # GE's spelling
+        ("houndsfield  units", True),
+        ("US", False),  # unspecified: a derived map
+        ("MGML", False),
+    ],
+)
+def test_rescale_type_spellings_of_hu(tmp_path, rescale_type, used):
+    import pydicom
+
+    site = tmp_path / "site"
+    for path in write_series(site, "P", 2):
+        ds = pydicom.dcmread(path)
+        ds.RescaleType = rescale_type
+        ds.save_as(path)
+    write_labels(site, [("P", "1")])
+    result = ingest_site(site, None, tmp_path / "c", IngestConfig(image_size=32))
+    codes = {f["code"] for f in _report(result).values()}
+    if used:
+        assert result.summary.slices == 2 and codes == {None}
+    else:
+        assert result.summary.slices == 0 and codes == {"derived"}

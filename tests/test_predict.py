@@ -165,3 +165,48 @@ def test_reconstruct_after_a_fedbn_run_adapts_e_and_g_to_the_sites_slices(
     # the real slices are the same; their reconstructions are not
     np.testing.assert_array_equal(grids["plain"][:side], grids["fedbn"][:side])
     assert np.abs(grids["plain"][side:] - grids["fedbn"][side:]).max() > 5
+
+
+def test_predict_scores_png_and_jpeg_as_ingest_preprocessed_them(
+    run_dir, tmp_path, capsys
+):
+    from PIL import Image
+
+    from client.site import ingest_config
+    from common.dataset import slices_from_ingest
+    from common.ingest import ingest_site
+
+    run, config, model, head = run_dir
+    rng = np.random.default_rng(3)
+    site = tmp_path / "site"
+    for name, size, mode in (("a.png", (70, 50), "RGB"), ("b.jpg", (40, 40), "L")):
+        pixels = rng.integers(0, 255, (size[1], size[0]), dtype=np.uint8)
+        (site / "COVID" / "p1").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).convert(mode).save(site / "COVID" / "p1" / name)
+    ingested = ingest_site(site, None, tmp_path / "c", ingest_config(config))
+    trained_on = slices_from_ingest(ingested.patients, config.model.image_size)
+    expected = predict(head, model.encode(trained_on.images)).mean()
+    predictions, _ = predict_dicom(run, site / "COVID" / "p1")
+    assert [(p.patient_id, p.n_slices) for p in predictions] == [
+        ("a.png", 1),
+        ("b.jpg", 1),
+    ]
+    folder, _ = predict_dicom(run, site)  # a folder of patient folders
+    assert [(p.patient_id, p.n_slices) for p in folder] == [("COVID/p1", 2)]
+    assert folder[0].score == pytest.approx(float(np.clip(expected, 0, 1)), abs=1e-5)
+    one = site / "COVID" / "p1" / "a.png"
+    assert main(["predict", "--model", str(run), "--input", str(one)]) == 0
+    assert "a.png: score" in capsys.readouterr().out
+
+
+def test_predict_refuses_unusable_input_in_one_line(run_dir, tmp_path, capsys):
+    run, *_ = run_dir
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    for path, says in (
+        (broken, f"error: {broken}: not a readable image"),
+        (tmp_path / "nowhere", f"error: {tmp_path / 'nowhere'}: no such file"),
+    ):
+        assert main(["predict", "--model", str(run), "--input", str(path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(says) and len(err.splitlines()) == 1

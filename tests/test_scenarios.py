@@ -196,7 +196,9 @@ def test_real_images_split_into_sites_by_manifest_without_touching_the_source(tm
         patients = {p.name for p in (data / site).glob("*/*")}
         assert patients == {f"{site}-{i}" for i in range(4)}
         files = list((data / site).rglob("*.png"))
-        assert len(files) == 8 and all(f.is_symlink() for f in files)
+        # regular files (ingest follows no link out of a site): hard links
+        assert len(files) == 8 and not any(f.is_symlink() for f in files)
+        assert all(f.stat().st_nlink == 2 for f in files)
     assert (data / MANIFEST).is_file()
     assert before == {p: p.read_bytes() for p in (tmp_path / "images").rglob("*.png")}
 
@@ -226,7 +228,7 @@ def test_real_images_errors_name_what_is_wrong(tmp_path):
         build(root=str(tmp_path / "nowhere"), external="east")
     lines = manifest.read_text().splitlines()
     manifest.write_text("\n".join(lines[:-1]) + "\n")  # east-3 unlisted
-    with pytest.raises(ScenarioError, match="does not list 1 patient folder"):
+    with pytest.raises(ScenarioError, match="does not list 1 patient"):
         build(external="east")
 
 
@@ -242,3 +244,44 @@ def test_bad_scenario_files_are_refused_with_the_key(tmp_path):
         load_scenario(str(bad))
     with pytest.raises(ScenarioError, match="not found"):
         load_scenario("no-such-scenario")
+
+
+def test_real_images_take_labels_from_the_manifests_label_column(tmp_path):
+    """Per-patient folders without any label in their names: the manifest's
+    label column (0/1 or words) labels them; a bad value names its line."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for h, hospital in enumerate(("north", "south", "east")):
+        for i in range(4):
+            patient = f"person{h}{i}"
+            (tmp_path / "images" / patient).mkdir(parents=True)
+            pixels = rng.integers(0, 255, (32, 32), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "images" / patient / "1.png")
+            rows.append((patient, hospital, "COVID" if i % 2 else "0"))
+    manifest = tmp_path / "manifest.csv"
+    with manifest.open("w", newline="") as fh:
+        csv.writer(fh).writerows([("patient", "hospital", "label"), *rows])
+    settings = {
+        "images": {
+            "root": str(tmp_path / "images"),
+            "manifest": str(manifest),
+            "external": "east",
+        }
+    }
+    data = tmp_path / "data"
+    build_scenario(load_scenario("real-images", settings), data, 1.0, 0, 1)
+    assert {p.name for p in (data / "north" / "COVID").iterdir()} == {
+        "person01",
+        "person03",
+    }
+    assert {p.name for p in (data / "north" / "NonCOVID").iterdir()} == {
+        "person00",
+        "person02",
+    }
+    manifest.write_text(
+        manifest.read_text().replace("person10,south,0", "person10,south,maybe")
+    )
+    with pytest.raises(ScenarioError, match=r"manifest.csv:6: label 'maybe'"):
+        build_scenario(
+            load_scenario("real-images", settings), tmp_path / "d", 1.0, 0, 1
+        )

@@ -39,6 +39,15 @@ DERIVED_TYPES = {
 # |z of the slice normal| >= cos(25 deg): gantry-tilted axial slices still count.
 AXIAL_MIN_COSINE = math.cos(math.radians(25.0))
 GREYSCALE = ("MONOCHROME1", "MONOCHROME2")
+# RescaleType values that mean Hounsfield units, spaces removed: vendors spell it
+# their own way (GE writes "HOUNDSFIELD UNIT").
+HU_SPELLINGS = {
+    "HU",
+    "HOUNSFIELDUNIT",
+    "HOUNSFIELDUNITS",
+    "HOUNDSFIELDUNIT",
+    "HOUNDSFIELDUNITS",
+}
 
 
 def check_slice(header: Header, config: IngestConfig) -> None:
@@ -93,11 +102,16 @@ def _check_image_type(h: Header) -> None:
         )
     if values & DERIVED_TYPES:
         raise Skip("derived", f"derived image (ImageType {shown}), not an HU slice")
-    if h.rescale_type and h.rescale_type not in ("HU", "HOUNSFIELD UNITS"):
+    if h.rescale_type and not is_hu(h.rescale_type):
         raise Skip(
             "derived",
             f"RescaleType is {h.rescale_type}, not HU (a derived map, not a CT slice)",
         )
+
+
+def is_hu(rescale_type: str) -> bool:
+    """True when a RescaleType value names Hounsfield units (case, spaces ignored)."""
+    return "".join(rescale_type.split()).upper() in HU_SPELLINGS
 
 
 def _check_orientation(h: Header) -> None:

@@ -1,7 +1,7 @@
-"""Folders of PNG/JPEG slices laid out `<root>/<label>/<patient>/*.png`.
+"""Folders of PNG/JPEG slices: decoding and grouping into one series per patient.
 
-Public COVID CT collections come this way. The label is the top folder's name,
-the patient the next one; slices are ordered by file name (numbers compared as
+Public COVID CT collections come this way; `image_labels` says which label and
+patient each file has. Slices are ordered by file name (numbers compared as
 numbers). Such images carry no HU, so their intensity is always the per-image
 min-max and the lung slice policy keeps every slice.
 """
@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import re
 from io import BytesIO
-from pathlib import Path, PurePath
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from common.ingest.cache import PACK_DTYPE
+from common.ingest.config import IngestConfig
+from common.ingest.image_labels import IMAGE_SUFFIXES, LABEL_WORDS
 from common.ingest.packs import SeriesBuffer
 from common.ingest.pixels import resize_stored
 from common.ingest.policy import paper_unit_range
@@ -23,47 +25,12 @@ from common.ingest.reasons import Skip, short_error
 from common.ingest.series import SeriesPlan, SliceRef
 from common.ingest.worker import FileResult, WorkerSetup, skip_record
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-LABEL_DIRS = {
-    "1": 1,
-    "covid": 1,
-    "covid-19": 1,
-    "covid19": 1,
-    "ct_covid": 1,
-    "0": 0,
-    "non-covid": 0,
-    "noncovid": 0,
-    "non_covid": 0,
-    "ct_noncovid": 0,
-    "other": 0,
-    "pneumonia": 0,
-    "cap": 0,
-}
-
 
 def is_image_layout(root: Path) -> bool:
-    """True when the top folders are label names (and there is no labels.csv)."""
+    """True when some top folder is a label name (`COVID/`, `NonCOVID/`, ...)."""
     return any(
-        child.is_dir() and child.name.lower() in LABEL_DIRS for child in root.iterdir()
+        child.is_dir() and child.name.lower() in LABEL_WORDS for child in root.iterdir()
     )
-
-
-def image_info(rel: str) -> dict:
-    """Label folder, label and patient of a path, or `Skip` when off the layout."""
-    parts = PurePath(rel).parts
-    if len(parts) < 3 or parts[0].lower() not in LABEL_DIRS:
-        raise Skip(
-            "not-image",
-            "not in the <label>/<patient>/ layout of an image folder "
-            f"(label folders: {', '.join(sorted(LABEL_DIRS))})",
-        )
-    if not rel.lower().endswith(IMAGE_SUFFIXES):
-        raise Skip("not-image", f"not an image file ({', '.join(IMAGE_SUFFIXES)})")
-    return {
-        "label_dir": parts[0],
-        "label": LABEL_DIRS[parts[0].lower()],
-        "patient_id": parts[1],
-    }
 
 
 def process_image(
@@ -78,13 +45,11 @@ def process_image(
     """Worker step for an image file (same contract as `worker.process_file`).
 
     The record holds only what the bytes decide (a decode error): the label and
-    patient come from the path, which identical files at two places differ in.
+    patient come from the path or the labels CSV, which the caller resolves.
     """
     result = FileResult(rel, stat, key, {"header": None, "skip": None})
-    try:
-        image_info(rel)
-    except Skip:
-        return result  # off the layout: the caller says so, decoding is wasted
+    if not rel.lower().endswith(IMAGE_SUFFIXES):
+        return result  # not an image: the caller says so, decoding is wasted
     if not decode or key in setup.have:
         return result
     try:
@@ -92,12 +57,17 @@ def process_image(
     except Skip as skip:
         result.record["skip"] = skip_record(skip)
         return result
-    small = resize_stored(pixels, setup.config.image_size)
-    result.pack, result.row = sink.append(
-        paper_unit_range(small)[None].astype(PACK_DTYPE)
-    )
+    result.pack, result.row = sink.append(cached_slice(pixels, setup.config)[None])
     result.ranges = [[float("nan"), float("nan")]]  # no HU: no lung share
     return result
+
+
+def cached_slice(pixels: np.ndarray, config: IngestConfig) -> np.ndarray:
+    """An image as ingest caches it (and the model sees it): shrunk to the
+    config's size, per-image min-max to [-1, 1], in the cache's dtype. Predict
+    uses it too, so scoring sees exactly what training saw."""
+    small = resize_stored(pixels, config.image_size)
+    return paper_unit_range(small).astype(PACK_DTYPE)
 
 
 def read_image(data: bytes, max_decoded_mb: int) -> np.ndarray:

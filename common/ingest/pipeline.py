@@ -9,6 +9,7 @@ write the report. Nothing is ever written inside the site folder.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -35,7 +36,13 @@ from common.ingest.cache import (
 from common.ingest.checks import check_usable
 from common.ingest.config import IngestConfig
 from common.ingest.headers import DICOM_SUFFIXES, Header
-from common.ingest.images import image_info, image_plans, is_image_layout
+from common.ingest.image_labels import (
+    ImageLabels,
+    holds_images,
+    read_image_labels,
+    split_mixed_folders,
+)
+from common.ingest.images import image_plans, is_image_layout
 from common.ingest.labels import (
     LabelProblem,
     LabelRow,
@@ -57,6 +64,7 @@ from common.ingest.report import (
 from common.ingest.result import IngestedPatient, IngestedSeries, IngestResult
 from common.ingest.scan import missing_references, walk
 from common.ingest.series import Candidate, SeriesPlan, plan_series
+from common.ingest.shortcuts import image_metadata, shortcut_check
 from common.ingest.worker import FileResult, WorkerSetup, init_worker, process_chunk
 
 LABELS_FILE = "labels.csv"
@@ -79,13 +87,16 @@ def ingest_site(
     strict: bool = False,
     progress: bool = True,
     rehash: bool = False,
+    label_map: dict[str, int] | None = None,
 ) -> IngestResult:
-    """Ingest a site folder (DICOM + labels.csv, or `<label>/<patient>/*.png`).
+    """Ingest a site folder (DICOM + labels.csv, or PNG/JPEG slices).
 
-    `labels_csv` defaults to `site_dir/labels.csv`; without it, a folder whose top
-    folders are label names is read as an image folder. `strict` raises
-    `IngestError` with the first problem (after writing the report); otherwise
-    problems are reported and everything usable is kept.
+    `labels_csv` defaults to `site_dir/labels.csv`. A folder of image files (or
+    with label folders on top) is an image collection: labelled by the CSV if
+    there is one (per file, glob or patient; `label_map` words allowed, see
+    `image_labels`), else by its folders' names. `strict` raises `IngestError`
+    with the first problem (after writing the report); otherwise problems are
+    reported and everything usable is kept.
     """
     site = Path(site_dir).resolve()
     if not site.is_dir():
@@ -93,11 +104,12 @@ def ingest_site(
     config = config or IngestConfig()
     cache = Cache(Path(cache_dir) if cache_dir else default_cache_dir(site), site)
     labels_path = Path(labels_csv).resolve() if labels_csv else site / LABELS_FILE
-    images = labels_csv is None and not labels_path.is_file() and is_image_layout(site)
+    images = is_image_layout(site) or holds_images(site)
+    if images and labels_csv is None and not labels_path.is_file():
+        labels_path = None  # labels from the folders' names
+    image_labels = read_image_labels(labels_path, label_map) if images else None
     with cache.locked():
-        run = _Run(
-            site, cache, config, None if images else labels_path, strict, progress
-        )
+        run = _Run(site, cache, config, labels_path, strict, progress, image_labels)
         return run.execute(rehash)
 
 
@@ -112,8 +124,12 @@ class _Run:
         labels_path: Path | None,
         strict: bool,
         progress: bool,
+        image_labels: ImageLabels | None = None,
     ):
         self.site, self.cache, self.config = site, cache, config
+        # Image collections: each file's label and patient (None: DICOM).
+        self.image_labels = image_labels
+        self.images = image_labels is not None
         self.labels_path, self.strict, self.progress = labels_path, strict, progress
         self.pixel_key = config.pixel_key()
         self.state = State()
@@ -135,10 +151,13 @@ class _Run:
     # ---- the steps ------------------------------------------------------------
 
     def execute(self, rehash: bool) -> IngestResult:
-        if self.labels_path is not None:
+        if self.images:
+            self.labels = Labels(self.labels_path or self.site)
+            self.labels.problems = list(self.image_labels.problems)
+        elif self.labels_path is not None:
             self.labels = read_labels(self.labels_path)
-            if self.strict and self.labels.problems:
-                raise IngestError(self.labels.problems[0].message)
+        if self.strict and self.labels.problems:
+            raise IngestError(self.labels.problems[0].message)
         self.state = self.cache.load_state()
         self.index = self.cache.load_index(self.pixel_key)
         self.cache.prune(self.pixel_key, set(self.index))  # a dead run's leftovers
@@ -202,8 +221,8 @@ class _Run:
                 header = Header.from_json(record["header"])
             info = None
             try:
-                if self.labels_path is None:
-                    info = image_info(rel)  # label and patient come from the path
+                if self.images:
+                    info = self.image_labels.info(rel)  # from the path or the CSV
                 pid = info["patient_id"] if info else header and header.patient_id
                 if pid:
                     with_files.add(pid)
@@ -224,7 +243,7 @@ class _Run:
                     self.site, rel, skip.code, skip.detail, pid or None
                 )
         dropped: list[SeriesPlan] = []
-        if self.labels_path is None:
+        if self.images:
             plans = self._image_plans(image_files, outcomes)
         else:
             plans, dropped, skips = plan_series(candidates, self.config)
@@ -262,7 +281,11 @@ class _Run:
         )
 
     def _image_plans(self, image_files, outcomes) -> list[SeriesPlan]:
-        """Image folders: labels come from folder names; a patient in two is dropped."""
+        """Image collections: one series per patient; a patient under both
+        labels is dropped, but a folder taken for a patient that holds both
+        labels (`images/*.png` labelled by a CSV) is no patient: its images
+        are each their own."""
+        image_files = split_mixed_folders(image_files)
         folders: dict[str, set[int]] = {}
         for _, _, info in image_files:
             folders.setdefault(info["patient_id"], set()).add(info["label"])
@@ -273,13 +296,13 @@ class _Run:
                     self.site,
                     rel,
                     "label-conflict",
-                    f"patient {info['patient_id']!r} has folders under both labels; "
-                    "move all of its images under one label folder",
+                    f"patient {info['patient_id']!r} has images under both labels; "
+                    "give all of its images one label",
                     info["patient_id"],
                 )
             else:
                 usable.append((rel, key, info))
-        self.labels = Labels(self.site)
+        self.labels.rows = {}
         for _, _, info in usable:
             pid = info["patient_id"]
             self.labels.rows.setdefault(pid, LabelRow(pid, info["label"], 0))
@@ -499,7 +522,9 @@ class _Run:
             for pid, series in sorted(by_patient.items())
         )
         problems = list(self.labels.problems)
-        if self.labels_path is not None:
+        if self.images:
+            problems += self.image_labels.unmatched()
+        else:
             problems += unmatched(self.labels, with_files, set(by_patient))
         unlabeled = sorted(
             {
@@ -531,6 +556,9 @@ class _Run:
         summary = summarize(
             self.site, all_outcomes, patient_rows, problems, without_images, unlabeled
         )
+        shortcuts = self._shortcuts(kept) if self.images else None
+        if shortcuts and shortcuts["warning"]:
+            summary = dataclasses.replace(summary, warnings=(shortcuts["warning"],))
         report_path = self.cache.root / REPORT_FILE
         context = {
             "site_dir": str(self.site),
@@ -539,11 +567,22 @@ class _Run:
             "config": self.config.to_dict(),
             "files_read": self.files_read,
             "files_decoded": self.files_decoded,
+            "shortcuts": shortcuts,
         }
         write_report(
             report_path, summary, context, all_outcomes, patient_rows, problems
         )
         return patients, summary, report_path, all_outcomes, problems
+
+    def _shortcuts(self, kept) -> dict | None:
+        """The shortcut check on the used images (`shortcuts`)."""
+        rows, labels, patients = [], [], []
+        for plan, keep, _ in kept:
+            for index in keep:
+                rows.append(image_metadata(self.site / plan.slices[index].rel))
+                labels.append(self.labels.rows[plan.patient_id].label)
+                patients.append(plan.patient_id)
+        return shortcut_check(rows, labels, patients)
 
     def _raise_first_problem(
         self, outcomes: list[FileOutcome], problems: list[LabelProblem]
@@ -588,7 +627,7 @@ class _Run:
         self.encoded[result.key] = json.dumps(record)
         if result.header is not None:
             self.headers[result.key] = result.header
-            if self.labels_path is not None and not record["skip"]:
+            if not self.images and not record["skip"]:
                 with contextlib.suppress(Skip):
                     self._check_usable(result.key, result.header)
         self.files_read += 1
@@ -604,14 +643,14 @@ class _Run:
             self.files_decoded += 1
 
     def _setup(self) -> WorkerSetup:
-        labelled = None if self.labels_path is None else frozenset(self.labels.rows)
+        labelled = None if self.images else frozenset(self.labels.rows)
         return WorkerSetup(
             site_dir=str(self.site),
             packs_dir=str(self.cache.packs_dir(self.pixel_key)),
             config=self.config,
             labelled=labelled,
             have=frozenset(key for key, _ in self.stored),
-            kind="dicom" if self.labels_path is not None else "images",
+            kind="images" if self.images else "dicom",
         )
 
     def _run_jobs(

@@ -61,6 +61,7 @@ class Summary:
     label_problems: int
     labelled_without_images: tuple[str, ...]
     images_without_label: tuple[str, ...]
+    warnings: tuple[str, ...] = ()  # e.g. the shortcut check's
 
     @property
     def errors(self) -> int:
@@ -90,6 +91,7 @@ class Summary:
             if ids:
                 shown = ", ".join(ids[:8]) + (", ..." if len(ids) > 8 else "")
                 lines.append(f"{title}: {len(ids)} ({shown})")
+        lines += [f"warning: {w}" for w in self.warnings]
         if report_path is not None:
             lines.append(f"details: {report_path}")
         return "\n".join(lines)
