@@ -364,6 +364,20 @@ class BigBiGAN:
         corr = (z_c * h_c).sum(0) / np.sqrt((z_c**2).sum(0) * (h_c**2).sum(0) + 1e-12)
         return float(corr.mean())
 
+    def generator_spread(self, n: int = 256, seed: int = 0) -> float:
+        """G's diversity: the per-pixel SD of G(z) across n draws of z, averaged
+        over pixels (on the [-1, 1] scale). It falls towards 0 as G collapses to
+        one image; read it against `image_spread` of the real slices."""
+        z = np.random.default_rng(seed).standard_normal((n, self.preset.z_dim))
+        x = np.asarray(self.generator(z.astype(np.float32), training=False))
+        return float(x.std(axis=0).mean())
+
+    def image_spread(self, images: np.ndarray) -> float:
+        """`generator_spread`'s reference: the same statistic over real slices,
+        seen at D's resolution as D sees them."""
+        x = np.asarray(downsample_for_d(tf.constant(images, tf.float32), self.preset))
+        return float(x.std(axis=0).mean())
+
     def adapt_batchnorm(self, images: np.ndarray, batch: int = 64) -> None:
         """AdaBN on E (common.adabn): its BatchNorm statistics re-estimated on
         `images`, its other weights kept. For a site whose own statistics were

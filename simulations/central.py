@@ -268,6 +268,7 @@ def train_central(
     everyone = concat([train, evals["val"], evals["test"]])
     random_probe = probe(model, train, evals, config.head_ridge)
     random_recovery = model.latent_recovery()
+    random_spread = model.generator_spread()
     random_cv = probe_cv(model, everyone, config.head_ridge)
     epochs = config.gan_rounds * config.train.local_epochs
     if not config.trains_encoder:
@@ -305,6 +306,7 @@ def train_central(
         log.info("epoch %d/%d %s", epoch + 1, epochs, history[-1])
         history[-1]["latent_recovery"] = model.latent_recovery()
         history[-1]["joint_pairing"] = joint_pairing(model)
+        history[-1]["generator_spread"] = model.generator_spread()
         if probe_every and (epoch + 1) % probe_every == 0:
             history[-1]["probe_cv"] = _public(
                 probe_cv(model, everyone, config.head_ridge)
@@ -340,6 +342,12 @@ def train_central(
         "latent_recovery": {
             "random": random_recovery,
             "trained": model.latent_recovery(),
+        },
+        # G's diversity against the real slices' (a collapsed G has ~0)
+        "generator_spread": {
+            "random": random_spread,
+            "trained": model.generator_spread(),
+            "real": model.image_spread(train.images[:256]),
         },
         "parameters": model.parameter_counts(),
     }

@@ -255,6 +255,12 @@ def _central_run(args: argparse.Namespace, config: RunConfig) -> int:
             f"cv {name:12s} trained - random (paired DeLong): "
             f"{diff['difference']:+.3f} [{low:+.3f}, {high:+.3f}]  p = {diff['p']:.3g}"
         )
+    if "generator_spread" in metrics:
+        spread = metrics["generator_spread"]
+        print(
+            f"generator spread (pixel SD across z): untrained {spread['random']:.3f}, "
+            f"trained {spread['trained']:.3f}; real slices {spread['real']:.3f}"
+        )
     print(f"run directory: {args.out}")
     return 0
 

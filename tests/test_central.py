@@ -44,6 +44,10 @@ def test_central_run_trains_and_reports_probes_of_both_encoders(central):
     assert (out / "losses.png").read_bytes().startswith(b"\x89PNG")
     for h in metrics["history"]:
         assert np.isfinite([h["d"], h["e"], h["g"], h["joint_pairing"]]).all()
+        assert h["generator_spread"] > 0.0
+    spread = metrics["generator_spread"]
+    assert spread["trained"] == metrics["history"][-1]["generator_spread"]
+    assert 0.0 < spread["real"] < 1.0
     # --probe-every 2: the probe of epoch 2 is the final one (same model, folds)
     assert "probe_cv" not in metrics["history"][0]
     cv = metrics["probe_cv"]

@@ -3,6 +3,7 @@
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from common.bigbigan import downsample_for_d
@@ -146,3 +147,20 @@ def test_a_deterministic_encoder_sends_z_mean_alone_and_leaves_z_stdev():
                 for a, b in zip(after, before[name], strict=True)
             )
             assert moved == (sampling or name == "z_mean"), (sampling, name)
+
+
+def test_generator_spread_is_zero_for_a_collapsed_g_and_image_spread_reads_real_sd():
+    model = BigBiGAN(get_preset("tiny"), seed=0)
+    assert model.generator_spread() > 0.05  # an untrained G maps z to noise
+    # BatchNorm's scale and offset at 0: the last features, so G(z), ignore z
+    bn = model.generator.get_layer("g_bn_out")
+    bn.gamma.assign(tf.zeros_like(bn.gamma))
+    bn.beta.assign(tf.zeros_like(bn.beta))
+    assert model.generator_spread() == 0.0  # one image for every z
+    # real slices: each image one grey level, levels spread with SD 0.3
+    levels = np.random.default_rng(0).normal(0.0, 0.3, 512).clip(-1, 1)
+    images = np.broadcast_to(levels[:, None, None, None], (512, 64, 64, 3))
+    assert model.image_spread(images.astype(np.float32)) == pytest.approx(
+        levels.std(), abs=1e-5
+    )
+    assert model.image_spread(np.zeros((8, 64, 64, 3), np.float32)) == 0.0
