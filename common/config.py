@@ -1,4 +1,4 @@
-"""Typed configuration: model presets and the run config, built in one place.
+"""Typed configuration: the run config, built and checked in one place.
 
 The run config is Flower's flat `[tool.flwr.app.config]` table (kebab-case keys,
 bool/int/float/str values). `RunConfig.from_flat` is the only place that reads it.
