@@ -16,9 +16,6 @@ from pathlib import Path
 
 import numpy as np
 from flwr.app import ConfigRecord, Context
-from flwr.app.message_type import MessageType
-from flwr.common import EvaluateIns, ndarrays_to_parameters
-from flwr.compat.common import recorddict_compat as compat
 from flwr.server import LegacyContext, ServerConfig
 from flwr.server.compat.app_utils import start_update_client_manager_thread
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD
@@ -29,7 +26,6 @@ from common.config import FEDERATED_PARTS, RunConfig
 from common.grids import save_samples
 from common.metrics import histogram_keys
 from common.model_parts import federated_indices, floor_variances, merge, select
-from common.site_evaluation import read_heads_report
 from server import tensorboard
 from server.aggregate_checks import admit_sites
 from server.checkpointing import (
@@ -40,6 +36,7 @@ from server.checkpointing import (
     stable_config,
 )
 from server.evaluation import cutoffs, summarise
+from server.evaluation_round import _evaluate_all, _external_split  # noqa: F401
 from server.phase_strategy import PhaseStrategy
 from server.privacy_summary import dp_summary, payload_bytes
 from server.progress import PROGRESS, gan_round_line, phase_line
@@ -471,45 +468,6 @@ def _federated_logistic(
         )
         beta = beta + np.asarray(delta[0], np.float64)
     return to_raw(beta, mean, std)
-
-
-def _evaluate_all(
-    grid: Grid, arrays: list[np.ndarray], config: dict, timeout: float
-) -> dict:
-    """Evaluate messages to every node; only external sites reply, each with its
-    own metrics as aggregates (a lone site's histogram cannot hide in a sum)."""
-    ins = EvaluateIns(ndarrays_to_parameters(arrays), dict(config))
-    out = {}
-    for reply in _ask_every_node(
-        grid,
-        lambda: compat.evaluateins_to_recorddict(ins, True),
-        MessageType.EVALUATE,
-        timeout,
-    ):
-        # reports hold lists, which legacy EvaluateRes cannot: read the record
-        metrics = reply.content.config_records["evaluateres.metrics"]
-        if metrics:  # training sites answer empty: theirs went through SecAgg+
-            out[reply.metadata.src_node_id] = dict(metrics)
-    return out
-
-
-def _external_split(reports: dict, kinds: tuple[str, ...]) -> tuple[dict | None, dict]:
-    """Per head, the external split's metrics and coarse histograms from the one
-    external site's report, and its paired differences model minus baseline;
-    (None, {}) for a federation without an external site."""
-    if not reports:
-        return None, {}
-    if len(reports) > 1:
-        raise RuntimeError(
-            f"{len(reports)} external sites answered (nodes {sorted(reports)}); "
-            "one external site per run is supported: their metrics cannot be "
-            "pooled without their scores"
-        )
-    ((node, record),) = reports.items()
-    try:
-        return read_heads_report(record, kinds)
-    except ValueError as err:
-        raise RuntimeError(f"external site (node {node}): {err}") from err
 
 
 app = ServerApp()
