@@ -1,4 +1,4 @@
-"""Typed configuration: model presets and the run config, built in one place.
+"""Typed configuration: the run config, built and checked in one place.
 
 The run config is Flower's flat `[tool.flwr.app.config]` table (kebab-case keys,
 bool/int/float/str values). `RunConfig.from_flat` is the only place that reads it.
@@ -7,19 +7,17 @@ bool/int/float/str values). `RunConfig.from_flat` is the only place that reads i
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.config_ranges import RANGES, Range  # noqa: F401  (re-exported)
 from common.ingest.config import (
     INTENSITY_POLICIES,
     SERIES_POLICIES,
     SLICE_POLICIES,
     IngestConfig,
 )
-
-Z_DIM = 120  # BigBiGAN's latent size; the paper's features are this z_mean
-
+from common.presets import PRESETS, Z_DIM, ModelPreset  # noqa: F401  (re-exported)
 
 PRECISIONS = {
     "off": "float32",
@@ -48,75 +46,6 @@ class DeviceConfig:
 
 class ConfigError(ValueError):
     """A run config value is missing, of the wrong type, or out of range."""
-
-
-@dataclass(frozen=True)
-class ModelPreset:
-    """Sizes of E, G and D. E sees `image_size`; G makes and D judges `gd_size`.
-
-    E is a pre-activation ResNet-v2 with bottleneck units (`enc_units` per stage,
-    bottleneck depth `enc_depths`, output 4x depth) and an MLP head. G and D are
-    BigGAN's: channel multipliers of `gen_ch` / `disc_ch` per block, optional
-    self-attention at one resolution. H and J are MLPs with skip connections.
-    """
-
-    name: str
-    image_size: int
-    gd_size: int
-    z_dim: int = Z_DIM
-    enc_stem: int = 16
-    enc_depths: tuple[int, ...] = (16, 32, 64)
-    enc_units: tuple[int, ...] = (1, 1, 1)
-    enc_mlp: int = 128
-    enc_mlp_layers: int = 2
-    gen_ch: int = 32
-    gen_mults: tuple[int, ...] = (8, 4, 2, 1)  # the 4x4 input, then one per up-block
-    gen_attention: int = 0  # resolution of G's self-attention block; 0 = none
-    disc_ch: int = 16
-    disc_mults: tuple[int, ...] = (1, 2, 4, 4)  # one per block; the last keeps size
-    disc_attention: int = 0
-    disc_mlp: int = 128
-    disc_mlp_layers: int = 2
-
-
-PRESETS: dict[str, ModelPreset] = {
-    # tests: seconds on a CPU
-    "tiny": ModelPreset("tiny", image_size=64, gd_size=32),
-    # CPU demo: minutes per site
-    "small": ModelPreset(
-        "small",
-        image_size=128,
-        gd_size=64,
-        enc_stem=32,
-        enc_depths=(16, 32, 64, 128),
-        enc_units=(1, 1, 2, 1),
-        enc_mlp=256,
-        gen_ch=32,
-        gen_mults=(8, 8, 4, 2, 1),
-        disc_ch=32,
-        disc_mults=(1, 2, 4, 8, 8),
-        disc_mlp=256,
-    ),
-    # the study's model: ResNet-v2-50 E at 256 px, BigGAN-128 G and D (GPUs)
-    "paper": ModelPreset(
-        "paper",
-        image_size=256,
-        gd_size=128,
-        enc_stem=64,
-        enc_depths=(64, 128, 256, 512),
-        enc_units=(3, 4, 6, 3),
-        enc_mlp=4096,
-        enc_mlp_layers=3,
-        gen_ch=96,
-        gen_mults=(16, 16, 8, 4, 2, 1),
-        gen_attention=64,
-        disc_ch=96,
-        disc_mults=(1, 2, 4, 8, 16, 16),
-        disc_attention=64,
-        disc_mlp=2048,
-        disc_mlp_layers=8,
-    ),
-}
 
 
 def get_preset(name: str) -> ModelPreset:
@@ -404,98 +333,6 @@ class RunConfig:
             raise ConfigError("\n".join(problems))
 
 
-@dataclass(frozen=True)
-class Range:
-    """The numbers a run config key accepts: finite, within these bounds."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False  # low itself is not allowed
-    high_open: bool = False
-    integer: bool = False
-
-    def __contains__(self, value: float) -> bool:
-        if not math.isfinite(value):
-            return False
-        if self.low is not None and (
-            value < self.low or (self.low_open and value == self.low)
-        ):
-            return False
-        return self.high is None or not (
-            value > self.high or (self.high_open and value == self.high)
-        )
-
-    def __str__(self) -> str:
-        kind = "an integer" if self.integer else "a finite number"
-        if self.low is not None and self.high is not None:
-            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
-            return f"{kind} in {left}{self.low:g}, {self.high:g}{right}"
-        if self.low is not None:
-            return f"{kind} {'>' if self.low_open else '>='} {self.low:g}"
-        return kind
-
-
-def _at_least(low: float, integer: bool = False) -> Range:
-    return Range(low, integer=integer)
-
-
-_POSITIVE = Range(0, low_open=True)
-_NON_NEGATIVE = Range(0)
-_FRACTION = Range(0, 1, low_open=True, high_open=True)  # (0, 1)
-_SHARE = Range(0, 1, low_open=True)  # (0, 1]
-_RATE = Range(0, 1, high_open=True)  # [0, 1)
-
-# Every numeric run config key and what it accepts (flat names). A value out
-# of its range stops the run before anything starts, naming key and range.
-RANGES: dict[str, Range] = {
-    "seed": Range(0, 2**32 - 1, integer=True),
-    "gan-rounds": _at_least(0, integer=True),
-    "head-ridge": _NON_NEGATIVE,
-    "logit-rounds": _at_least(0, integer=True),
-    "logit-steps": _at_least(1, integer=True),
-    "logit-lr": _POSITIVE,
-    "local-epochs": _at_least(1, integer=True),
-    "batch-size": _at_least(2, integer=True),
-    "lr-d": _POSITIVE,
-    "lr-eg": _POSITIVE,
-    "lr-e-multiplier": _POSITIVE,
-    "d-steps": _at_least(1, integer=True),
-    "lr-halve-every": _at_least(0, integer=True),
-    "max-slices-per-patient": _at_least(0, integer=True),
-    "min-patients-per-class": _at_least(1, integer=True),
-    "fedprox-mu": _NON_NEGATIVE,
-    "aux-reconstruction": _NON_NEGATIVE,
-    "aux-latent": _NON_NEGATIVE,
-    "server-avgm-lr": _POSITIVE,
-    "server-avgm-momentum": _RATE,
-    "server-adam-lr": _POSITIVE,
-    "server-adam-beta1": _RATE,
-    "server-adam-beta2": _RATE,
-    "server-adam-tau": _POSITIVE,
-    # fractions (the config keeps them float): of the sites, of the shares
-    "secagg-num-shares": _SHARE,
-    "secagg-reconstruction-threshold": _SHARE,
-    "secagg-delta-clip": _POSITIVE,
-    "secagg-quantization-bits": Range(8, 30, integer=True),
-    "secagg-timeout": _POSITIVE,
-    "split-val": _FRACTION,
-    "split-test": _FRACTION,
-    "ingest-window-center": Range(),
-    "ingest-window-width": _POSITIVE,
-    "ingest-central-slices": _at_least(1, integer=True),
-    "ingest-min-lung-fraction": _RATE,
-    "ingest-max-decoded-mb": _at_least(1, integer=True),
-    "ingest-max-file-mb": _at_least(1, integer=True),
-    "ingest-workers": _at_least(1, integer=True),
-    "sim-client-cpus": _POSITIVE,
-    "sim-client-gpus": _NON_NEGATIVE,
-    "dp-noise-multiplier": _NON_NEGATIVE,
-    "dp-clip": _POSITIVE,
-    "dp-delta": _FRACTION,
-    "max-site-weight": _at_least(0, integer=True),
-}
-
-# Every run config key with a fixed set of values.
 CHOICES: dict[str, tuple[str, ...]] = {
     "preset": tuple(PRESETS),
     "patient-score": ("mean", "median", "max"),
