@@ -89,6 +89,7 @@ from client.audit_checks import (
     _masked_vectors,
     _num_examples,
     _properties,
+    _roster_claim,
     _scalars,
     _secagg_stage,
     _secure_agg_stage,
@@ -105,6 +106,7 @@ from client.audit_incoming import (
     _Incoming,
 )
 from client.audit_records import AuditRefusal
+from common import roster_claim
 from common.secure_agg import protocol as secure
 
 log = logging.getLogger("flwr")
@@ -190,6 +192,7 @@ def _rules_for(incoming: _Incoming) -> dict[tuple[str, str], Callable]:
         return {
             ("config", "getpropertiesres.properties"): _properties,
             ("config", "getpropertiesres.status"): _status,
+            ("config", roster_claim.RECORD): _roster_claim,
         }
     if incoming.kinds is None:
         raise AuditRefusal("a message naming feature kinds the audit does not know")
@@ -223,6 +226,7 @@ def _rules_for(incoming: _Incoming) -> dict[tuple[str, str], Callable]:
         ("config", "fitres.metrics"): _scalars(phase.metrics | NODE_COST_METRICS),
         ("metric", "fitres.num_examples"): _num_examples,
         ("config", "fitres.status"): _status,
+        ("config", roster_claim.RECORD): _roster_claim,  # a site's signed count
     }
     if ours:  # the collect stage
         bits = incoming.lane_bits

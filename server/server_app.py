@@ -34,7 +34,7 @@ from common.model_parts import federated_indices, floor_variances, merge, select
 from common.secure_agg.quantize import FixedPoint
 from common.site_evaluation import read_heads_report
 from server import tensorboard
-from server.aggregate_checks import admit_sites, check_aggregate, check_declared
+from server.aggregate_checks import check_aggregate, check_declared
 from server.checkpointing import (
     ServerCheckpoint,
     config_hash,
@@ -46,6 +46,13 @@ from server.evaluation import cutoffs, summarise
 from server.phase_strategy import PhaseStrategy
 from server.privacy_summary import dp_summary, payload_bytes
 from server.progress import PROGRESS, gan_round_line, phase_line
+from server.roster import (
+    admit_rostered,
+    claim_of,
+    guarded,
+    load_roster,
+    round_max_weight,
+)
 from server.run_dir import write_config, write_run
 from server.secure_agg_workflow import SecureAggWorkflow
 from server.server_optimizer import initial_state, server_step
@@ -70,6 +77,8 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
     """All three phases; returns the metrics written to the run directory."""
     flat = config.to_flat()
     strategy = PhaseStrategy(set())
+    # read first: a bad roster stops the run before any site is asked
+    strategy.roster = load_roster(config.roster_file) if config.roster_file else None
     legacy = LegacyContext(
         context, ServerConfig(num_rounds=config.gan_rounds), strategy=strategy
     )
@@ -79,15 +88,17 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
     ready.wait()
     try:
         _wait_for_nodes(grid, len(config.site_roster()), config.secagg.timeout)
-        roles = _query_roles(grid, flat, config.secagg.timeout)
-        admitted, refused = admit_sites(
-            {n: size for n, (r, size) in roles.items() if r == "train"},
-            config.max_site_weight,
+        claims: dict = {}  # each node's signed count, for the roster
+        roles = _query_roles(grid, flat, config.secagg.timeout, claims)
+        train = {n: size for n, (r, size) in roles.items() if r == "train"}
+        admitted, refused = admit_rostered(
+            strategy.roster, context.run_id, train, claims, config.max_site_weight
         )
         for line in refused:  # never trained, never in a sum
             log.error("training site refused: %s", line)
         strategy.train_node_ids = set(admitted)
         sizes = list(admitted.values())
+        top = round_max_weight(strategy, sizes)  # the roster's, or the largest n
         log.info(
             "federation: %d training sites, %d held out for validation",
             len(sizes),
@@ -120,7 +131,7 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
         heads = feature_kinds.head_names(kinds)
         flat = {**flat, feature_kinds.CONFIG_KEY: ",".join(kinds)}
         fits = _federated_lm(
-            grid, legacy, strategy, config, flat, gan_rounds + 1, fed, max(sizes), kinds
+            grid, legacy, strategy, config, flat, gan_rounds + 1, fed, top, kinds
         )
         coef, head_scale = fits.coefs[feature_kinds.MAIN], fits.scales["model"]
         secure_rounds += 2
@@ -132,7 +143,7 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
             flat,
             gan_rounds + 3,
             fed,
-            max(sizes),
+            top,
             head_scale,
         )
         secure_rounds += config.logit_rounds
@@ -286,6 +297,7 @@ def _gan_rounds(grid, legacy, strategy, config, out, model, state, sizes):
     trainable = [model.variables[i].trainable for i in shared]
     half = config.transport == "float16"
     clips: list[float] | None = None  # 16-bit lanes' clips (server.transport)
+    top = round_max_weight(strategy, sizes)
     for rnd in range(state.round + 1, gan_rounds + 1):
         strategy.config = {
             **flat,
@@ -302,7 +314,7 @@ def _gan_rounds(grid, legacy, strategy, config, out, model, state, sizes):
             downcast(sent) if half else sent,
             config,
             clip=config.secagg.delta_clip,
-            max_weight=1 if private else max(sizes),  # DP: unweighted mean
+            max_weight=1 if private else top,  # DP: unweighted mean
             lanes=lane_bits(clips) if half else 32,
             tensor_clips=clips if half else None,
         )
@@ -504,8 +516,11 @@ def _ask_every_node(
     return replies
 
 
-def _query_roles(grid: Grid, flat: dict, timeout: float) -> dict[int, tuple[str, int]]:
-    """Ask each node its role (train/external) and training-set size."""
+def _query_roles(
+    grid: Grid, flat: dict, timeout: float, claims: dict | None = None
+) -> dict[int, tuple[str, int]]:
+    """Ask each node its role (train/external) and training-set size (and
+    into `claims` its signed claim of that size, for the roster)."""
     ins = GetPropertiesIns(dict(flat))
     roles = {}
     for reply in _ask_every_node(
@@ -517,6 +532,8 @@ def _query_roles(grid: Grid, flat: dict, timeout: float) -> dict[int, tuple[str,
         props = compat.recorddict_to_getpropertiesres(reply.content).properties
         # n_train as sent: `admit_sites` refuses what is not a usable count
         roles[reply.metadata.src_node_id] = (str(props["role"]), props["n_train"])
+        if claims is not None:
+            claims[reply.metadata.src_node_id] = claim_of(reply.content)
     log.info("sites: %s", {n: r for n, (r, _) in roles.items()})
     return roles
 
@@ -577,7 +594,7 @@ def _secure_round(
     legacy.strategy.declared = {}
     workflow = _workflow(config, clip, max_weight, lanes, tensor_clips)
     started = time.monotonic()
-    workflow(grid, legacy)
+    workflow(guarded(grid, legacy, rnd), legacy)  # the roster's checks, if any
     stats = getattr(workflow, "last_stats", None)  # SecAgg+ has none
     if legacy.strategy.aggregate is not None and stats is not None:
         legacy.strategy.wire.append(
