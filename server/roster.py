@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import tomllib
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from flwr.app import ConfigRecord, Error, Message, RecordDict
@@ -146,7 +147,7 @@ def _public_key(text: object) -> tuple[ec.EllipticCurvePublicKey | None, str | N
         return None, "must be a string: the line of the site's .pub file"
     try:
         key = serialization.load_ssh_public_key(text.strip().encode())
-    except (ValueError, TypeError, serialization.UnsupportedAlgorithm):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         return None, "is not an OpenSSH public key line (copy the site's auth.pub)"
     if not isinstance(key, ec.EllipticCurvePublicKey):
         return None, f"is a {type(key).__name__}, expected an ECDSA key"
