@@ -16,7 +16,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.client.mod import secaggplus_mod
+from flwr.common import GetPropertiesIns
 from flwr.common.constant import MessageTypeLegacy
+from flwr.compat.common import recorddict_compat as compat
 from hostile_sites import CLIP, Site, plain_mean, secure_round
 
 from client.roster_signing import RosterSigningError, roster_signing_mod, sign_reply
@@ -345,3 +348,64 @@ def test_a_reply_declaring_no_count_is_not_signed(keys):
     msg = Message(content=RecordDict(), dst_node_id=7, message_type="train")
     key = pki.load_node_private_key(keys["a"][0])
     assert not sign_reply(RecordDict(), msg, key, "a")
+
+
+# ---- the message audit lets the claim leave, and nothing else beside it -------
+
+
+def _signing_mod(node_config: dict, edit=None):
+    """The roster mod as a node with `node_config` runs it; `edit(record)`
+    then changes the claim (what a bug could add)."""
+
+    def mod(msg, ctxt, call_next):
+        ctxt = Context(ctxt.run_id, ctxt.node_id, node_config, ctxt.state, {})
+        reply = roster_signing_mod(msg, ctxt, call_next)
+        if edit and rc.RECORD in reply.content.config_records:
+            edit(reply.content.config_records[rc.RECORD])
+        return reply
+
+    return mod
+
+
+def test_the_audit_lets_a_signed_claim_leave_in_every_reply_that_declares(keys):
+    from test_audit_mod import FakeSite, app_for, assert_allowed, context, message
+    from test_audit_mod import secure_round as secaggplus_stages
+
+    from client.audit_mod import audit_mod
+
+    sign = _signing_mod(_signing(keys, "a"))
+    app = app_for(FakeSite(), [audit_mod, sign])
+    props = compat.getpropertiesins_to_recorddict(GetPropertiesIns({}))
+    reply = app(message(props, MessageTypeLegacy.GET_PROPERTIES), context())
+    assert not reply.has_error(), reply.error
+    assert reply.content.config_records[rc.RECORD][rc.SITE] == "a"
+    apps = {
+        n: app_for(FakeSite(), [audit_mod, secaggplus_mod, audit_mod, sign])
+        for n in (1, 2)
+    }
+    replies = secaggplus_stages(apps, "gan")
+    assert_allowed(replies)
+    collected = replies["collect"].values()
+    assert all(rc.RECORD in r.content.config_records for r in collected)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda r: r.__setitem__("note", "x"),
+        lambda r: r.__setitem__(rc.SIGNATURE, b"x" * 400),
+        lambda r: r.__setitem__(rc.SITE, "a/../b"),
+    ],
+    ids=["extra-key", "long-signature", "bad-name"],
+)
+def test_the_audit_refuses_a_claim_of_another_form(keys, edit):
+    from test_audit_mod import FakeSite, app_for, context, message, refusal
+
+    from client.audit_mod import audit_mod
+
+    app = app_for(FakeSite(), [audit_mod, _signing_mod(_signing(keys, "a"), edit)])
+    props = compat.getpropertiesins_to_recorddict(GetPropertiesIns({}))
+    reason = refusal(
+        lambda: app(message(props, MessageTypeLegacy.GET_PROPERTIES), context())
+    )
+    assert f"config record {rc.RECORD!r}" in reason
