@@ -409,3 +409,50 @@ def test_the_audit_refuses_a_claim_of_another_form(keys, edit):
         lambda: app(message(props, MessageTypeLegacy.GET_PROPERTIES), context())
     )
     assert f"config record {rc.RECORD!r}" in reason
+
+
+# ---- the ServerApp's wiring ----------------------------------------------------
+
+
+def test_the_server_reads_each_nodes_claim_with_its_role_and_admits_by_it(
+    keys, tmp_path
+):
+    """`_query_roles` over an in-process grid of signing nodes: b, c honest;
+    the third signs as b too (refused: once); the fourth is unsigned."""
+    from flwr.client import NumPyClient
+    from flwr.clientapp import ClientApp
+
+    from server.server_app import _query_roles
+    from simulations.loopback import LoopbackGrid
+
+    class Props(NumPyClient):
+        def get_properties(self, config):
+            return {"role": "train", "n_train": 40}
+
+    configs = [_signing(keys, "b"), _signing(keys, "c"), _signing(keys, "b"), {}]
+    grid = LoopbackGrid(
+        ClientApp(client_fn=lambda c: Props().to_client(), mods=[roster_signing_mod]),
+        4,
+        node_config=lambda i: {"partition-id": i, **configs[i]},
+    )
+    roster = load_roster(_write_roster(tmp_path / "r.toml", keys, {"b": 50, "c": 40}))
+    claims: dict = {}
+    roles = _query_roles(grid, {}, 30.0, claims)
+    sizes = {n: size for n, (_, size) in roles.items()}
+    admitted, refused = admit_rostered(roster, RUN, sizes, claims)
+    assert admitted == {1000: 40, 1001: 40}
+    assert [line.split(" failed")[0] for line in refused] == [
+        "node 1002: check 'roster once'",
+        "node 1003: check 'roster signature'",
+    ]
+
+
+def test_a_bad_roster_stops_the_server_before_any_site_is_asked(tmp_path):
+    from server.server_app import run_federation
+
+    path = tmp_path / "roster.toml"
+    path.write_text("[sites.a]\nweight = 2\n")
+    config = RunConfig.from_flat({"roster-file": str(path)})
+    # no grid, no context: the roster is read before either is touched
+    with pytest.raises(RosterError, match=r"roster.toml: site 'a': no public-key"):
+        run_federation(None, None, config, tmp_path / "run")
