@@ -310,3 +310,37 @@ def round_max_weight(strategy, sizes: list[int]) -> int:
     roster the largest count the admitted sites declared."""
     roster = getattr(strategy, "roster", None)
     return roster.max_weight if roster is not None else max(sizes)
+
+
+def roster_text(pki_dir: str | Path, weights: dict[str, int]) -> str:
+    """The roster (TOML) of `weights` (site -> agreed weight), each site's
+    public key read from PKI/allow-list/NAME.pub, as `pki add-site` wrote it."""
+    from common.pki import ALLOW_LIST_DIR
+
+    parts = [
+        "# fedbigbigan roster: the coordinator's record of enrolled sites, their\n"
+        "# node-auth public keys and agreed weights (run config roster-file)\n"
+    ]
+    for name, weight in weights.items():
+        pub = Path(pki_dir) / ALLOW_LIST_DIR / f"{name}.pub"
+        if not pub.is_file():
+            raise RosterError(f"{pub}: no such site in the allow-list (pki add-site)")
+        line = pub.read_text(encoding="utf-8").strip()
+        parts.append(f'\n[sites.{name}]\npublic-key = "{line}"\nweight = {weight}\n')
+    return "".join(parts)
+
+
+def parse_weights(items: list[str]) -> dict[str, int]:
+    """`NAME=COUNT` items (the CLI's --weight) as site -> weight."""
+    weights: dict[str, int] = {}
+    for item in items:
+        name, _, count = item.partition("=")
+        if not rc.SITE_NAME.match(name) or not count.isdigit() or int(count) < 1:
+            raise RosterError(
+                f"--weight {item!r}: write NAME=COUNT (a site name, a whole "
+                "number >= 1)"
+            )
+        if name in weights:
+            raise RosterError(f"--weight {item!r}: site {name} is given twice")
+        weights[name] = int(count)
+    return weights

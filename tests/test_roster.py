@@ -456,3 +456,54 @@ def test_a_bad_roster_stops_the_server_before_any_site_is_asked(tmp_path):
     # no grid, no context: the roster is read before either is touched
     with pytest.raises(RosterError, match=r"roster.toml: site 'a': no public-key"):
         run_federation(None, None, config, tmp_path / "run")
+
+
+# ---- `fedbigbigan pki roster` --------------------------------------------------
+
+
+def test_pki_roster_writes_a_roster_the_server_reads_and_signatures_verify(
+    tmp_path, capsys
+):
+    from simulations.cli import main
+
+    folder, out = tmp_path / "pki", tmp_path / "roster.toml"
+    assert main(["pki", "init", "--out", str(folder), "--superlink-host", "x"]) == 0
+    for name in ("hospital_a", "hospital_b"):
+        assert main(["pki", "add-site", name, "--pki", str(folder)]) == 0
+    capsys.readouterr()
+    argv = ["pki", "roster", "--pki", str(folder), "--out", str(out)]
+    weights = ["--weight", "hospital_a=812", "--weight", "hospital_b=400"]
+    assert main([*argv, *weights]) == 0
+    assert "2 sites" in capsys.readouterr().out
+    roster = load_roster(out)
+    assert {s.name: s.weight for s in roster.sites.values()} == {
+        "hospital_a": 812,
+        "hospital_b": 400,
+    }
+    # the key the hospital was given signs what the roster's key verifies
+    key = pki.load_node_private_key(folder / "sites" / "hospital_a" / "auth.key")
+    data = rc.payload(RUN, 0, 5, 800, "hospital_a")
+    public = roster.sites["hospital_a"].public_key
+    assert rc.verify(public, rc.sign(key, data), data)
+    assert main(["pki", "roster", "--check", str(out)]) == 0
+    # never overwritten; bad weights and unknown sites are one line each
+    assert main([*argv, *weights]) == 2
+    assert "exists" in capsys.readouterr().err
+    for bad, problem in (
+        ("hospital_a=0", "write NAME=COUNT"),
+        ("hospital_a", "write NAME=COUNT"),
+        ("hospital_c=3", "no such site in the allow-list"),
+    ):
+        target = tmp_path / f"r{len(bad)}.toml"
+        argv = ["pki", "roster", "--pki", str(folder), "--out", str(target)]
+        assert main([*argv, "--weight", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and problem in err
+    (tmp_path / "bad.toml").write_text("[sites.a]\nweight = 0\n")
+    assert main(["pki", "roster", "--check", str(tmp_path / "bad.toml")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"error: {tmp_path / 'bad.toml'}: site 'a': no public-key",
+        f"error: {tmp_path / 'bad.toml'}: site 'a': weight must be a whole "
+        "number >= 1, got 0",
+    ]
