@@ -507,3 +507,12 @@ def test_pki_roster_writes_a_roster_the_server_reads_and_signatures_verify(
         f"error: {tmp_path / 'bad.toml'}: site 'a': weight must be a whole "
         "number >= 1, got 0",
     ]
+
+
+def test_runs_checkpointed_before_the_roster_still_resume():
+    """The default adds nothing to the run config hash; a roster changes it."""
+    from server.checkpointing import config_hash, stable_config
+
+    assert "roster-file" not in stable_config(RunConfig())
+    with_roster = RunConfig.from_flat({"roster-file": "/r.toml"})
+    assert config_hash(with_roster) != config_hash(RunConfig())
