@@ -34,6 +34,8 @@ message it answers:
   paired difference model minus baseline, its CI and p; no list of scores,
   exactly the keys of the kinds the server named); Flower's status
   record with the message "Success".
+- **a roster claim** (`roster`, `client.roster_signing`) beside a declared
+  count: the site's roster name and a short signature, nothing else.
 
 Anything else is refused: the mod raises `AuditRefusal`, so the server gets an
 error reply naming the rule and the record (never a value, never a key it does
