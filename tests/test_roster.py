@@ -387,6 +387,17 @@ def test_the_audit_lets_a_signed_claim_leave_in_every_reply_that_declares(keys):
     assert_allowed(replies)
     collected = replies["collect"].values()
     assert all(rc.RECORD in r.content.config_records for r in collected)
+    # ours, through the ClientApp's own mod stack (client/client_app.py)
+    from test_audit_mod import our_round
+
+    from client.secure_dispatch_mod import secure_dispatch_mod
+
+    stack = [audit_mod, secure_dispatch_mod, audit_mod, sign]
+    replies = our_round(FakeSite(), stack, "moments")
+    assert list(replies) == ["setup", "share", "collect", "unmask"]
+    assert_allowed(replies)
+    collected = replies["collect"].values()
+    assert all(rc.RECORD in r.content.config_records for r in collected)
 
 
 @pytest.mark.parametrize(
