@@ -8,7 +8,9 @@ Before a SuperNode joins, check what it will need, with the same inputs it gets
    certificate against the federation's CA *and* the host name, then its
    `/health` endpoint;
 2. the node's authentication key is readable only by its owner and is an
-   ECDSA key on a NIST curve, as `flower-supernode` reads it;
+   ECDSA key on a NIST curve, as `flower-supernode` reads it; with node config
+   `roster-key` (a federation with a roster), that it is the same key and
+   `roster-site` a site name;
 3. the node config names a data dir and a role, and the data dir ingests
    through the ClientApp's own path (`client.site.site_data`): into the node's
    `cache-dir` when the node config names one (the cache the first round will
