@@ -527,3 +527,14 @@ def test_runs_checkpointed_before_the_roster_still_resume():
     assert "roster-file" not in stable_config(RunConfig())
     with_roster = RunConfig.from_flat({"roster-file": "/r.toml"})
     assert config_hash(with_roster) != config_hash(RunConfig())
+
+
+def test_simulate_refuses_a_roster_in_one_line(tmp_path, capsys):
+    from simulations.cli import main
+
+    argv = ["simulate", "--out", str(tmp_path / "run")]
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, "--run-config", "roster-file='/r.toml'"])
+    assert stop.value.code == 2
+    assert "roster-file: a roster needs deployed nodes" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
