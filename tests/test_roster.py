@@ -16,13 +16,23 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.client import NumPyClient
 from flwr.client.mod import secaggplus_mod
+from flwr.clientapp import ClientApp
 from flwr.common import GetPropertiesIns
 from flwr.common.constant import MessageTypeLegacy
 from flwr.compat.common import recorddict_compat as compat
-from hostile_sites import CLIP, Site, plain_mean, secure_round
+from hostile_sites import (
+    CLIP,
+    SHAPES,
+    Site,
+    honest_update,
+    plain_mean,
+    secure_round,
+)
 
 from client.roster_signing import RosterSigningError, roster_signing_mod, sign_reply
+from client.secure_dispatch_mod import secure_dispatch_mod
 from common import pki
 from common import roster_claim as rc
 from common.config import RunConfig
@@ -430,9 +440,6 @@ def test_the_server_reads_each_nodes_claim_with_its_role_and_admits_by_it(
 ):
     """`_query_roles` over an in-process grid of signing nodes: b, c honest;
     the third signs as b too (refused: once); the fourth is unsigned."""
-    from flwr.client import NumPyClient
-    from flwr.clientapp import ClientApp
-
     from server.server_app import _query_roles
     from simulations.loopback import LoopbackGrid
 
@@ -538,3 +545,86 @@ def test_simulate_refuses_a_roster_in_one_line(tmp_path, capsys):
     assert stop.value.code == 2
     assert "roster-file: a roster needs deployed nodes" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+# ---- in Flower's Simulation Engine: real run ids and round group ids ----------
+
+
+class _Hospital(NumPyClient):
+    """A training site: role and count for the properties query, an update for
+    the round."""
+
+    def __init__(self, partition: int, n: int):
+        self.partition, self.n = partition, n
+
+    def get_properties(self, config):
+        return {"role": "train", "n_train": self.n}
+
+    def fit(self, parameters, config):
+        return honest_update(self.partition), self.n, {"clipped": 0}
+
+
+@pytest.mark.simulation
+def test_the_roster_in_the_simulation_engine(keys, tmp_path):
+    """Sites a, b, c sign with their own keys; c declares more than agreed at
+    the start (refused there) and in the round (dropped there, SecAgg+); the
+    round is the weighted mean of a and b."""
+    from secure_rounds import run_on_legacy
+
+    from server.server_app import _query_roles, _secure_round
+
+    counts = [100, 50, 90]  # c's agreed weight is 60
+    roster = load_roster(
+        _write_roster(tmp_path / "r.toml", keys, {"a": 100, "b": 50, "c": 60})
+    )
+    names = "abc"
+
+    def sign_as_partition(msg, ctxt, call_next):
+        part = int(ctxt.node_config["partition-id"])
+        node_config = {**ctxt.node_config, **_signing(keys, names[part])}
+        ctxt = Context(ctxt.run_id, ctxt.node_id, node_config, ctxt.state, {})
+        return roster_signing_mod(msg, ctxt, call_next)
+
+    def client_fn(context):
+        part = int(context.node_config["partition-id"])
+        return _Hospital(part, counts[part]).to_client()
+
+    app = ClientApp(client_fn=client_fn, mods=[secure_dispatch_mod, sign_as_partition])
+
+    def server_step(grid, legacy, strategy):
+        claims: dict = {}
+        roles = _query_roles(grid, {}, 60.0, claims)
+        sizes = {n: size for n, (_, size) in roles.items()}
+        admitted, refused = admit_rostered(roster, legacy.run_id, sizes, claims)
+        strategy.roster = roster
+        strategy.config = {"phase": "gan"}
+        weights = [np.zeros(s, np.float32) for s in SHAPES]
+        mean = _secure_round(
+            grid,
+            legacy,
+            1,
+            weights,
+            RunConfig.from_flat({"secagg-delta-clip": CLIP, "secagg-timeout": 60.0}),
+            CLIP,
+            roster.max_weight,
+        )
+        by_node = {n: names[counts.index(size)] for n, size in sizes.items()}
+        return admitted, refused, list(strategy.refused), mean, by_node
+
+    admitted, refused, dropped, mean, by_node = run_on_legacy(app, 3, server_step)
+    assert sorted(by_node[n] for n in admitted) == ["a", "b"]
+    (c,) = [n for n, name in by_node.items() if name == "c"]
+    assert refused == [
+        f"node {c}: check 'roster weight' failed: declared n = 90 above c's "
+        "agreed weight 60"
+    ]
+    assert dropped == [
+        f"round 1: node {c}: check 'roster weight' failed: declared n = 90 above "
+        "c's agreed weight 60"
+    ]
+    expected = [
+        (100 * a.astype(np.float64) + 50 * b) / 150
+        for a, b in zip(honest_update(0), honest_update(1), strict=True)
+    ]
+    for m, e in zip(mean, expected, strict=True):
+        np.testing.assert_allclose(m, e, atol=1e-6)
