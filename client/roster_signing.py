@@ -19,6 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app.message_type import MessageType
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import MessageTypeLegacy
 
@@ -61,11 +62,15 @@ def roster_signing_mod(
 
 def declared_count(content: RecordDict, message_type: str) -> object | None:
     """The example count a reply declares: a properties reply's `n_train`, a
-    train reply's `num_examples`; None if it declares none."""
+    train reply's `num_examples`; None if it declares none (an evaluate
+    reply's count is no averaging weight: it stays unsigned, as the audit
+    expects)."""
     if message_type == MessageTypeLegacy.GET_PROPERTIES:
         record = content.config_records.get(PROPERTIES)
         return None if record is None else record.get("n_train")
-    return p.declared_examples(content)
+    if message_type == MessageType.TRAIN:
+        return p.declared_examples(content)
+    return None
 
 
 def sign_reply(content: RecordDict, msg: Message, key, site: str) -> bool:

@@ -16,10 +16,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app.message_type import MessageType
 from flwr.client import NumPyClient
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
-from flwr.common import GetPropertiesIns
+from flwr.common import EvaluateIns, GetPropertiesIns, ndarrays_to_parameters
 from flwr.common.constant import MessageTypeLegacy
 from flwr.compat.common import recorddict_compat as compat
 from hostile_sites import (
@@ -358,6 +359,22 @@ def test_a_reply_declaring_no_count_is_not_signed(keys):
     msg = Message(content=RecordDict(), dst_node_id=7, message_type="train")
     key = pki.load_node_private_key(keys["a"][0])
     assert not sign_reply(RecordDict(), msg, key, "a")
+
+
+def test_an_evaluate_reply_passes_the_audit_unsigned(keys):
+    """Its count is no averaging weight, and the audit allows no claim there."""
+    from test_audit_mod import FakeSite, app_for, context, message
+
+    from client.audit_mod import audit_mod
+
+    for role in ("train", "external"):
+        app = app_for(FakeSite(role), [audit_mod, _signing_mod(_signing(keys, "a"))])
+        ins = compat.evaluateins_to_recorddict(
+            EvaluateIns(ndarrays_to_parameters([np.zeros(3, np.float32)]), {}), True
+        )
+        reply = app(message(ins, MessageType.EVALUATE), context())
+        assert not reply.has_error(), reply.error
+        assert rc.RECORD not in reply.content.config_records
 
 
 # ---- the message audit lets the claim leave, and nothing else beside it -------
