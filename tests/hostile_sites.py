@@ -111,8 +111,8 @@ def secure_round(
     cfg = run_config(protocol, **config)
     strategy.config = {"phase": "gan"}
     weights = [np.zeros(s, np.float32) for s in SHAPES]
-    if max_weight is None:
-        max_weight = max(s.n for s in sites)
+    if max_weight is None:  # as the ServerApp: the roster's, or the largest n
+        max_weight = roster.max_weight if roster else max(s.n for s in sites)
     mean = _secure_round(grid, legacy, 1, weights, cfg, CLIP, max_weight)
     return [np.asarray(m) for m in mean], strategy
 
