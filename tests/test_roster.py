@@ -126,7 +126,9 @@ def _hostile(keys) -> dict[str, tuple[Site, str]]:
         return reply
 
     return {
-        "above-agreed-weight": (Site(120, node_config=_signing(keys, "a")), "weight"),
+        # above a's agreed 60, within max_weight (the largest agreed, 100):
+        # above that, our protocol's own client mod already refuses the round
+        "above-agreed-weight": (Site(90, node_config=_signing(keys, "a")), "weight"),
         "wrong-key": (
             Site(40, node_config=_signing(keys, "mallory", "a")),
             "signature",
