@@ -11,7 +11,7 @@ from flwr.compat.common import recorddict_compat as compat
 from flwr.serverapp import Grid
 
 from common.site_evaluation import read_heads_report
-from server.secure_rounds import (
+from server.site_exchanges import (
     _ask_every_node,
 )
 

@@ -41,7 +41,8 @@ from server.privacy_summary import dp_summary, payload_bytes
 from server.progress import PROGRESS, gan_round_line, phase_line
 from server.roster import admit_rostered, load_roster, round_max_weight
 from server.run_dir import write_config, write_run
-from server.secure_rounds import (  # noqa: F401  (re-exported)
+from server.server_optimizer import initial_state, server_step
+from server.site_exchanges import (  # noqa: F401  (re-exported)
     _ask_every_node,
     _query_roles,
     _secure_round,
@@ -50,7 +51,6 @@ from server.secure_rounds import (  # noqa: F401  (re-exported)
     quantisation_step,
     wire_figures,
 )
-from server.server_optimizer import initial_state, server_step
 from server.timing import summarise_timing
 from server.transport import downcast, lane_bits, next_clips
 
