@@ -177,16 +177,21 @@ def _image_collection(root: Path) -> Path:
     return manifest
 
 
-def test_real_images_split_into_sites_by_manifest_without_touching_the_source(tmp_path):
-    manifest = _image_collection(tmp_path)
-    before = {p: p.read_bytes() for p in (tmp_path / "images").rglob("*.png")}
-    settings = {
+def _images_settings(tmp_path, manifest) -> dict:
+    """real-images settings: the collection under tmp_path/images, east held out."""
+    return {
         "images": {
             "root": str(tmp_path / "images"),
             "manifest": str(manifest),
             "external": "east",
         }
     }
+
+
+def test_real_images_split_into_sites_by_manifest_without_touching_the_source(tmp_path):
+    manifest = _image_collection(tmp_path)
+    before = {p: p.read_bytes() for p in (tmp_path / "images").rglob("*.png")}
+    settings = _images_settings(tmp_path, manifest)
     data = tmp_path / "data"
     roster = _roster(
         build_scenario(load_scenario("real-images", settings), data, 1.0, 0, 1)
@@ -261,13 +266,7 @@ def test_real_images_take_labels_from_the_manifests_label_column(tmp_path):
     manifest = tmp_path / "manifest.csv"
     with manifest.open("w", newline="") as fh:
         csv.writer(fh).writerows([("patient", "hospital", "label"), *rows])
-    settings = {
-        "images": {
-            "root": str(tmp_path / "images"),
-            "manifest": str(manifest),
-            "external": "east",
-        }
-    }
+    settings = _images_settings(tmp_path, manifest)
     data = tmp_path / "data"
     build_scenario(load_scenario("real-images", settings), data, 1.0, 0, 1)
     assert {p.name for p in (data / "north" / "COVID").iterdir()} == {
