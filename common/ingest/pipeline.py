@@ -64,7 +64,13 @@ from common.ingest.report import (
 from common.ingest.result import IngestedPatient, IngestedSeries, IngestResult
 from common.ingest.scan import missing_references, walk
 from common.ingest.series import Candidate, SeriesPlan, plan_series
-from common.ingest.shortcuts import image_metadata, shortcut_check
+from common.ingest.shortcuts import (
+    DICOM_ATTRIBUTES,
+    dicom_metadata,
+    image_metadata,
+    shortcut_check,
+    source_folder,
+)
 from common.ingest.worker import FileResult, WorkerSetup, init_worker, process_chunk
 
 LABELS_FILE = "labels.csv"
@@ -556,7 +562,7 @@ class _Run:
         summary = summarize(
             self.site, all_outcomes, patient_rows, problems, without_images, unlabeled
         )
-        shortcuts = self._shortcuts(kept) if self.images else None
+        shortcuts = self._shortcuts(kept)
         if shortcuts and shortcuts["warning"]:
             summary = dataclasses.replace(summary, warnings=(shortcuts["warning"],))
         report_path = self.cache.root / REPORT_FILE
@@ -575,14 +581,23 @@ class _Run:
         return patients, summary, report_path, all_outcomes, problems
 
     def _shortcuts(self, kept) -> dict | None:
-        """The shortcut check on the used images (`shortcuts`)."""
+        """The shortcut check on the used slices (`shortcuts`): image headers,
+        or a DICOM series' scanner tags (read once per series)."""
         rows, labels, patients = [], [], []
+        words = self.image_labels.words if self.images else None
         for plan, keep, _ in kept:
+            series = {} if self.images or not keep else None
             for index in keep:
-                rows.append(image_metadata(self.site / plan.slices[index].rel))
+                rel = plan.slices[index].rel
+                if series is None:
+                    series = dicom_metadata(self.site / rel)
+                row = image_metadata(self.site / rel) if self.images else dict(series)
+                rows.append({**row, "source": source_folder(rel, words)})
                 labels.append(self.labels.rows[plan.patient_id].label)
                 patients.append(plan.patient_id)
-        return shortcut_check(rows, labels, patients)
+        if self.images:
+            return shortcut_check(rows, labels, patients)
+        return shortcut_check(rows, labels, patients, DICOM_ATTRIBUTES)
 
     def _raise_first_problem(
         self, outcomes: list[FileOutcome], problems: list[LabelProblem]
