@@ -23,8 +23,10 @@ from client.audit_records import (
     _npy_header,
     _same_length,
 )
+from common.ingest.shortcuts import SHORTCUT_NAMES
 from common.secure_agg import keys as secure_keys
 from common.secure_agg import protocol as secure
+from common.site_checks import NEG, POS, SHORTCUT_ATTRIBUTE, SHORTCUT_AUC
 from common.site_evaluation import COARSE_BINS, heads_report_keys
 
 # bounds for SecAgg+ protocol bytes: an EC public key is ~215 bytes, a share of a
@@ -41,6 +43,7 @@ OURS_CIPHERTEXT_BYTES = secure_keys.NONCE_BYTES + 2 + 2 * OURS_SHARE_BYTES + 16
 
 ALLOWED_STATUS_MESSAGES = frozenset({"Success"})
 ROLES = frozenset({"train", "external"})
+SITE_AGGREGATES = frozenset({POS, NEG, SHORTCUT_AUC, SHORTCUT_ATTRIBUTE})
 
 
 def _float_arrays(shapes: Shapes):
@@ -218,11 +221,24 @@ def _masked_chunks(shapes: Shapes, lane: np.dtype = LANES[32]):
 
 
 def _properties(record) -> None:
-    _exact_keys(record, {"role", "n_train"})
+    """Role and size; optionally the site's aggregates (`client.site_properties`):
+    patients per class (counts) and its strongest shortcut AUC (one number in
+    [0, 1]) with its attribute (an index into a fixed list of names)."""
+    _known_keys(record, {"role", "n_train", *SITE_AGGREGATES})
+    missing = {"role", "n_train"} - set(record.keys())
+    if missing:
+        raise AuditRefusal(f"missing {sorted(missing)}")
     if record["role"] not in ROLES:
         raise AuditRefusal("role is not 'train' or 'external'")
-    if not _count(record["n_train"]):
-        raise AuditRefusal("n_train is not a non-negative integer")
+    for key in ("n_train", POS, NEG):
+        if key in record and not _count(record[key]):
+            raise AuditRefusal(f"{key} is not a non-negative integer")
+    auc = record.get(SHORTCUT_AUC, 0.0)
+    if not isinstance(auc, float) or not 0.0 <= auc <= 1.0:
+        raise AuditRefusal(f"{SHORTCUT_AUC} is not an AUC in [0, 1]")
+    index = record.get(SHORTCUT_ATTRIBUTE, 0)
+    if not _count(index) or index >= len(SHORTCUT_NAMES):
+        raise AuditRefusal(f"{SHORTCUT_ATTRIBUTE} is not an attribute's index")
 
 
 def _status(record) -> None:

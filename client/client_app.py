@@ -141,7 +141,9 @@ class HospitalClient(NumPyClient):
     def get_properties(self, config):
         run, site, data = self._setup(config)
         n = len(data["train"]) if site.role == "train" else 0
-        return {"role": site.role, "n_train": n}
+        from client.site_properties import site_properties
+
+        return {"role": site.role, "n_train": n, **site_properties(site, run, data)}
 
     def fit(self, parameters, config):
         started = time.perf_counter()

@@ -12,6 +12,9 @@ from collections import Counter
 from collections.abc import Iterable
 
 CLASS_NAMES = {1: "COVID-19", 0: "other pneumonia"}
+# what a site adds to its role reply (client.site_properties), read by the server
+POS, NEG = "n_pos_patients", "n_neg_patients"
+SHORTCUT_AUC, SHORTCUT_ATTRIBUTE = "shortcut-auc", "shortcut-attribute"
 
 
 def class_counts(labels: Iterable[int]) -> dict[int, int]:

@@ -24,6 +24,7 @@ from common.config import RunConfig
 from common.metrics import GRID_BINS, roc_from_histograms
 from server.evaluation import SPLITS
 from server.run_dir import HISTOGRAMS, PRIVACY_CURVE, RECONSTRUCTIONS, revive_json
+from server.site_properties import shortcut_lines
 
 log = logging.getLogger(__name__)
 
@@ -453,6 +454,7 @@ def render_html(run: RunContents, figures: dict[str, bytes]) -> str:
         "all (secure aggregation: each site masks the numbers it sends so that "
         "the server can add them up but never sees one site's own).</p>",
         data_note(run.metrics),
+        *shortcut_section(run.metrics),
         *verdict_section(run.metrics),
         "<h2>Results in the paper's shape</h2>",
         f"<p>AUC at {level} level with DeLong 95% CI (DeLong's method: a "
@@ -775,6 +777,15 @@ def verdicts(metrics: dict) -> list[str]:
             parts.append(text)
         lines.append(f"{SPLIT_TITLES[split]}: " + "; ".join(parts) + ".")
     return lines
+
+
+def shortcut_section(metrics: dict) -> list[str]:
+    """The sites' shortcut warnings (nothing for clean sites)."""
+    lines = shortcut_lines(metrics)
+    if not lines:
+        return []
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    return [f'<ul class="warning">{items}</ul>']
 
 
 def verdict_section(metrics: dict) -> list[str]:

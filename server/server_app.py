@@ -51,6 +51,7 @@ from server.site_exchanges import (  # noqa: F401  (re-exported)
     quantisation_step,
     wire_figures,
 )
+from server.site_properties import shortcut_lines, site_refusals, site_shortcuts
 from server.timing import summarise_timing
 from server.transport import downcast, lane_bits, next_clips
 
@@ -81,7 +82,14 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
     ready.wait()
     try:
         _wait_for_nodes(grid, len(config.site_roster()), config.secagg.timeout)
-        roles = _query_roles(grid, flat, config.secagg.timeout)
+        details: dict[int, dict] = {}
+        roles = _query_roles(grid, flat, config.secagg.timeout, details)
+        refusals = site_refusals(roles, details, config.train.min_patients_per_class)
+        if refusals:  # the same check `simulate` makes before Flower
+            raise RuntimeError("sites cannot take part:\n" + "\n".join(refusals))
+        shortcuts = site_shortcuts(roles, details)
+        for line in shortcut_lines({"site_shortcuts": shortcuts}):
+            log.warning("%s", line)
         admitted, refused = admit_sites(
             {n: size for n, (r, size) in roles.items() if r == "train"},
             config.max_site_weight,
@@ -213,6 +221,7 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
             for kind in feature_kinds.BASELINES
         }
         metrics["secure_eval_sites"] = n_sites
+        metrics["site_shortcuts"] = shortcuts
         metrics["plain_eval_roles"] = sorted({roles[n][0] for n in reports})
         metrics["rounds"] = history
         metrics["secagg_rounds"] = secure_rounds

@@ -59,8 +59,11 @@ def _ask_every_node(
     return replies
 
 
-def _query_roles(grid: Grid, flat: dict, timeout: float) -> dict[int, tuple[str, int]]:
-    """Ask each node its role (train/external) and training-set size."""
+def _query_roles(
+    grid: Grid, flat: dict, timeout: float, details: dict | None = None
+) -> dict[int, tuple[str, int]]:
+    """Ask each node its role (train/external) and training-set size; the rest
+    of each reply (class counts, shortcut AUC) goes into `details` by node."""
     ins = GetPropertiesIns(dict(flat))
     roles = {}
     for reply in _ask_every_node(
@@ -72,6 +75,8 @@ def _query_roles(grid: Grid, flat: dict, timeout: float) -> dict[int, tuple[str,
         props = compat.recorddict_to_getpropertiesres(reply.content).properties
         # n_train as sent: `admit_sites` refuses what is not a usable count
         roles[reply.metadata.src_node_id] = (str(props["role"]), props["n_train"])
+        if details is not None:
+            details[reply.metadata.src_node_id] = dict(props)
     log.info("sites: %s", {n: r for n, (r, _) in roles.items()})
     return roles
 

@@ -583,7 +583,9 @@ def _results(metrics: dict) -> list[str]:
             f"patients {m['n_patients']}"
         )
     from server.report import baseline_lines
+    from server.site_properties import shortcut_lines
 
+    lines.extend(shortcut_lines(metrics))  # one per site, nothing for clean ones
     # the verdicts on the held-out data only (train and val are in the report)
     lines.extend(
         line

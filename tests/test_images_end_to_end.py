@@ -13,9 +13,11 @@ from PIL import Image
 from simulations.cli import main
 
 
-def _collection(root):
+def _collection(root, format_by_label: bool = False):
     """3 hospitals x 6 patients in folders named with their label words,
-    PNG and JPEG, grey and RGB, of several sizes; and the manifest."""
+    PNG and JPEG, grey and RGB, of several sizes; and the manifest. With
+    `format_by_label` COVID-19 slices are grey PNGs and the others RGB JPEGs:
+    the file format encodes the label (a shortcut)."""
     rng = np.random.default_rng(0)
     rows = []
     for h, hospital in enumerate(("north", "south", "east")):
@@ -23,9 +25,10 @@ def _collection(root):
             word = "COVID19" if i % 2 else "NonCOVID_bacterial_pneumonia"
             folder = root / "images" / f"person{h}{i}_{word}"
             folder.mkdir(parents=True)
-            for j, (suffix, mode, side) in enumerate(
-                ((".png", "L", 48), (".jpg", "RGB", 60))
-            ):
+            kinds = ((".png", "L", 48), (".jpg", "RGB", 60))
+            if format_by_label:
+                kinds = (kinds[0 if i % 2 else 1],) * 2
+            for j, (suffix, mode, side) in enumerate(kinds):
                 pixels = rng.integers(0, 255, (side, side), dtype=np.uint8)
                 pixels[8:-8, 8:-8] //= 2 if i % 2 else 1
                 image = Image.fromarray(pixels).convert(mode)
@@ -116,3 +119,52 @@ def test_train_central_takes_a_scenario_of_real_images(tmp_path, capsys):
     with pytest.raises(SystemExit, match="images.external 'west' is not a site"):
         other = ["train-central", "--out", str(tmp_path / "c2"), "--scenario"]
         main([*other, "real-images", "--scenario-set", *sets, "images.external=west"])
+
+
+def _simulate(images, manifest, run) -> int:
+    """A tiny real-images run, east held out."""
+    args = ["simulate", "--out", str(run), "--scenario", "real-images"]
+    sets = [f"images.root={images}", f"images.manifest={manifest}"]
+    config = ["--run-config", "gan-rounds=1", "logit-rounds=0", "local-epochs=1"]
+    return main([*args, "--scenario-set", *sets, "images.external=east", *config])
+
+
+@pytest.mark.simulation
+@pytest.mark.slow
+def test_a_format_shortcut_is_warned_about_in_ingest_and_in_the_run(tmp_path, capfd):
+    images, manifest = _collection(tmp_path, format_by_label=True)
+    args = ["ingest", "--site-dir", str(images), "--out", str(tmp_path / "c")]
+    assert main([*args, "--image-size", "32"]) == 0
+    assert "warning: shortcut: file metadata alone" in capfd.readouterr().out
+    run = tmp_path / "run"
+    assert _simulate(images, manifest, run) == 0
+    printed = capfd.readouterr().out
+    metrics = json.loads((run / "metrics.json").read_text())
+    # every site (2 training, the external) sent its AUC: format predicts it all
+    assert sorted(s["role"] for s in metrics["site_shortcuts"]) == [
+        "external",
+        "train",
+        "train",
+    ]
+    assert {s["auc"] for s in metrics["site_shortcuts"]} == {1.0}
+    warned = [line for line in printed.splitlines() if "shortcut:" in line]
+    assert len(warned) == 3 and all(
+        line.startswith("warning: site node") for line in warned
+    )
+    assert main(["report", str(run)]) == 0
+    html = (run / "report.html").read_text()
+    assert html.count("shortcut: file metadata alone") == 3
+
+
+@pytest.mark.simulation
+@pytest.mark.slow
+def test_a_clean_collection_gets_no_shortcut_warning_in_the_run(tmp_path, capfd):
+    images, manifest = _collection(tmp_path)
+    run = tmp_path / "run"
+    assert _simulate(images, manifest, run) == 0
+    assert "shortcut" not in capfd.readouterr().out
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert len(metrics["site_shortcuts"]) == 3  # sent, and all below the threshold
+    assert max(s["auc"] for s in metrics["site_shortcuts"]) < 0.8
+    assert main(["report", str(run)]) == 0
+    assert "shortcut" not in (run / "report.html").read_text()

@@ -20,6 +20,9 @@ from PIL import Image
 WARN_AUC = 0.8  # metadata this predictive is a shortcut the model can take
 ATTRIBUTES = ("format", "mode", "width", "height", "aspect", "source")
 DICOM_ATTRIBUTES = ("source", "manufacturer", "model")
+# every name the check reports, in a fixed order: a site sends the server its
+# strongest one as an index into this (a number, like all its other metrics)
+SHORTCUT_NAMES = (*ATTRIBUTES, "manufacturer", "model", "all")
 LABEL_FOLDER = "(label folder)"  # a first folder whose name gives the label
 _FOLDS = 5
 
