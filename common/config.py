@@ -12,6 +12,7 @@ from typing import Any
 
 from common.config_ranges import RANGES, Range  # noqa: F401  (re-exported)
 from common.ingest.config import (
+    IMAGE_CROPS,
     INTENSITY_POLICIES,
     SERIES_POLICIES,
     SLICE_POLICIES,
@@ -345,6 +346,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "ingest-intensity": INTENSITY_POLICIES,
     "ingest-slice-policy": SLICE_POLICIES,
     "ingest-series": SERIES_POLICIES,
+    "ingest-image-crop": IMAGE_CROPS,
 }
 
 

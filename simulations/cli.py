@@ -98,6 +98,7 @@ def _add_run_config(parser: argparse.ArgumentParser) -> None:
 def _add_ingest_command(sub) -> None:
     """`fedbigbigan ingest`: a site folder (PACS export) into an ingest cache."""
     from common.ingest.config import (
+        IMAGE_CROPS,
         INTENSITY_POLICIES,
         SERIES_POLICIES,
         SLICE_POLICIES,
@@ -138,6 +139,13 @@ def _add_ingest_command(sub) -> None:
     )
     ing.add_argument(
         "--window-width", type=float, default=d.window_width, help="HU, lung-window"
+    )
+    ing.add_argument(
+        "--image-crop",
+        choices=IMAGE_CROPS,
+        default=d.image_crop,
+        help="image files: pad to square (keeps the aspect) or crop the centre "
+        "square (every slice alike, for collections with shortcuts)",
     )
     ing.add_argument(
         "--slice-policy",
@@ -203,6 +211,7 @@ def _ingest(args: argparse.Namespace) -> int:
             max_decoded_mb=args.max_decoded_mb,
             max_file_mb=args.max_file_mb,
             workers=args.workers,
+            image_crop=args.image_crop,
         )
         result = ingest_site(
             args.site_dir,

@@ -10,6 +10,10 @@ from dataclasses import dataclass
 SLICE_POLICIES = ("all", "lung", "central")
 INTENSITY_POLICIES = ("paper", "lung-window")
 SERIES_POLICIES = ("one-per-study", "all")
+# image files: "pad" keeps the aspect ratio (padding with the minimum), "centre"
+# re-encodes every slice alike: the square centre crop, so no aspect ratio (a
+# shortcut in mixed collections) survives into the pixels
+IMAGE_CROPS = ("pad", "centre")
 
 # Bump when the cached pixels would change for the same config (a new resampling,
 # a fixed bug): every cache entry written by an older version is then ignored.
@@ -35,6 +39,7 @@ class IngestConfig:
     max_decoded_mb: int = 1024  # refuse files whose header claims more pixels
     max_file_mb: int = 2048  # refuse files larger than this (not read at all)
     workers: int = 1  # processes reading and decoding files
+    image_crop: str = "pad"  # image files: "pad" or "centre" (square centre crop)
 
     def __post_init__(self) -> None:
         checks = [
@@ -60,6 +65,10 @@ class IngestConfig:
             (self.max_decoded_mb >= 1, "max-decoded-mb must be >= 1"),
             (self.max_file_mb >= 1, "max-file-mb must be >= 1"),
             (self.workers >= 1, "workers must be >= 1"),
+            (
+                self.image_crop in IMAGE_CROPS,
+                f"image-crop must be one of {list(IMAGE_CROPS)}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -78,6 +87,8 @@ class IngestConfig:
         }
         if self.intensity == "lung-window":
             fields["window"] = [self.window_center, self.window_width]
+        if self.image_crop != "pad":  # the default keeps its caches' names
+            fields["crop"] = self.image_crop
         digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
         return f"{self.image_size}px-{self.intensity}-{digest.hexdigest()[:10]}"
 

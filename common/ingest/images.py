@@ -65,9 +65,21 @@ def process_image(
 def cached_slice(pixels: np.ndarray, config: IngestConfig) -> np.ndarray:
     """An image as ingest caches it (and the model sees it): shrunk to the
     config's size, per-image min-max to [-1, 1], in the cache's dtype. Predict
-    uses it too, so scoring sees exactly what training saw."""
+    uses it too, so scoring sees exactly what training saw. With image-crop
+    "centre" the image is first cut to its square centre."""
+    if config.image_crop == "centre":
+        pixels = centre_square(pixels)
     small = resize_stored(pixels, config.image_size)
     return paper_unit_range(small).astype(PACK_DTYPE)
+
+
+def centre_square(pixels: np.ndarray) -> np.ndarray:
+    """The largest square in the middle of a 2D image (the longer side cut
+    evenly, the odd pixel off the end)."""
+    height, width = pixels.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    return pixels[top : top + side, left : left + side]
 
 
 def read_image(data: bytes, max_decoded_mb: int) -> np.ndarray:
