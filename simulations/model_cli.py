@@ -64,6 +64,21 @@ def add_model_commands(sub, add_run_config) -> None:
         "simulate takes it (e.g. real-images)",
     )
     central.add_argument(
+        "--site-dir",
+        type=Path,
+        action="append",
+        default=[],
+        help="a training site's folder (images or DICOM with labels.csv), instead "
+        "of a scenario; repeat for more sites",
+    )
+    central.add_argument(
+        "--external-dir",
+        type=Path,
+        action="append",
+        default=[],
+        help="a held-out site's folder, with --site-dir",
+    )
+    central.add_argument(
         "--scenario-set",
         nargs="*",
         default=[],
@@ -156,6 +171,8 @@ def _train_central(args: argparse.Namespace, config: RunConfig) -> int:
         folders=CENTRAL_FOLDERS,
     )
     data = args.out / "data"
+    if args.site_dir or args.external_dir:
+        return _central_run(args, _site_dirs_config(args, config, data))
     if args.scenario or args.scenario_set:
         return _central_run(args, _scenario_config(args, config, data))
     recipe = {
@@ -214,6 +231,31 @@ def _scenario_config(args: argparse.Namespace, config: RunConfig, data: Path):
         )
         check_sites(config)
     except (ScenarioError, SiteCheckError) as err:
+        lines = [f"error: {line}" for line in str(err).splitlines()]
+        raise SystemExit("\n".join(lines)) from None
+    return config
+
+
+def _site_dirs_config(args: argparse.Namespace, config: RunConfig, data: Path):
+    """The --site-dir folders linked under `data` and checked as simulate's
+    sites are; the config that points at them."""
+    from simulations.site_checks import SiteCheckError, check_sites
+    from simulations.site_dirs import SiteDirError, link_site_dirs
+
+    if args.scenario or args.scenario_set:
+        raise SystemExit("error: --site-dir and --scenario: give one of them")
+    if not args.site_dir:
+        raise SystemExit("error: --external-dir needs at least one --site-dir")
+    try:
+        sim_sites = link_site_dirs(args.site_dir, args.external_dir, data)
+        config = dataclasses.replace(
+            config,
+            sim_data_root=str(data.resolve()),
+            out_dir=str(args.out.resolve()),
+            sim_sites=sim_sites,
+        )
+        check_sites(config)
+    except (SiteDirError, SiteCheckError) as err:
         lines = [f"error: {line}" for line in str(err).splitlines()]
         raise SystemExit("\n".join(lines)) from None
     return config

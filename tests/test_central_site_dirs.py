@@ -1,0 +1,35 @@
+"""`train-central --site-dir DIR`: any image or DICOM folders as the sites of
+a central run; a bad folder is one line of error naming it."""
+
+from __future__ import annotations
+
+import pytest
+from test_images_end_to_end import _collection
+
+from simulations.cli import main
+
+
+@pytest.mark.slow
+def test_train_central_takes_a_site_dir_of_images(tmp_path, capsys):
+    images, _ = _collection(tmp_path)  # 18 patients, 36 slices, one folder
+    out = tmp_path / "central"
+    args = ["train-central", "--out", str(out), "--site-dir", str(images)]
+    config = ["--run-config", "gan-rounds=1", "local-epochs=1"]
+    assert main([*args, *config]) == 0
+    printed = capsys.readouterr().out
+    assert "probe_trained" in printed and f"run directory: {out}" in printed
+    linked = [f for f in (out / "data" / "images").rglob("*") if f.is_file()]
+    assert len(linked) == 36
+    # the source folder is only read: its 36 images and nothing more
+    assert len([f for f in images.rglob("*") if f.is_file()]) == 36
+
+
+def test_a_bad_site_dir_is_one_line_naming_it(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    args = ["train-central", "--out", str(tmp_path / "c"), "--site-dir", str(missing)]
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert str(stop.value) == f"error: --site-dir {missing}: not a folder"
+    with pytest.raises(SystemExit, match="give one of them"):
+        other = ["--site-dir", str(tmp_path), "--scenario", "paper"]
+        main(["train-central", "--out", str(tmp_path / "c2"), *other])
