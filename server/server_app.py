@@ -86,6 +86,8 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
         roles = _query_roles(grid, flat, config.secagg.timeout, details)
         refusals = site_refusals(roles, details, config.train.min_patients_per_class)
         if refusals:  # the same check `simulate` makes before Flower
+            for line in refusals:  # one line per site in the SuperLink's log
+                log.error("site refused: %s", line)
             raise RuntimeError("sites cannot take part:\n" + "\n".join(refusals))
         shortcuts = site_shortcuts(roles, details)
         for line in shortcut_lines({"site_shortcuts": shortcuts}):
