@@ -168,3 +168,32 @@ def test_a_clean_collection_gets_no_shortcut_warning_in_the_run(tmp_path, capfd)
     assert max(s["auc"] for s in metrics["site_shortcuts"]) < 0.8
     assert main(["report", str(run)]) == 0
     assert "shortcut" not in (run / "report.html").read_text()
+
+
+@pytest.mark.simulation
+@pytest.mark.slow
+def test_the_server_app_refuses_single_class_sites_too(
+    tmp_path, capfd, caplog, monkeypatch
+):
+    """A deployment has no `simulate` check: the ServerApp's own (from each
+    site's class counts in its role reply) refuses before round 1."""
+    import simulations.simulate as simulate_module
+
+    monkeypatch.setattr(simulate_module, "check_sites", lambda config: {})
+    images, manifest = _collection(tmp_path)
+    rows = manifest.read_text().splitlines()
+    manifest.write_text(
+        "\n".join(r for r in rows if "south" not in r or "_COVID19" in r) + "\n"
+    )
+    for folder in images.glob("person1*_NonCOVID*"):
+        for file in folder.iterdir():
+            file.unlink()
+        folder.rmdir()
+    run = tmp_path / "run"
+    assert _simulate(images, manifest, run) != 0
+    shown = capfd.readouterr()
+    logged = caplog.text + shown.out + shown.err
+    refused = [line for line in logged.splitlines() if "site refused:" in line]
+    assert len(refused) >= 1
+    assert all("(train): 3 COVID-19, 0 other pneumonia patients" in r for r in refused)
+    assert not (run / "metrics.json").exists()
