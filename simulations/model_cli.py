@@ -307,6 +307,15 @@ def _central_run(args: argparse.Namespace, config: RunConfig) -> int:
     return 0
 
 
+def recorded_ingest(model: Path, config: RunConfig):
+    """A run directory's recorded ingest options (the slices its model was
+    trained on: intensity, image crop, ...); else the command's own."""
+    recorded = Path(model) / "config.json"
+    if not recorded.is_file():
+        return config.ingest
+    return RunConfig.from_flat(json.loads(recorded.read_text())).ingest
+
+
 def _extract(args: argparse.Namespace, config: RunConfig) -> int:
     """Features of every slice with patient ids and labels (they stay at the site)."""
     import os
@@ -317,7 +326,9 @@ def _extract(args: argparse.Namespace, config: RunConfig) -> int:
     from common.ingest import default_cache_dir, ingest_site
 
     model = load_model(args.model, devices=config.devices, seed=config.seed)
-    config = dataclasses.replace(config, preset=model.preset.name)
+    config = dataclasses.replace(
+        config, preset=model.preset.name, ingest=recorded_ingest(args.model, config)
+    )
     ingest = ingest_config(config)
     result = ingest_site(
         args.site_dir, None, args.cache or default_cache_dir(args.site_dir), ingest

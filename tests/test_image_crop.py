@@ -3,6 +3,8 @@ before resizing, the same at ingest and at predict (the run's ingest config)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -70,3 +72,15 @@ def test_the_option_is_a_checked_run_config_key_and_ingest_flag(tmp_path, capsys
     args = ["ingest", "--site-dir", str(site), "--out", str(tmp_path / "c")]
     assert main([*args, "--image-size", "32", "--image-crop", "centre"]) == 0
     assert "2 patients" in capsys.readouterr().out
+
+
+def test_extract_takes_the_run_directorys_recorded_ingest_options(tmp_path):
+    from simulations.model_cli import recorded_ingest
+
+    run = tmp_path / "run"
+    run.mkdir()
+    flat = RunConfig.from_flat({"ingest-image-crop": "centre"}).to_flat()
+    (run / "config.json").write_text(json.dumps(flat))
+    assert recorded_ingest(run, RunConfig()).image_crop == "centre"
+    # a bare model file has no record: the command's own options
+    assert recorded_ingest(run / "model.npz", RunConfig()).image_crop == "pad"
