@@ -33,3 +33,17 @@ def test_a_bad_site_dir_is_one_line_naming_it(tmp_path, capsys):
     with pytest.raises(SystemExit, match="give one of them"):
         other = ["--site-dir", str(tmp_path), "--scenario", "paper"]
         main(["train-central", "--out", str(tmp_path / "c2"), *other])
+
+
+def test_site_dirs_are_linked_with_their_roles(tmp_path):
+    from simulations.site_dirs import SiteDirError, link_site_dirs
+
+    for name in ("north", "east"):
+        (tmp_path / "src" / name / "COVID" / "p1").mkdir(parents=True)
+        (tmp_path / "src" / name / "COVID" / "p1" / "0.png").write_bytes(b"x")
+    north, east = tmp_path / "src" / "north", tmp_path / "src" / "east"
+    data = tmp_path / "data"
+    assert link_site_dirs([north], [east], data) == "east:external,north:train"
+    assert (data / "east" / "COVID" / "p1" / "0.png").read_bytes() == b"x"
+    with pytest.raises(SiteDirError, match="another site folder is named 'north'"):
+        link_site_dirs([north, north], [], tmp_path / "d2")
