@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from common.checkpoint import load_model
+from common.commands import main
 from common.config import RunConfig
 from common.roc_stats import auc_ci
 from simulations.central import (
@@ -16,7 +17,6 @@ from simulations.central import (
     patient_folds,
     train_central,
 )
-from simulations.cli import main
 
 
 @pytest.fixture(scope="module")

@@ -90,7 +90,7 @@ def test_coordinator_without_the_ca_cannot_connect(federation, tmp_path):
 
 
 def test_pki_register_puts_keys_on_the_allow_list_once(federation, monkeypatch, capsys):
-    from simulations.cli import main
+    from common.commands import main
 
     for key in ("FLWR_HOME", "FLWR_TELEMETRY_ENABLED", "FLWR_DISABLE_UPDATE_CHECK"):
         monkeypatch.setenv(key, federation.env[key])
@@ -238,17 +238,10 @@ def _supernode_args(argv: list[str]):
 
 
 def _fedbigbigan_args(argv: list[str]):
-    import argparse
+    from common.commands import build_parser
 
-    from simulations.deploy_cli import add_deploy_commands
-
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="command")
-    add_deploy_commands(
-        sub, lambda p: p.add_argument("--run-config", nargs="*", default=[])
-    )
     assert argv[0] == "fedbigbigan"
-    return parser.parse_args(argv[1:])
+    return build_parser().parse_args(argv[1:])
 
 
 def _mounts(service: dict) -> dict[str, tuple[str, bool]]:

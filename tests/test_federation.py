@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from deployment_harness import descendants
 
+from common.commands import main
 from common.config import RunConfig
 from server.checkpointing import CHECKPOINT, load_checkpoint
-from simulations.cli import main
 from simulations.simulate import simulate
 
 CONFIG = RunConfig(gan_rounds=2, logit_rounds=2)

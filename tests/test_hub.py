@@ -14,6 +14,7 @@ import tensorflow as tf
 from hub_standin import build_standin_module
 
 from common.bigbigan import build_encoder
+from common.commands import main
 from common.config import get_preset
 from common.hub import (
     HubEncoder,
@@ -24,7 +25,6 @@ from common.hub import (
     read_checkpoint,
     warm_start_encoder,
 )
-from simulations.cli import main
 
 # tiny, at 32 px, with two units in the first stages so identity shortcuts with a
 # stride (slim's 1x1 max-pool subsampling) and the MLP's skip connection both occur

@@ -50,3 +50,26 @@ def test_the_walker_sees_a_nested_upward_import(tmp_path):
     module.write_text("import os\n\ndef f():\n    from server.run_dir import x\n")
     assert ("server", 4) in imported_packages(module)
     assert {p for p, _ in imported_packages(module)} == {"os", "server"}
+
+
+def test_each_command_lives_in_its_users_package():
+    """`fedbigbigan` only dispatches: every command is an entry point of the
+    package of the one who runs it (a hospital's client, a coordinator's server,
+    a researcher's simulations), never of common."""
+    from common.commands import Command, declared_commands
+
+    points = declared_commands()
+    assert points, "no fedbigbigan.commands entry points"
+    for point in points:
+        assert point.module.split(".")[0] in {"client", "server", "simulations"}
+        assert isinstance(point.load(), Command), point
+
+
+def test_the_help_lists_every_command(capsys):
+    from common.commands import declared_commands, main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for point in declared_commands():
+        assert f"\n    {point.name} " in text, point.name

@@ -8,10 +8,10 @@ import pytest
 from client.predict import predict_dicom
 from client.site import Site, site_data
 from common.checkpoint import initial_model
+from common.commands import main
 from common.config import RunConfig
 from common.linear_head import predict
 from common.strict_json import strict_json
-from simulations.cli import main
 from simulations.phantoms import write_study
 
 

@@ -11,8 +11,8 @@ from client.privacy_audit import audit, audit_site, nearest_distances
 from client.site import Site, site_data
 from common.bigbigan import downsample_for_d
 from common.checkpoint import initial_model
+from common.commands import main
 from common.config import RunConfig
-from simulations.cli import main
 
 
 def test_nearest_distances_match_brute_force():

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from common.commands import main
 from common.config import RunConfig
 from common.grids import save_png
 from common.metrics import histogram
@@ -20,7 +21,6 @@ from common.strict_json import strict_json
 from server.evaluation import cutoffs, summarise
 from server.report import write_report
 from server.run_dir import HISTOGRAMS, write_run
-from simulations.cli import main
 
 
 def _site(rng, splits: dict[str, tuple[int, int, float]]) -> dict:
