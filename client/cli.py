@@ -284,9 +284,9 @@ def _extract(args: argparse.Namespace) -> int:
     import numpy as np
 
     from client.site import ingest_config
-    from common.checkpoint import load_model
-    from common.dataset import slices_from_ingest
     from common.ingest import default_cache_dir, ingest_site
+    from common.model.checkpoint import load_model
+    from common.model.dataset import slices_from_ingest
 
     config = run_config(args)
     model = load_model(args.model, devices=config.devices, seed=config.seed)

@@ -68,7 +68,7 @@ def _pki_arguments(pki: argparse.ArgumentParser) -> None:
 
 
 def _pki(args: argparse.Namespace) -> int:
-    from common.pki import PKIError
+    from common.privacy.pki import PKIError
 
     try:
         return _PKI[args.pki_command](args)
@@ -78,7 +78,7 @@ def _pki(args: argparse.Namespace) -> int:
 
 
 def _pki_init(args) -> int:
-    from common.pki import init_pki
+    from common.privacy.pki import init_pki
 
     listing = init_pki(
         args.out,
@@ -98,7 +98,7 @@ def _pki_init(args) -> int:
 
 
 def _pki_renew(args) -> int:
-    from common.pki import renew_server_cert
+    from common.privacy.pki import renew_server_cert
 
     info = renew_server_cert(
         args.pki, args.superlink_host, server_days=args.server_days
@@ -109,7 +109,7 @@ def _pki_renew(args) -> int:
 
 
 def _pki_add_site(args) -> int:
-    from common.pki import add_site, register_command
+    from common.privacy.pki import add_site, register_command
 
     info = add_site(args.pki, args.name)
     print(f"site {info.name}: key {info.fingerprint}")
@@ -130,7 +130,7 @@ def _pki_register(args) -> int:
     SuperLink's list counts as registered (so this can run at every start)."""
     import json
 
-    from common.pki import ALLOW_LIST_DIR, register_command
+    from common.privacy.pki import ALLOW_LIST_DIR, register_command
 
     allow = Path(args.pki) / ALLOW_LIST_DIR
     names = args.names or sorted(p.stem for p in allow.glob("*.pub"))
@@ -159,7 +159,7 @@ def _pki_register(args) -> int:
 
 
 def _pki_list(args) -> int:
-    from common.pki import list_pki
+    from common.privacy.pki import list_pki
 
     _print_listing(list_pki(args.pki))
     return 0

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from common.config import RunConfig
-from common.metrics import GRID_BINS, roc_from_histograms
+from common.evaluation.metrics import GRID_BINS, roc_from_histograms
 from server.evaluation import SPLITS
 from server.run_dir import HISTOGRAMS, PRIVACY_CURVE, RECONSTRUCTIONS, revive_json
 

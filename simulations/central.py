@@ -20,16 +20,16 @@ from scipy import stats
 
 from client.site import Site, site_data
 from common.config import RunConfig
-from common.dataset import SliceSet
-from common.grids import save_reconstructions
-from common.linear_head import (
+from common.evaluation.linear_head import (
     feature_moments,
     pooled_scale,
     predict,
     solve_standardized,
     standardized_statistics,
 )
-from common.roc_stats import auc_ci, patient_scores
+from common.evaluation.roc_stats import auc_ci, patient_scores
+from common.model.dataset import SliceSet
+from common.model.grids import save_reconstructions
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ def train_central(
 
     `supervised`: train E on the labels instead (simulations/supervised.py),
     the same architecture and budget: the ceiling the probes are read against."""
-    from common.checkpoint import initial_model, save_model
+    from common.model.checkpoint import initial_model, save_model
 
     out.mkdir(parents=True, exist_ok=True)
     sites = pooled_data(config)

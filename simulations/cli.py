@@ -28,9 +28,9 @@ from simulations.model_cli import (
 
 def _hub_inspect(module: str, preset: str) -> int:
     """Print the module's variables, variable kind, signatures and E mapping."""
-    from common.bigbigan import build_encoder
     from common.config import get_preset
-    from common.hub import HubUnavailableError, describe_module, resolve_module
+    from common.model.bigbigan import build_encoder
+    from common.model.hub import HubUnavailableError, describe_module, resolve_module
 
     try:  # before building the encoder, so a bad handle fails at once
         path = resolve_module(module)

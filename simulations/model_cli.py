@@ -108,7 +108,11 @@ def _train_central_arguments(central: argparse.ArgumentParser) -> None:
 
 
 def _presets() -> int:
-    from common.bigbigan import build_discriminator, build_encoder, build_generator
+    from common.model.bigbigan import (
+        build_discriminator,
+        build_encoder,
+        build_generator,
+    )
 
     for name, preset in PRESETS.items():
         counts = [

@@ -41,7 +41,7 @@ def test_ingest_keys_reach_the_ingest_config():
 def test_patient_score_is_configurable():
     import numpy as np
 
-    from common.roc_stats import patient_scores
+    from common.evaluation.roc_stats import patient_scores
 
     scores = np.array([0.1, 0.2, 0.9, 0.4, 0.5])
     patient, labels = np.array([0, 0, 0, 1, 1]), np.array([1, 1, 1, 0, 0])

@@ -16,7 +16,7 @@ import tomllib
 from deployment_harness import FEDERATION, Federation, free_port
 
 from client.doctor import check_superlink
-from common.pki import init_pki
+from common.privacy.pki import init_pki
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 from client.doctor import check_auth_key, check_gpu, check_site, check_superlink
 from common.commands import main
 from common.config import RunConfig
-from common.pki import add_site, init_pki
+from common.privacy.pki import add_site, init_pki
 
 
 class _Health(BaseHTTPRequestHandler):

@@ -104,8 +104,8 @@ def test_whole_chain_two_training_sites_and_one_external(reference_run):
     assert weights["head"].shape == (config.model.z_dim + 1,)
     # baselines in the same rounds (7 above): every head on every split, and
     # at the external site the paired differences, as aggregates
-    from common.linear_head import RIDGE_GRID
-    from common.radiomics import N_FEATURES
+    from common.evaluation.linear_head import RIDGE_GRID
+    from common.evaluation.radiomics import N_FEATURES
 
     assert on_disk["data"]["synthetic"] is True
     assert weights["head_radiomics_lm"].shape == (N_FEATURES + 1,)

@@ -1,7 +1,9 @@
 """The layout's promise: each top-level package serves one kind of user, and
 imports only point down. `common` (shared by both sides) imports none of the
 others; a hospital's `client` and a coordinator's `server` never import each
-other, and neither imports the researchers' `simulations`."""
+other, and neither imports the researchers' `simulations`. The model and ingest
+(`common/model/`, `common/ingest/`) know nothing of Flower, and `common/` holds
+only a handful of loose modules beside its sub-packages."""
 
 from __future__ import annotations
 
@@ -40,9 +42,51 @@ def upward_imports(package: str) -> list[str]:
     )
 
 
+# plain TensorFlow / numpy / pydicom, testable (and runnable) without Flower
+FLOWER_FREE = ("common/model", "common/ingest")
+# common's shared basics; everything else lives in a sub-package by subject
+COMMON_LOOSE = {
+    "__init__.py",
+    "commands.py",
+    "config.py",
+    "config_ranges.py",
+    "devices.py",
+    "presets.py",
+    "splits.py",
+    "strict_json.py",
+}
+
+
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
 def test_imports_only_point_down(package):
     assert upward_imports(package) == []
+
+
+@pytest.mark.parametrize("folder", FLOWER_FREE)
+def test_model_and_ingest_do_not_import_flower(folder):
+    found = sorted(
+        f"{path.relative_to(ROOT)}:{line}"
+        for path in (ROOT / folder).rglob("*.py")
+        for target, line in imported_packages(path)
+        if target == "flwr"
+    )
+    assert found == []
+
+
+def test_common_has_only_its_basics_loose():
+    assert {p.name for p in (ROOT / "common").glob("*.py")} <= COMMON_LOOSE
+
+
+def test_every_module_says_what_it_is_for():
+    """Each module opens with a docstring (its first line says what it is for)."""
+    silent = sorted(
+        str(path.relative_to(ROOT))
+        for package in PACKAGES
+        for path in (ROOT / package).rglob("*.py")
+        if path.stat().st_size
+        and not ast.get_docstring(ast.parse(path.read_text(), filename=str(path)))
+    )
+    assert silent == []
 
 
 def test_the_walker_sees_a_nested_upward_import(tmp_path):

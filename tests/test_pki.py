@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.verification import PolicyBuilder, Store
 
 from common.commands import main
-from common.pki import (
+from common.privacy.pki import (
     PKIError,
     add_site,
     init_pki,

@@ -14,9 +14,9 @@ from PIL import Image
 
 from common.commands import main
 from common.config import RunConfig
-from common.grids import save_png
-from common.metrics import histogram
-from common.site_evaluation import read_site_report, site_report
+from common.evaluation.metrics import histogram
+from common.evaluation.site_evaluation import read_site_report, site_report
+from common.model.grids import save_png
 from common.strict_json import strict_json
 from server.evaluation import cutoffs, summarise
 from server.report import write_report
