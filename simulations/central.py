@@ -230,7 +230,7 @@ def joint_pairing(model, n: int = 64, seed: int = 0) -> float:
 
 def save_loss_curves(path: Path, history: list[dict]) -> None:
     """D, E and G losses per epoch so far (the federated run's losses.png)."""
-    from server.report import plot_losses
+    from server.report_figures import plot_losses
 
     rows = [
         {"epoch": h["epoch"], "d_loss": h["d"], "e_loss": h["e"], "g_loss": h["g"]}

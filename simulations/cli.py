@@ -275,7 +275,7 @@ def _results(metrics: dict) -> list[str]:
             f"sens {m['sensitivity']:.2f}  spec {m['specificity']:.2f}  "
             f"patients {m['n_patients']}"
         )
-    from server.report import baseline_lines
+    from server.report_sections import baseline_lines
 
     # the verdicts on the held-out data only (train and val are in the report)
     lines.extend(

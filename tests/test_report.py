@@ -298,7 +298,7 @@ def test_report_says_when_the_data_are_synthetic(run_dir):
 
 
 def test_verdicts_say_near_chance_when_the_ci_includes_half():
-    from server.report import verdicts
+    from server.report_sections import verdicts
 
     m = {"auc": 0.6, "auc_ci": [0.4, 0.8]}
     metrics = {"splits": {"external": m}, "baselines": {}}
