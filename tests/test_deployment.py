@@ -206,6 +206,13 @@ def test_two_hospitals_and_an_external_site_run_the_study(
     assert {"train", "val", "test", "external"} <= set(metrics["splits"])
     assert metrics["train_message_roles"] == ["train"]  # external never trained
     assert metrics["secure_eval_sites"] == 2
+    # a deployed run has its baselines too, fitted in the same secure rounds
+    assert set(metrics["baselines"]) == {"radiomics", "untrained"}
+    for kind, entry in metrics["baselines"].items():
+        for head in ("lm", "ridge"):
+            external = entry[head]["splits"]["external"]
+            assert 0.0 <= external["auc"] <= 1.0 and external["n_patients"] > 0, kind
+            assert set(entry["external_difference"][head]) == {"diff", "diff_ci", "p"}
     for node in nodes:
         assert node.proc.poll() is None, node.text()[-2000:]  # still serving
 
