@@ -256,6 +256,9 @@ def train_central(
     from common.model.checkpoint import initial_model, save_model
 
     out.mkdir(parents=True, exist_ok=True)
+    # the sites' ingest caches go under this run, never under the config's
+    # default out-dir (the current folder's runs/flwr)
+    config = dataclasses.replace(config, out_dir=str(out))
     sites = pooled_data(config)
     train_sites = [n for n, role in config.site_roster() if role == "train"]
     train = concat([sites[n]["train"] for n in train_sites])
