@@ -185,7 +185,7 @@ def check_superlink(
 
 def check_auth_key(path: Path | None) -> Check:
     """The SuperNode's private key: present, private to its owner, a valid EC key."""
-    from common.pki import PKIError, fingerprint, load_node_private_key
+    from common.privacy.pki import PKIError, fingerprint, load_node_private_key
 
     name = "auth key"
     if path is None:
@@ -240,7 +240,7 @@ def check_site(node_config: dict, config: RunConfig) -> list[Check]:
 def _check_site(node_config: dict, config: RunConfig) -> list[Check]:
     from client.site import cache_dir, resolve_site, site_data
     from common.ingest import IngestError
-    from common.site_index import SiteError
+    from common.ingest.site_index import SiteError
 
     checks = []
     unknown = sorted(set(node_config) - set(NODE_CONFIG_KEYS))

@@ -10,10 +10,10 @@ import json
 
 import numpy as np
 
-from common.dataset import SliceSet
 from common.ingest.report import REPORT_FILE
 from common.ingest.shortcuts import SHORTCUT_NAMES
-from common.site_checks import NEG, POS, SHORTCUT_ATTRIBUTE, SHORTCUT_AUC
+from common.ingest.site_checks import NEG, POS, SHORTCUT_ATTRIBUTE, SHORTCUT_AUC
+from common.model.dataset import SliceSet
 
 
 def patients_per_class(data: dict[str, SliceSet]) -> dict[str, int]:

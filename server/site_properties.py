@@ -5,7 +5,7 @@ here for a deployment too) and one shortcut warning line per site."""
 from __future__ import annotations
 
 from common.ingest.shortcuts import SHORTCUT_NAMES, WARN_AUC
-from common.site_checks import (
+from common.ingest.site_checks import (
     NEG,
     POS,
     SHORTCUT_ATTRIBUTE,

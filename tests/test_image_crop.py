@@ -10,13 +10,13 @@ import pytest
 from PIL import Image
 
 from client.image_input import image_patients
+from common.commands import main
 from common.config import RunConfig, flat_problems
-from common.dataset import slices_from_ingest
 from common.ingest import IngestConfig, ingest_site
 from common.ingest.config import IngestConfigError
 from common.ingest.images import centre_square
 from common.ingest.policy import paper_unit_range
-from simulations.cli import main
+from common.model.dataset import slices_from_ingest
 
 
 def _wide_png(path) -> np.ndarray:
@@ -75,7 +75,7 @@ def test_the_option_is_a_checked_run_config_key_and_ingest_flag(tmp_path, capsys
 
 
 def test_extract_takes_the_run_directorys_recorded_ingest_options(tmp_path):
-    from simulations.model_cli import recorded_ingest
+    from client.cli import recorded_ingest
 
     run = tmp_path / "run"
     run.mkdir()

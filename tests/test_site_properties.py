@@ -11,7 +11,7 @@ import pytest
 from client.audit_checks import _properties
 from client.audit_records import AuditRefusal
 from client.site_properties import patients_per_class, shortcut_property
-from common.dataset import SliceSet
+from common.model.dataset import SliceSet
 from server.site_properties import shortcut_lines, site_refusals, site_shortcuts
 
 BASE = {"role": "train", "n_train": 10}
