@@ -50,6 +50,41 @@ def test_a_dicom_site_with_mixed_scanners_is_not_warned_about(tmp_path):
     assert result.summary.warnings == ()
 
 
+def test_the_scanner_tags_come_from_the_cached_headers(tmp_path, monkeypatch):
+    """Read with the rest of the header once; a second ingest of the unchanged
+    site reads no file for them, and still warns."""
+    import common.ingest.finish as finish
+
+    site, labels = _dicom_site(tmp_path, scanner_by_label=True)
+    ingest_site(site, labels, tmp_path / "c", CONFIG, progress=False)
+    state = json.loads((tmp_path / "c" / "state.json").read_text())
+    vendors = {r["header"]["manufacturer"] for r in state["records"].values()}
+    assert vendors == {"GE", "Siemens"}
+
+    def no_reading(path):
+        raise AssertionError(f"{path} read again for its scanner tags")
+
+    monkeypatch.setattr(finish, "dicom_metadata", no_reading)
+    again = ingest_site(site, labels, tmp_path / "c", CONFIG, progress=False)
+    assert again.files_read == 0
+    assert "manufacturer alone 1.00" in again.summary.warnings[0]
+
+
+def test_a_cache_without_scanner_tags_reads_them_from_the_files(tmp_path):
+    """Headers cached before the tags were: the files are read for them."""
+    site, labels = _dicom_site(tmp_path, scanner_by_label=True)
+    ingest_site(site, labels, tmp_path / "c", CONFIG, progress=False)
+    path = tmp_path / "c" / "state.json"
+    state = json.loads(path.read_text())
+    for record in state["records"].values():
+        del record["header"]["manufacturer"], record["header"]["model_name"]
+    path.write_text(json.dumps(state))
+    again = ingest_site(site, labels, tmp_path / "c", CONFIG, progress=False)
+    shortcuts = json.loads(again.report_path.read_text())["shortcuts"]
+    assert again.files_read == 0  # the old headers were trusted, not re-parsed
+    assert shortcuts["auc"]["manufacturer"] == 1.0
+
+
 def test_an_image_site_whose_source_folder_encodes_the_label(tmp_path):
     site = tmp_path / "images"
     rows = ["file,label"]

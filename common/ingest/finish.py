@@ -8,10 +8,11 @@ import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from common.ingest.headers import Header
 from common.ingest.labels import unmatched
 from common.ingest.report import REPORT_FILE, USED, FileOutcome, summarize, write_report
 from common.ingest.result import IngestedPatient, IngestedSeries
-from common.ingest.series import SeriesPlan
+from common.ingest.series import SeriesPlan, SliceRef
 from common.ingest.shortcuts import (
     DICOM_ATTRIBUTES,
     dicom_metadata,
@@ -114,16 +115,14 @@ def report_run(run: _Run, outcomes, kept, with_files) -> tuple:
 
 
 def _shortcuts(run: _Run, kept) -> dict | None:
-    """The shortcut check on the used slices (`shortcuts`): image headers,
-    or a DICOM series' scanner tags (read once per series)."""
+    """The shortcut check on the used slices (`shortcuts`): image headers, or
+    a DICOM series' scanner tags (from its first used file's cached header)."""
     rows, labels, patients = [], [], []
     words = run.image_labels.words if run.images else None
     for plan, keep, _ in kept:
-        series = {} if run.images or not keep else None
+        series = {} if run.images or not keep else _scanner(run, plan.slices[keep[0]])
         for index in keep:
             rel = plan.slices[index].rel
-            if series is None:
-                series = dicom_metadata(run.site / rel)
             row = image_metadata(run.site / rel) if run.images else dict(series)
             rows.append({**row, "source": source_folder(rel, words)})
             labels.append(run.labels.rows[plan.patient_id].label)
@@ -131,6 +130,18 @@ def _shortcuts(run: _Run, kept) -> dict | None:
     if run.images:
         return shortcut_check(rows, labels, patients)
     return shortcut_check(rows, labels, patients, DICOM_ATTRIBUTES)
+
+
+def _scanner(run: _Run, ref: SliceRef) -> dict[str, str]:
+    """A DICOM file's scanner tags from its header as ingest cached it; read
+    from the file only when the cache predates them (`Header.manufacturer`)."""
+    header = run.headers.get(ref.key)
+    if header is None:
+        record = run.state.records.get(ref.key) or {}
+        header = Header.from_json(record["header"]) if record.get("header") else None
+    if header is None or header.manufacturer is None or header.model_name is None:
+        return dicom_metadata(run.site / ref.rel)
+    return {"manufacturer": header.manufacturer, "model": header.model_name}
 
 
 def _sources(plan: SeriesPlan) -> Iterator[str]:

@@ -78,6 +78,8 @@ def _summarize(parsed: Parsed) -> Header:
         positions=_positions(f, per_frame, frames),
         instance_number=_int(f.number(0x00200013)),
         slice_thickness=f.number(0x00180050),
+        manufacturer=f.text(0x00080070),
+        model_name=f.text(0x00081090),
     )
 
 

@@ -46,7 +46,9 @@ HEADER_TAGS = (
     0x00080016,  # SOPClassUID
     0x00080018,  # SOPInstanceUID
     0x00080060,  # Modality
+    0x00080070,  # Manufacturer
     0x0008103E,  # SeriesDescription
+    0x00081090,  # ManufacturerModelName
     0x00100020,  # PatientID
     0x00180050,  # SliceThickness
     0x0020000D,  # StudyInstanceUID
@@ -104,6 +106,9 @@ class Header:
     instance_number: int | None = None
     slice_thickness: float | None = None
     referenced_files: tuple[tuple[str, ...], ...] = ()  # DICOMDIR only
+    # the scanner, for the shortcut check; None: cached before it was read
+    manufacturer: str | None = None
+    model_name: str | None = None
 
     @property
     def is_dicomdir(self) -> bool:
