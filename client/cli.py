@@ -304,19 +304,34 @@ def _extract(args: argparse.Namespace) -> int:
     import numpy as np
 
     from client.site import ingest_config
-    from common.ingest import default_cache_dir, ingest_site
+    from common.ingest import IngestError, default_cache_dir, ingest_site
+    from common.ingest.config import IngestConfigError
     from common.model.checkpoint import load_model
     from common.model.dataset import slices_from_ingest
 
     config = run_config(args)
-    model = load_model(args.model, devices=config.devices, seed=config.seed)
+    if not args.site_dir.is_dir():  # before the model: nothing loaded for a typo
+        print(f"error: --site-dir {args.site_dir}: not a folder", file=sys.stderr)
+        return 2
+    try:
+        model = load_model(args.model, devices=config.devices, seed=config.seed)
+    except (OSError, ValueError) as err:  # no model there, or not ours
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     config = dataclasses.replace(
         config, preset=model.preset.name, ingest=recorded_ingest(args.model, config)
     )
     ingest = ingest_config(config)
-    result = ingest_site(
-        args.site_dir, None, args.cache or default_cache_dir(args.site_dir), ingest
-    )
+    try:
+        result = ingest_site(
+            args.site_dir, None, args.cache or default_cache_dir(args.site_dir), ingest
+        )
+    except (IngestError, IngestConfigError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not result.patients:  # as ingest: nothing to encode is a failure
+        print(f"error: {result.summary.why_nothing_kept()}", file=sys.stderr)
+        return 1
     patients = list(result.patients)
     slices = slices_from_ingest(patients, ingest.image_size)
     features = model.encode_all(

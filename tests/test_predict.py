@@ -210,3 +210,45 @@ def test_predict_refuses_unusable_input_in_one_line(run_dir, tmp_path, capsys):
         assert main(["predict", "--model", str(run), "--input", str(path)]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith(says) and len(err.splitlines()) == 1
+
+
+def test_extract_refuses_unusable_input_in_one_line(run_dir, tmp_path, capsys):
+    run, *_ = run_dir
+    empty = tmp_path / "empty"
+    (empty / "COVID" / "p1").mkdir(parents=True)
+    (empty / "COVID" / "p1" / "notes.txt").write_text("no image")
+    nowhere = tmp_path / "nowhere"
+    for model, site, code, says in (
+        (run, nowhere, 2, f"error: --site-dir {nowhere}: not a folder"),
+        (nowhere, empty, 2, f"error: {nowhere}: no model file or run directory"),
+        (run, empty, 1, f"error: {empty}: no patient kept"),
+    ):
+        out = ["--out", str(tmp_path / "f.npz"), "--cache", str(tmp_path / "c")]
+        args = ["extract", "--model", str(model), "--site-dir", str(site), *out]
+        assert main(args) == code
+        err = capsys.readouterr().err  # beside ingest's progress bar
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and errors[0].startswith(says), err
+        assert "Traceback" not in err
+    assert not (tmp_path / "f.npz").exists()
+
+
+def test_extract_takes_an_image_folder(run_dir, tmp_path, capsys):
+    """Label folders of PNGs, encoded as the run's training slices were."""
+    from PIL import Image
+
+    run, *_ = run_dir
+    site = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for label in ("COVID", "NonCOVID"):
+        for p in range(2):
+            folder = site / label / f"{label}{p}"
+            folder.mkdir(parents=True)
+            pixels = rng.integers(0, 255, (40, 40), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / "0.png")
+    features = tmp_path / "f.npz"
+    out = ["--out", str(features), "--cache", str(tmp_path / "c")]
+    assert main(["extract", "--model", str(run), "--site-dir", str(site), *out]) == 0
+    data = np.load(features)
+    assert sorted(data["label"].tolist()) == [0, 0, 1, 1]
+    assert len(set(map(str, data["patient_id"]))) == 4
