@@ -205,6 +205,12 @@ def test_two_hospitals_and_an_external_site_run_the_study(
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"train", "val", "test", "external"} <= set(metrics["splits"])
     assert metrics["train_message_roles"] == ["train"]  # external never trained
+    # each node's role reply carried its shortcut AUC through the wire audit;
+    # one scanner per phantom site predicts nothing, so no warning
+    shortcuts = metrics["site_shortcuts"]
+    assert sorted(s["role"] for s in shortcuts) == ["external", "train", "train"]
+    assert all(0.0 <= s["auc"] < 0.8 for s in shortcuts), shortcuts
+    assert "shortcut:" not in log
     assert metrics["secure_eval_sites"] == 2
     # a deployed run has its baselines too, fitted in the same secure rounds
     assert set(metrics["baselines"]) == {"radiomics", "untrained"}
