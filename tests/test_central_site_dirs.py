@@ -3,6 +3,8 @@ a central run; a bad folder is one line of error naming it."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from test_images_end_to_end import _collection
 
@@ -22,6 +24,34 @@ def test_train_central_takes_a_site_dir_of_images(tmp_path, capsys):
     assert len(linked) == 36
     # the source folder is only read: its 36 images and nothing more
     assert len([f for f in images.rglob("*") if f.is_file()]) == 36
+
+
+@pytest.mark.slow
+def test_train_central_takes_a_flat_site_dir_labelled_by_its_csv(tmp_path, capsys):
+    """A flat folder of PNG and JPEG slices with SITE/labels.csv (file,label):
+    each image its own patient, labelled by the CSV alone."""
+    import numpy as np
+    from PIL import Image
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    rng = np.random.default_rng(0)
+    rows = ["file,label"]
+    for i in range(12):
+        name = f"scan{i:02d}" + (".png" if i % 3 else ".jpg")
+        pixels = rng.integers(0, 255, (40 + i, 40), dtype=np.uint8)
+        Image.fromarray(pixels).convert("RGB" if i % 4 else "L").save(flat / name)
+        rows.append(f"{name},{i % 2}")
+    (flat / "labels.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "central"
+    args = ["train-central", "--out", str(out), "--site-dir", str(flat)]
+    config = ["--run-config", "gan-rounds=1", "local-epochs=1"]
+    assert main([*args, *config]) == 0
+    assert "probe_trained" in capsys.readouterr().out
+    report = out / "ingest-cache" / "flat" / "ingest_report.json"
+    kept = json.loads(report.read_text())["patients"]
+    assert len(kept) == 12
+    assert sorted(p["label"] for p in kept) == [0] * 6 + [1] * 6
 
 
 def test_a_bad_site_dir_is_one_line_naming_it(tmp_path, capsys):
