@@ -23,6 +23,7 @@ from client.audit_records import (
     _npy_header,
     _same_length,
 )
+from common import roster_claim
 from common.secure_agg import keys as secure_keys
 from common.secure_agg import protocol as secure
 from common.site_evaluation import COARSE_BINS, heads_report_keys
@@ -223,6 +224,21 @@ def _properties(record) -> None:
         raise AuditRefusal("role is not 'train' or 'external'")
     if not _count(record["n_train"]):
         raise AuditRefusal("n_train is not a non-negative integer")
+
+
+def _roster_claim(record) -> None:
+    """The site's signed claim of its count (`client.roster_signing`): its
+    roster name and an ECDSA signature, nothing else."""
+    _exact_keys(record, {roster_claim.SITE, roster_claim.SIGNATURE})
+    site = record[roster_claim.SITE]
+    if not isinstance(site, str) or not roster_claim.SITE_NAME.match(site):
+        raise AuditRefusal("the roster site is not a site name")
+    signature = record[roster_claim.SIGNATURE]
+    if (
+        not isinstance(signature, bytes)
+        or len(signature) > roster_claim.MAX_SIGNATURE_BYTES
+    ):
+        raise AuditRefusal("the roster signature is not a short byte string")
 
 
 def _status(record) -> None:
