@@ -484,6 +484,25 @@ def test_the_server_reads_each_nodes_claim_with_its_role_and_admits_by_it(
     ]
 
 
+def test_a_loopback_node_signs_for_the_grids_run_whatever_ran_before(
+    keys, tmp_path, monkeypatch
+):
+    """An in-process `run_simulation` leaves Flower's process-wide
+    TaskIdentity at its own run id; a LoopbackGrid's nodes must still see the
+    grid's run (run 1), or every signature is for the wrong run (the order-
+    dependent failure of this file after a simulation test)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 987654321)
+    weights = {"a": 100, "b": 50}
+    roster = load_roster(_write_roster(tmp_path / "roster.toml", keys, weights))
+    signed = [Site(n, node_config=_signing(keys, s)) for s, n in weights.items()]
+    mean, strategy = secure_round(signed, "secaggplus", roster=roster)
+    assert strategy.refused == [] and sorted(strategy.declared.values()) == [50, 100]
+    for m, e in zip(mean, plain_mean(signed), strict=True):
+        np.testing.assert_allclose(m, e, atol=_tolerance([50, 100]))
+
+
 def test_a_bad_roster_stops_the_server_before_any_site_is_asked(tmp_path):
     from server.server_app import run_federation
 
