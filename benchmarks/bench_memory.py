@@ -41,8 +41,8 @@ def one_round(preset: str, batch: int, steps: int) -> dict:
     from client.client_app import _gan_round, _model_and_initial
     from client.site import Site
     from common.config import RunConfig
-    from common.dataset import SliceSet
-    from common.model_parts import federated_indices, select
+    from common.model.dataset import SliceSet
+    from common.model.model_parts import federated_indices, select
     from common.secure_agg.keys import new_seed
     from common.secure_agg.masking import mask
     from common.secure_agg.quantize import FixedPoint

@@ -20,7 +20,7 @@ import tensorflow as tf  # noqa: E402
 from gpu_step import graph_flops  # noqa: E402  (this folder)
 
 from common.config import TrainConfig, get_preset  # noqa: E402
-from common.gan_training import BigBiGAN  # noqa: E402
+from common.model.gan_training import BigBiGAN  # noqa: E402
 
 
 def matmul_flops(n: int = 2048, repeats: int = 10) -> float:

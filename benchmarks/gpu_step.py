@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from common.config import DeviceConfig, TrainConfig, get_preset  # noqa: E402
-from common.gan_training import BigBiGAN  # noqa: E402
+from common.model.gan_training import BigBiGAN  # noqa: E402
 
 H100_DENSE_BF16_TFLOPS = 989.0
 

@@ -22,10 +22,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from common import radiomics
 from common.config import RunConfig
-from common.dataset import SliceSet
-from common.roc_stats import auc_ci, patient_scores
+from common.evaluation import radiomics
+from common.evaluation.roc_stats import auc_ci, patient_scores
+from common.model.dataset import SliceSet
 from simulations.central import concat, pooled_data
 
 

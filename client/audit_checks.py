@@ -23,10 +23,10 @@ from client.audit_records import (
     _npy_header,
     _same_length,
 )
-from common import roster_claim
+from common.evaluation.site_evaluation import COARSE_BINS, heads_report_keys
+from common.privacy import roster_claim
 from common.secure_agg import keys as secure_keys
 from common.secure_agg import protocol as secure
-from common.site_evaluation import COARSE_BINS, heads_report_keys
 
 # bounds for SecAgg+ protocol bytes: an EC public key is ~215 bytes, a share of a
 # private key a few hundred, a ciphertext of two shares under 1 KiB

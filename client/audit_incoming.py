@@ -14,9 +14,9 @@ from flwr.common.secure_aggregation.secaggplus_constants import (
 )
 
 from client.audit_records import AuditRefusal, _array_header
-from common import feature_kinds
 from common.config import Z_DIM, ConfigError, get_preset
-from common.metrics import GRID_BINS, histogram_keys
+from common.evaluation import feature_kinds
+from common.evaluation.metrics import GRID_BINS, histogram_keys
 from common.secure_agg import protocol as secure
 
 SECAGGPLUS, OURS = "secaggplus", "fedbigbigan"
@@ -53,7 +53,8 @@ def _head_statistics(incoming: Shapes, z: int, kinds: tuple[str, ...]) -> Shapes
 
 
 # The ClientApp's train phases (client/client_app.py). A new phase needs a line.
-# The feature kinds (common.feature_kinds) are those the server's message names.
+# The feature kinds (common.evaluation.feature_kinds) are those the server's
+# message names.
 PHASES: dict[str, Phase] = {
     "gan": Phase(
         lambda incoming, z, kinds: list(incoming),

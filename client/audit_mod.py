@@ -6,7 +6,7 @@ message it answers:
 - **model arrays**: in a train reply, one float array per array the phase
   dictates, with exactly the shapes the server's own message implies (a "gan"
   delta has the shapes of the weights it received; per feature kind the
-  message names (`common.feature_kinds`: the model's, the radiomics and
+  message names (`common.evaluation.feature_kinds`: the model's, the radiomics and
   untrained-encoder baselines', of width d), "moments" two d-sized vectors
   and "head" a (d+1)^2 matrix and a d+1 vector for training and again for
   validation slices; "logit" one z+1 vector; "eval" per head one score
@@ -29,7 +29,7 @@ message it answers:
 - **aggregate metrics**: per phase, the named scalar metrics (losses, a count
   of clipped values; the node's seconds and peak memory for the message),
   `num_examples`, a node's role and training-set size, and
-  an external site's report (`common.site_evaluation`: per head AUC, rates
+  an external site's report (`common.evaluation.site_evaluation`: per head AUC, rates
   and their CIs, confusion counts, coarse-bin counts; per baseline head the
   paired difference model minus baseline, its CI and p; no list of scores,
   exactly the keys of the kinds the server named); Flower's status
@@ -108,7 +108,7 @@ from client.audit_incoming import (
     _Incoming,
 )
 from client.audit_records import AuditRefusal
-from common import roster_claim
+from common.privacy import roster_claim
 from common.secure_agg import protocol as secure
 
 log = logging.getLogger("flwr")

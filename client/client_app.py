@@ -3,7 +3,7 @@ deltas, pooled statistics and score histograms through secure aggregation
 (every train message: Flower's SecAgg+ or ours, whichever the server runs),
 and, at the external site alone, its metrics as aggregates. Never pixels, tags
 or per-patient scores. Head and evaluation phases serve every feature kind the
-server names (the model's and the baselines': `common.feature_kinds`)."""
+server names (the model's and the baselines': `common.evaluation.feature_kinds`)."""
 
 from __future__ import annotations
 
@@ -23,10 +23,9 @@ from client.local_parts import LocalParts
 from client.roster_signing import roster_signing_mod
 from client.secure_dispatch_mod import secure_dispatch_mod
 from client.site import cache_dir, resolve_site, site_data
-from common import feature_kinds
 from common.config import FEDERATED_PARTS, RunConfig
-from common.dp import clip_and_noise
-from common.linear_head import (
+from common.evaluation import feature_kinds
+from common.evaluation.linear_head import (
     feature_moments,
     logistic_steps,
     patient_means,
@@ -35,16 +34,17 @@ from common.linear_head import (
     standardized_statistics,
     validation_statistics,
 )
-from common.metrics import (
+from common.evaluation.metrics import (
     GRID_HIGH,
     GRID_LOW,
     bin_edges,
     histogram,
     histogram_keys,
 )
-from common.model_parts import federated_indices, local_indices, merge, select
-from common.roc_stats import paired_delong, patient_score
-from common.site_evaluation import heads_report, paired_names
+from common.evaluation.roc_stats import paired_delong, patient_score
+from common.evaluation.site_evaluation import heads_report, paired_names
+from common.model.model_parts import federated_indices, local_indices, merge, select
+from common.privacy.dp import clip_and_noise
 
 _MODELS: dict[tuple, tuple] = {}
 # not part of the run config: set by the server per message
@@ -66,7 +66,7 @@ SERVER_PREFIXES = ("threshold/", "slice-threshold/")
 def _model_and_initial(config: RunConfig):
     """One BigBiGAN per process (its traced step is reused across rounds), and
     its initial weights: where the parts a site keeps start from."""
-    from common.gan_training import BigBiGAN
+    from common.model.gan_training import BigBiGAN
 
     key = (config.preset, config.seed, config.devices)
     if key not in _MODELS:
@@ -211,8 +211,8 @@ class HospitalClient(NumPyClient):
 
     def evaluate(self, parameters, config):
         """An external site's own metrics at the server's validation cut-offs, as
-        aggregates (see common.site_evaluation); a training site answers nothing:
-        its histograms went through the secure "eval" round."""
+        aggregates (see common.evaluation.site_evaluation); a training site answers
+        nothing: its histograms went through the secure "eval" round."""
         run, site, data = self._setup(config)
         if site.role != "external":
             return 0.0, 0, {}
@@ -246,7 +246,7 @@ def _fixed_features(kind: str, run: RunConfig, slices) -> np.ndarray:
     key = (kind, run.preset, run.seed, id(slices))
     if key not in _FIXED_FEATURES:
         if kind == "radiomics":
-            from common.radiomics import features
+            from common.evaluation.radiomics import features
 
             x = features(slices.images, slices.hu_range)
         else:  # the seed's initial weights: BigBiGAN rounds undone

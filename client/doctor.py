@@ -189,7 +189,7 @@ def check_superlink(
 
 def check_auth_key(path: Path | None) -> Check:
     """The SuperNode's private key: present, private to its owner, a valid EC key."""
-    from common.pki import PKIError, fingerprint, load_node_private_key
+    from common.privacy.pki import PKIError, fingerprint, load_node_private_key
 
     name = "auth key"
     if path is None:
@@ -234,8 +234,8 @@ def check_roster(node_config: dict, auth_key: Path | None) -> Check:
     """The roster signing key (node config `roster-key`, `roster-site`): a key
     the node can read, the node's own auth key (the one the coordinator's
     roster holds), and a site name."""
-    from common.pki import PKIError, fingerprint, load_node_private_key
-    from common.roster_claim import SITE_NAME
+    from common.privacy.pki import PKIError, fingerprint, load_node_private_key
+    from common.privacy.roster_claim import SITE_NAME
 
     name = "roster key"
     site = node_config.get("roster-site")
@@ -280,7 +280,7 @@ def check_site(node_config: dict, config: RunConfig) -> list[Check]:
 def _check_site(node_config: dict, config: RunConfig) -> list[Check]:
     from client.site import cache_dir, resolve_site, site_data
     from common.ingest import IngestError
-    from common.site_index import SiteError
+    from common.ingest.site_index import SiteError
 
     checks = []
     unknown = sorted(set(node_config) - set(NODE_CONFIG_KEYS))

@@ -44,10 +44,10 @@ def predict_dicom(run_dir: Path, dicom_dir: Path, cache_dir: Path | None = None)
     """Predictions per patient found under `dicom_dir` (a DICOM folder, an
     image file or a folder of images), and the seconds it took; `InputError`
     (one line) when nothing in it can be scored."""
-    from common.adabn import adapt_batchnorm
-    from common.checkpoint import encode_z_mean, load_encoder
-    from common.linear_head import predict
-    from common.roc_stats import patient_score
+    from common.evaluation.linear_head import predict
+    from common.evaluation.roc_stats import patient_score
+    from common.model.adabn import adapt_batchnorm
+    from common.model.checkpoint import encode_z_mean, load_encoder
     from common.strict_json import revive_json
 
     start = time.perf_counter()
@@ -93,7 +93,7 @@ def _input_slices(
     preprocessed as the run's training data was (its recorded config)."""
     from client.image_input import image_patients, is_image_input
     from client.site import ingest_config
-    from common.dataset import slices_from_ingest
+    from common.model.dataset import slices_from_ingest
 
     ingest = ingest_config(config)
     if not path.exists():

@@ -67,7 +67,7 @@ def audit(
     site's training and held-out slices (E's input size), in both spaces."""
     import tensorflow as tf
 
-    from common.bigbigan import downsample_for_d
+    from common.model.bigbigan import downsample_for_d
 
     def small(images):  # real slices at G's resolution
         return np.asarray(downsample_for_d(images, model.preset))
@@ -105,8 +105,8 @@ def audit_site(
     """Audit a run's global G against the site folder `site_dir` (with its
     labels.csv), split into patients as the run split them."""
     from client.site import Site, site_data
-    from common.adabn import adapt_batchnorm
-    from common.checkpoint import load_model
+    from common.model.adabn import adapt_batchnorm
+    from common.model.checkpoint import load_model
 
     run_dir, site_dir = Path(run_dir), Path(site_dir)
     config = RunConfig.from_flat(json.loads((run_dir / "config.json").read_text()))

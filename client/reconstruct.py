@@ -21,10 +21,10 @@ def site_reconstructions(
     under `dicom_dir`, and below each its reconstruction by the run's G and E."""
     from client.predict import ingest_unlabelled
     from client.site import ingest_config
-    from common.adabn import adapt_batchnorm
-    from common.checkpoint import load_model
-    from common.dataset import slices_from_ingest
-    from common.grids import one_slice_per_patient, save_reconstruction_groups
+    from common.model.adabn import adapt_batchnorm
+    from common.model.checkpoint import load_model
+    from common.model.dataset import slices_from_ingest
+    from common.model.grids import one_slice_per_patient, save_reconstruction_groups
 
     run_dir, dicom_dir = Path(run_dir), Path(dicom_dir)
     config = RunConfig.from_flat(json.loads((run_dir / "config.json").read_text()))

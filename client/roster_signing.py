@@ -5,9 +5,9 @@ With node config `roster-key` (this site's node-auth private key, the file
 name on the coordinator's roster), every reply that declares an example count
 (properties: `n_train`; train: `num_examples`) gets a config record `roster`:
 the site name and a signature over (run id, server round, node id, count,
-site name), see `common.roster_claim`. The server (`server.roster`) refuses a
-count that is unsigned, signed by another key, or above the site's agreed
-weight. Without `roster-key` replies pass unchanged.
+site name), see `common.privacy.roster_claim`. The server (`server.roster`)
+refuses a count that is unsigned, signed by another key, or above the site's
+agreed weight. Without `roster-key` replies pass unchanged.
 
 Place it innermost (after the message audit inside the secure protocol's mod):
 it signs the ClientApp's own reply, before masking.
@@ -23,8 +23,8 @@ from flwr.app.message_type import MessageType
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import MessageTypeLegacy
 
-from common import roster_claim as rc
-from common.pki import load_node_private_key
+from common.privacy import roster_claim as rc
+from common.privacy.pki import load_node_private_key
 from common.secure_agg import protocol as p
 
 NODE_KEY = "roster-key"  # node config: path of the site's OpenSSH private key

@@ -16,8 +16,8 @@ from pathlib import Path
 from flwr.common.logger import log
 
 from common.config import RunConfig
-from common.dataset import SliceSet, slices_from_ingest
 from common.ingest.config import IngestConfig
+from common.model.dataset import SliceSet, slices_from_ingest
 from common.splits import split_patients
 
 
@@ -77,7 +77,7 @@ def site_data(site: Site, config: RunConfig) -> dict[str, SliceSet]:
     """The site's slices per split: train/val/test, or 'external' for that role."""
     # imported here: most of a run's messages (SecAgg+'s key stages) never read data
     from common.ingest import ingest_site
-    from common.site_index import SiteError
+    from common.ingest.site_index import SiteError
 
     ingest = ingest_config(config)
     key = (

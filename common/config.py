@@ -87,7 +87,7 @@ class TrainConfig:
     aux_reconstruction: float = 0.0
     aux_latent: float = 0.0
     # DiffAugment policies for D's image inputs, comma-separated ("" = off, the
-    # paper's setting): common.diff_augment.POLICIES
+    # paper's setting): common.model.diff_augment.POLICIES
     diff_augment: str = ""
     # E's latent in D's real pair: z_mean + z_stdev * noise (BigBiGAN's, the
     # paper's) or z_mean alone (false: BiGAN's deterministic encoder). At
@@ -96,7 +96,7 @@ class TrainConfig:
     encoder_sampling: bool = True
 
 
-# DiffAugment's transforms of D's image inputs (common.diff_augment)
+# DiffAugment's transforms of D's image inputs (common.model.diff_augment)
 DIFF_AUGMENT_POLICIES = ("translation", "cutout", "color")
 
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from common.site_index import Patient
+    from common.ingest.site_index import Patient
 
 
 SPLITS = ("train", "val", "test")

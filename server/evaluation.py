@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from common.metrics import (
+from common.evaluation.metrics import (
     GRID_BINS,
     auc_ci_from_histograms,
     auc_from_histograms,
     youden_threshold,
 )
-from common.site_evaluation import split_metrics
+from common.evaluation.site_evaluation import split_metrics
 
 SPLITS = ("train", "val", "test", "external")
 CUTOFF_SPLIT = "val"  # the only split the cut-off may be chosen on
@@ -60,8 +60,8 @@ def summarise(
     not, so they are too narrow; the patient level is the one to quote.
 
     `external`, if given, is the external site's own metrics at these cut-offs
-    (`common.site_evaluation.read_site_report`): a lone site sends aggregates,
-    not histograms, and they stand for the external split.
+    (`common.evaluation.site_evaluation.read_site_report`): a lone site sends
+    aggregates, not histograms, and they stand for the external split.
     """
     cuts = cutoffs(site_hist, level)
     threshold, slice_threshold = cuts[level], cuts["slice"]

@@ -10,7 +10,7 @@ from flwr.common import EvaluateIns, ndarrays_to_parameters
 from flwr.compat.common import recorddict_compat as compat
 from flwr.serverapp import Grid
 
-from common.site_evaluation import read_heads_report
+from common.evaluation.site_evaluation import read_heads_report
 from server.site_exchanges import (
     _ask_every_node,
 )

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from common.config import RunConfig
-from common.dp import epsilon
+from common.privacy.dp import epsilon
 
 
 def dp_summary(config: RunConfig, gan_rounds: int) -> dict:

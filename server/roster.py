@@ -4,8 +4,8 @@ the server's checks of every count a site declares against it.
 Flower 1.42 does not tell the ServerApp which enrolled hospital a node id
 belongs to (the SuperLink assigns node ids; the node-auth key stays there), so
 a site proves it at the application level: it signs what it declares with its
-node-auth key (`client.roster_signing`, `common.roster_claim`), and the server
-checks the signature against the public key the coordinator collected at
+node-auth key (`client.roster_signing`, `common.privacy.roster_claim`), and the
+server checks the signature against the public key the coordinator collected at
 enrolment. A site that cannot sign as a roster site, or declares more than the
 weight agreed for it, is refused: at the start (never trained), and in every
 secure round (dropped as a dropout, see `RosterGrid`).
@@ -35,7 +35,7 @@ from flwr.app.message import make_message
 from flwr.app.message_type import MessageType
 from flwr.common.constant import ErrorCode
 
-from common import roster_claim as rc
+from common.privacy import roster_claim as rc
 from common.secure_agg import protocol as p
 from server.aggregate_checks import admit_sites
 
@@ -315,7 +315,7 @@ def round_max_weight(strategy, sizes: list[int]) -> int:
 def roster_text(pki_dir: str | Path, weights: dict[str, int]) -> str:
     """The roster (TOML) of `weights` (site -> agreed weight), each site's
     public key read from PKI/allow-list/NAME.pub, as `pki add-site` wrote it."""
-    from common.pki import ALLOW_LIST_DIR
+    from common.privacy.pki import ALLOW_LIST_DIR
 
     parts = [
         "# fedbigbigan roster: the coordinator's record of enrolled sites, their\n"

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from common.config import RunConfig
-from common.metrics import roc_from_histograms
+from common.evaluation.metrics import roc_from_histograms
 from common.strict_json import revive_json, strict_json
 from server.checkpointing import CHECKPOINT
 from server.evaluation import SPLITS, pooled
@@ -143,7 +143,8 @@ def write_run(
     heads: dict[str, np.ndarray] | None = None,
 ) -> None:
     """Everything a run leaves: `heads` are every feature kind's heads by name
-    (`common.feature_kinds`), kept as `head_<name>` beside the main `head`."""
+    (`common.evaluation.feature_kinds`), kept as `head_<name>` beside the main
+    `head`."""
     write_config(out, config)
     _atomic_write(
         out / "metrics.json",

@@ -3,7 +3,8 @@ heads from securely pooled statistics, (3) evaluation of every site from score
 histograms. Every secure round runs Flower's SecAgg+ or our protocol
 (run config `secure-aggregation`). Phases 2 and 3 fit and evaluate the same
 heads (lm and ridge) on the model's features and on two baselines' (first-order
-radiomics, the untrained encoder: `common.feature_kinds`) in the same rounds."""
+radiomics, the untrained encoder: `common.evaluation.feature_kinds`) in the same
+rounds."""
 
 from __future__ import annotations
 
@@ -21,11 +22,11 @@ from flwr.server.compat.app_utils import start_update_client_manager_thread
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD
 from flwr.serverapp import Grid, ServerApp
 
-from common import feature_kinds
 from common.config import FEDERATED_PARTS, RunConfig
-from common.grids import save_samples
-from common.metrics import histogram_keys
-from common.model_parts import federated_indices, floor_variances, merge, select
+from common.evaluation import feature_kinds
+from common.evaluation.metrics import histogram_keys
+from common.model.grids import save_samples
+from common.model.model_parts import federated_indices, floor_variances, merge, select
 from server import tensorboard
 from server.checkpointing import (
     ServerCheckpoint,
@@ -105,7 +106,7 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
                 "secure aggregation needs at least 2 training sites, "
                 f"got roles {sorted(r for r, _ in roles.values())}"
             )
-        from common.checkpoint import initial_model
+        from common.model.checkpoint import initial_model
 
         model = initial_model(config)
         initial = model.get_weights()
@@ -377,7 +378,7 @@ def _federated_lm(
     secure rounds for all kinds (see linear_head): pooled feature moments,
     then statistics of standardised features, of training and of validation
     slices (the latter choose the ridge strength)."""
-    from common.linear_head import (
+    from common.evaluation.linear_head import (
         RIDGE_GRID,
         STATS_CLIP,
         pooled_scale,
@@ -456,7 +457,7 @@ def _federated_logistic(
     """Logistic regression on the standardised features, for comparison with the
     paper's lm: each round, sites take local gradient steps from the global head
     and SecAgg+ averages their changes (FedAvg). Returns raw-feature coefficients."""
-    from common.linear_head import to_raw
+    from common.evaluation.linear_head import to_raw
 
     mean, std = scale
     beta = np.zeros(len(mean) + 1)

@@ -20,16 +20,16 @@ from scipy import stats
 
 from client.site import Site, site_data
 from common.config import RunConfig
-from common.dataset import SliceSet
-from common.grids import save_reconstructions
-from common.linear_head import (
+from common.evaluation.linear_head import (
     feature_moments,
     pooled_scale,
     predict,
     solve_standardized,
     standardized_statistics,
 )
-from common.roc_stats import auc_ci, patient_scores
+from common.evaluation.roc_stats import auc_ci, patient_scores
+from common.model.dataset import SliceSet
+from common.model.grids import save_reconstructions
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ def joint_pairing(model, n: int = 64, seed: int = 0) -> float:
 
 def save_loss_curves(path: Path, history: list[dict]) -> None:
     """D, E and G losses per epoch so far (the federated run's losses.png)."""
-    from server.report import plot_losses
+    from server.report_figures import plot_losses
 
     rows = [
         {"epoch": h["epoch"], "d_loss": h["d"], "e_loss": h["e"], "g_loss": h["g"]}
@@ -253,9 +253,12 @@ def train_central(
 
     `supervised`: train E on the labels instead (simulations/supervised.py),
     the same architecture and budget: the ceiling the probes are read against."""
-    from common.checkpoint import initial_model, save_model
+    from common.model.checkpoint import initial_model, save_model
 
     out.mkdir(parents=True, exist_ok=True)
+    # the sites' ingest caches go under this run, never under the config's
+    # default out-dir (the current folder's runs/flwr)
+    config = dataclasses.replace(config, out_dir=str(out))
     sites = pooled_data(config)
     train_sites = [n for n, role in config.site_roster() if role == "train"]
     train = concat([sites[n]["train"] for n in train_sites])

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from common.config import RunConfig
-from common.linear_head import (
+from common.evaluation.linear_head import (
     logistic_steps,
     predict,
     solve_standardized,
@@ -27,7 +27,7 @@ from common.linear_head import (
     standardized_statistics,
     to_raw,
 )
-from common.roc_stats import auc_ci, patient_scores
+from common.evaluation.roc_stats import auc_ci, patient_scores
 from simulations.central import concat, pooled_data
 
 
@@ -48,7 +48,7 @@ def compare(run_dir: Path, config: RunConfig) -> dict:
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
-    from common.checkpoint import load_model
+    from common.model.checkpoint import load_model
 
     model = load_model(run_dir, devices=config.devices, seed=config.seed)
     with np.load(run_dir / "global_weights.npz") as weights:

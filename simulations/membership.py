@@ -34,7 +34,7 @@ def attack_auc(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> float
 
 def discriminator_scores(model, images: np.ndarray, batch: int = 64) -> np.ndarray:
     """D's total score s_x + s_z + s_xz of the encoder pair (x, E(x))."""
-    from common.bigbigan import downsample_for_d
+    from common.model.bigbigan import downsample_for_d
 
     out = []
     for i in range(0, len(images), batch):
@@ -48,8 +48,8 @@ def discriminator_scores(model, images: np.ndarray, batch: int = 64) -> np.ndarr
 
 
 def membership_inference(run_dir: Path, config: RunConfig) -> dict:
-    from common.checkpoint import load_model
-    from common.linear_head import predict
+    from common.evaluation.linear_head import predict
+    from common.model.checkpoint import load_model
     from simulations.central import concat, pooled_data
 
     model = load_model(run_dir, devices=config.devices, seed=config.seed)

@@ -1,4 +1,6 @@
-"""`fedbigbigan presets | train-central | extract`: the model's own commands."""
+"""A researcher's `fedbigbigan presets | train-central`: the model's own
+commands (entry points in pyproject.toml), and the options the researcher's
+commands share."""
 
 from __future__ import annotations
 
@@ -6,11 +8,12 @@ import argparse
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
+from common.commands import Command, add_run_config, print_error, run_config
 from common.config import PRESETS, RunConfig
+from server.run_dir import RunDirError
 
 
 def add_slice_choice(parser: argparse.ArgumentParser) -> None:
@@ -46,14 +49,21 @@ def count(text: str) -> int:
     return value
 
 
-def add_model_commands(sub, add_run_config) -> None:
-    """Register the commands on the main parser's subparsers."""
-    sub.add_parser("presets", help="print each model preset's parameter counts")
-    central = sub.add_parser(
-        "train-central",
-        help="train the same model on the pooled data of a scenario's training "
-        "sites (the federated reference; default: the paper's phantom study)",
-    )
+def reporting_run_dir_errors(run: Callable[[argparse.Namespace], int]):
+    """`run` with a run directory's refusal (RunDirError) printed as an error
+    line and exit status 2, not a traceback."""
+
+    def guarded(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except RunDirError as err:
+            print_error(err)
+            return 2
+
+    return guarded
+
+
+def _train_central_arguments(central: argparse.ArgumentParser) -> None:
     central.add_argument(
         "--out", type=Path, required=True, help="folder of the run (data, model)"
     )
@@ -95,41 +105,14 @@ def add_model_commands(sub, add_run_config) -> None:
         "the supervised ceiling the self-supervised probes are read against",
     )
     add_run_config(central)
-    extract = sub.add_parser(
-        "extract", help="write E's features (z_mean, ...) of a site's slices"
-    )
-    extract.add_argument(
-        "--model", type=Path, required=True, help="model.npz or a run directory"
-    )
-    extract.add_argument(
-        "--site-dir", type=Path, required=True, help="site folder with labels.csv"
-    )
-    extract.add_argument(
-        "--cache",
-        type=Path,
-        default=None,
-        help="the site's ingest cache (reused: unchanged files are not decoded)",
-    )
-    extract.add_argument("--out", type=Path, required=True, help="features.npz")
-    extract.add_argument(
-        "--batch", type=int, default=32, help="slices per encoder call"
-    )
-    add_run_config(extract)
-
-
-def run_model_command(args: argparse.Namespace, config: RunConfig) -> int | None:
-    """Run the command if it is one of ours; None otherwise."""
-    if args.command == "presets":
-        return _presets()
-    if args.command == "train-central":
-        return _train_central(args, config)
-    if args.command == "extract":
-        return _extract(args, config)
-    return None
 
 
 def _presets() -> int:
-    from common.bigbigan import build_discriminator, build_encoder, build_generator
+    from common.model.bigbigan import (
+        build_discriminator,
+        build_encoder,
+        build_generator,
+    )
 
     for name, preset in PRESETS.items():
         counts = [
@@ -144,7 +127,8 @@ def _presets() -> int:
     return 0
 
 
-def _train_central(args: argparse.Namespace, config: RunConfig) -> int:
+def _train_central(args: argparse.Namespace) -> int:
+    config = run_config(args)
     from server.run_dir import CENTRAL_FILES, CENTRAL_FOLDERS, claim_run_dir
     from simulations.phantoms import write_study
 
@@ -265,40 +249,14 @@ def _central_run(args: argparse.Namespace, config: RunConfig) -> int:
     return 0
 
 
-def _extract(args: argparse.Namespace, config: RunConfig) -> int:
-    """Features of every slice with patient ids and labels (they stay at the site)."""
-    import os
-
-    from client.site import ingest_config
-    from common.checkpoint import load_model
-    from common.dataset import slices_from_ingest
-    from common.ingest import default_cache_dir, ingest_site
-
-    model = load_model(args.model, devices=config.devices, seed=config.seed)
-    config = dataclasses.replace(config, preset=model.preset.name)
-    ingest = ingest_config(config)
-    result = ingest_site(
-        args.site_dir, None, args.cache or default_cache_dir(args.site_dir), ingest
-    )
-    patients = list(result.patients)
-    slices = slices_from_ingest(patients, ingest.image_size)
-    features = model.encode_all(
-        slices.images,
-        batch=args.batch,
-        outputs=("z_mean", "z_stdev", "z_sample", "avepool_feat", "bn_crelu_feat"),
-    )
-    patient_ids = np.asarray([p.patient_id for p in patients])[slices.patient]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    with tmp.open("wb") as handle:
-        np.savez(
-            handle,
-            **{k: v.astype(np.float32) for k, v in features.items()},
-            patient_id=patient_ids,
-            label=slices.labels,
-        )
-    os.replace(tmp, args.out)
-    shapes = json.dumps({k: list(v.shape) for k, v in features.items()})
-    print(f"{len(slices)} slices of {len(patients)} patients -> {args.out}")
-    print(shapes)
-    return 0
+PRESETS_COMMAND = Command(
+    "print each model preset's parameter counts",
+    lambda parser: None,
+    lambda args: _presets(),
+)
+TRAIN_CENTRAL = Command(
+    "train the same model on the pooled data of a scenario's training "
+    "sites (the federated reference; default: the paper's phantom study)",
+    _train_central_arguments,
+    reporting_run_dir_errors(_train_central),
+)

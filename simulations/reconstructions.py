@@ -16,8 +16,8 @@ from server.run_dir import RECONSTRUCTIONS
 def write_reconstructions(run_dir: Path, config: RunConfig, per_site: int = 6) -> Path:
     """RUN_DIR/reconstructions.png from each site's held-out slices (test, or
     the external split), one middle slice per patient."""
-    from common.checkpoint import load_model
-    from common.grids import one_slice_per_patient, save_reconstruction_groups
+    from common.model.checkpoint import load_model
+    from common.model.grids import one_slice_per_patient, save_reconstruction_groups
     from simulations.central import pooled_data
 
     model = load_model(run_dir, devices=config.devices, seed=config.seed)

@@ -1,4 +1,4 @@
-"""Every simulated site checked before Flower starts (`common.site_checks`).
+"""Every simulated site checked before Flower starts (`common.ingest.site_checks`).
 
 Each site is ingested here, into the very cache its ClientApp reads later, so
 the check costs no extra decoding; a run whose sites cannot all take part is
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from common.config import RunConfig
-from common.site_checks import class_counts, site_problem
+from common.ingest.site_checks import class_counts, site_problem
 
 
 class SiteCheckError(ValueError):

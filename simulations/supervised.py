@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from common.config import TrainConfig, diff_augment_policies
-from common.diff_augment import augment
+from common.model.diff_augment import augment
 
 
 def train_supervised_epoch(

@@ -258,7 +258,7 @@ def _rows(key: tuple, run: Path, metrics: dict) -> list[dict]:
 
 def _head_rows(base: dict, metrics: dict) -> list[dict]:
     """The run's other federated heads at the external site: the model's ridge
-    head and both baselines' lm and ridge heads (`common.feature_kinds`),
+    head and both baselines' lm and ridge heads (`common.evaluation.feature_kinds`),
     with each baseline's paired difference from the model's like head."""
     heads = []
     if "model_ridge" in metrics:

@@ -25,6 +25,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.deployment)
 
 
+@pytest.fixture(autouse=True)
+def _no_run_folder_left_in_the_current_folder(request):
+    """A test writes only under its own temporary folders: a `runs/` that
+    appears in the current folder during a test (a config's default out-dir
+    used by mistake) fails that test, by name."""
+    runs = Path.cwd() / "runs"
+    existed = runs.exists()
+    yield
+    if not existed and runs.exists():
+        pytest.fail(f"{request.node.nodeid} left {runs} behind")
+
+
 @pytest.fixture(scope="session")
 def phantom_study(tmp_path_factory) -> Callable[..., Path]:
     """`phantom_study(scale, slices, seed=0)`: the paper scenario's phantom

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from common.pki import add_site, init_pki, register_command
+from common.privacy.pki import add_site, init_pki, register_command
 
 FEDERATION = "hospitals"
 # the app under test: this checkout (a worktree may differ from the editable install)
@@ -213,7 +213,7 @@ class Federation:
         initializer seeds from Python's global `random`, which Flower's
         heartbeat thread also draws from in the ServerApp and ClientApp
         processes, so a heartbeat during the model's build changed them. Seeds
-        now come from a private stream (`common.layers.seeded_initializers`);
+        now come from a private stream (`common.model.layers.seeded_initializers`);
         with that, the resume test passed against an in-memory SuperLink too,
         bit for bit. Runs that compare weights still use `database=True`, the
         setting `deploy/` uses."""

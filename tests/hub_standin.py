@@ -5,10 +5,10 @@ ops) saved by `saved_model.Builder` with the tag sets [] (inference) and ["train
 (BatchNorm on batch statistics), plus a `tfhub_module.pb` marker; signatures
 `encode`, `generate` and `discriminate` with the real input and output keys.
 
-The encoder computes exactly what `common.bigbigan.build_encoder` computes for the
+The encoder computes exactly what `common.model.bigbigan.build_encoder` computes for the
 same preset, with variables named as tf-slim's resnet_v2_50 names them (written out
-here scope by scope, not taken from common.hub's table, so the name table is tested
-rather than repeated). G and D are tiny placeholders with the real signatures.
+here scope by scope, not taken from common.model.hub's table, so the name table is
+tested rather than repeated). G and D are tiny placeholders with the real signatures.
 """
 
 from __future__ import annotations

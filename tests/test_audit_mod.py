@@ -28,15 +28,15 @@ from flwr.compat.common import recorddict_compat as compat
 
 from client.audit_mod import AuditRefusal, audit_mod
 from client.secure_dispatch_mod import secure_dispatch_mod
-from common import feature_kinds
 from common.config import Z_DIM
-from common.metrics import GRID_BINS, histogram, histogram_keys
-from common.secure_agg import protocol as ours
-from common.site_evaluation import (
+from common.evaluation import feature_kinds
+from common.evaluation.metrics import GRID_BINS, histogram, histogram_keys
+from common.evaluation.site_evaluation import (
     heads_report,
     heads_report_keys,
     paired_names,
 )
+from common.secure_agg import protocol as ours
 from server.secure_agg_workflow import SecureAggregationError, SecureAggregator
 from simulations.loopback import LoopbackGrid
 
@@ -102,7 +102,7 @@ class FakeSite(NumPyClient):
 
 
 def external_report(kinds: tuple = ("model",)) -> dict:
-    """An external site's report (common.site_evaluation) on made-up scores,
+    """An external site's report (common.evaluation.site_evaluation) on made-up scores,
     for every head of `kinds`, with the paired differences."""
     rng = np.random.default_rng(0)
     hists = {
@@ -411,8 +411,8 @@ def phantom_sites(tmp_path_factory):
 def test_the_real_client_app_replies_pass_the_audit(phantom_sites, tmp_path):
     """client.client_app's own replies, every phase, on phantom DICOM sites."""
     from client.client_app import client_fn
-    from common.checkpoint import initial_model
     from common.config import RunConfig
+    from common.model.checkpoint import initial_model
 
     config = RunConfig.from_flat({"preset": "tiny", "local-epochs": 1})
     flat = config.to_flat()
@@ -666,7 +666,7 @@ def test_our_protocol_records_outside_their_stage_rules_are_refused(
     assert PATIENT_ID not in reason
 
 
-# --- the baselines' records (common.feature_kinds): the same rules, per kind
+# --- the baselines' records (common.evaluation.feature_kinds): the same rules, per kind
 
 
 @pytest.mark.parametrize("phase", ["moments", "head", "eval"])

@@ -6,9 +6,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from common.checkpoint import load_model
+from common.commands import main
 from common.config import RunConfig
-from common.roc_stats import auc_ci
+from common.evaluation.roc_stats import auc_ci
+from common.model.checkpoint import load_model
 from simulations.central import (
     PROBE_FEATURES,
     cv_patient_scores,
@@ -16,7 +17,6 @@ from simulations.central import (
     patient_folds,
     train_central,
 )
-from simulations.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def test_supervised_ceiling_trains_e_on_the_labels_and_nothing_else(study, tmp_p
     config = dataclasses.replace(
         config, train=dataclasses.replace(config.train, local_epochs=4)
     )
-    from common.checkpoint import initial_model
+    from common.model.checkpoint import initial_model
 
     start = initial_model(config)
     metrics = train_central(tmp_path, config, save_grids=False, supervised=True)

@@ -2,12 +2,12 @@
 
 import pytest
 
+from common.commands import default_config
 from common.config import ConfigError, RunConfig
-from simulations.cli import _default_config
 
 
 def test_pyproject_run_config_round_trips_through_the_typed_config():
-    config = _default_config()
+    config = default_config()
     assert RunConfig.from_flat(config.to_flat()) == config
     assert "ingest-image-size" not in config.to_flat()  # the preset decides it
 
@@ -41,7 +41,7 @@ def test_ingest_keys_reach_the_ingest_config():
 def test_patient_score_is_configurable():
     import numpy as np
 
-    from common.roc_stats import patient_scores
+    from common.evaluation.roc_stats import patient_scores
 
     scores = np.array([0.1, 0.2, 0.9, 0.4, 0.5])
     patient, labels = np.array([0, 0, 0, 1, 1]), np.array([1, 1, 1, 0, 0])
@@ -54,7 +54,7 @@ def test_patient_score_is_configurable():
 def test_secure_aggregation_is_secagg_plus_unless_ours_is_chosen():
     from server.checkpointing import stable_config
 
-    assert _default_config().secure_aggregation == "secaggplus"
+    assert default_config().secure_aggregation == "secaggplus"
     ours = RunConfig.from_flat({"secure-aggregation": "fedbigbigan"})
     assert ours.secure_aggregation == "fedbigbigan"
     assert ours.to_flat()["secure-aggregation"] == "fedbigbigan"

@@ -16,7 +16,7 @@ import tomllib
 from deployment_harness import FEDERATION, Federation, free_port
 
 from client.doctor import check_superlink
-from common.pki import init_pki
+from common.privacy.pki import init_pki
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_coordinator_without_the_ca_cannot_connect(federation, tmp_path):
 
 
 def test_pki_register_puts_keys_on_the_allow_list_once(federation, monkeypatch, capsys):
-    from simulations.cli import main
+    from common.commands import main
 
     for key in ("FLWR_HOME", "FLWR_TELEMETRY_ENABLED", "FLWR_DISABLE_UPDATE_CHECK"):
         monkeypatch.setenv(key, federation.env[key])
@@ -206,6 +206,13 @@ def test_two_hospitals_and_an_external_site_run_the_study(
     assert {"train", "val", "test", "external"} <= set(metrics["splits"])
     assert metrics["train_message_roles"] == ["train"]  # external never trained
     assert metrics["secure_eval_sites"] == 2
+    # a deployed run has its baselines too, fitted in the same secure rounds
+    assert set(metrics["baselines"]) == {"radiomics", "untrained"}
+    for kind, entry in metrics["baselines"].items():
+        for head in ("lm", "ridge"):
+            external = entry[head]["splits"]["external"]
+            assert 0.0 <= external["auc"] <= 1.0 and external["n_patients"] > 0, kind
+            assert set(entry["external_difference"][head]) == {"diff", "diff_ci", "p"}
     for node in nodes:
         assert node.proc.poll() is None, node.text()[-2000:]  # still serving
 
@@ -238,17 +245,10 @@ def _supernode_args(argv: list[str]):
 
 
 def _fedbigbigan_args(argv: list[str]):
-    import argparse
+    from common.commands import build_parser
 
-    from simulations.deploy_cli import add_deploy_commands
-
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="command")
-    add_deploy_commands(
-        sub, lambda p: p.add_argument("--run-config", nargs="*", default=[])
-    )
     assert argv[0] == "fedbigbigan"
-    return parser.parse_args(argv[1:])
+    return build_parser().parse_args(argv[1:])
 
 
 def _mounts(service: dict) -> dict[str, tuple[str, bool]]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from common.config import ConfigError, DeviceConfig, RunConfig, TrainConfig, get_preset
-from common.gan_training import BigBiGAN
+from common.model.gan_training import BigBiGAN
 
 IMAGES = np.random.default_rng(0).uniform(-1, 1, (8, 64, 64, 3)).astype("float32")
 
@@ -50,7 +50,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(
     cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from common.config import TrainConfig, get_preset
-from common.gan_training import BigBiGAN
+from common.model.gan_training import BigBiGAN
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 model = BigBiGAN(get_preset("tiny"), seed=0, strategy=strategy)
 before = model.get_weights()

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.dicom_io import DicomReadError, read_hu, to_model_input
+from common.ingest.dicom_io import DicomReadError, read_hu, to_model_input
 from simulations.phantoms import plan_site, render_patient, write_study
 
 

@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 
 from common.config import ConfigError, RunConfig, TrainConfig, get_preset
-from common.diff_augment import augment, parse
-from common.gan_training import BigBiGAN
+from common.model.diff_augment import augment, parse
+from common.model.gan_training import BigBiGAN
 
 
 def _dots(n: int = 8, size: int = 32) -> tf.Tensor:

@@ -18,9 +18,9 @@ from client.doctor import (
     check_site,
     check_superlink,
 )
+from common.commands import main
 from common.config import RunConfig
-from common.pki import add_site, init_pki
-from simulations.cli import main
+from common.privacy.pki import add_site, init_pki
 
 
 class _Health(BaseHTTPRequestHandler):

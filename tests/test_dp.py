@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from common.dp import clip_and_noise, epsilon
+from common.privacy.dp import clip_and_noise, epsilon
 
 
 def test_no_noise_clips_to_the_norm_and_keeps_direction():

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from common.metrics import (
+from common.evaluation.metrics import (
     auc_ci_from_histograms,
     histogram,
     operating_point,

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from deployment_harness import descendants
 
+from common.commands import main
 from common.config import RunConfig
 from server.checkpointing import CHECKPOINT, load_checkpoint
-from simulations.cli import main
 from simulations.simulate import simulate
 
 CONFIG = RunConfig(gan_rounds=2, logit_rounds=2)
@@ -104,8 +104,8 @@ def test_whole_chain_two_training_sites_and_one_external(reference_run):
     assert weights["head"].shape == (config.model.z_dim + 1,)
     # baselines in the same rounds (7 above): every head on every split, and
     # at the external site the paired differences, as aggregates
-    from common.linear_head import RIDGE_GRID
-    from common.radiomics import N_FEATURES
+    from common.evaluation.linear_head import RIDGE_GRID
+    from common.evaluation.radiomics import N_FEATURES
 
     assert on_disk["data"]["synthetic"] is True
     assert weights["head_radiomics_lm"].shape == (N_FEATURES + 1,)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common.bigbigan import downsample_for_d
 from common.config import TrainConfig, get_preset
-from common.gan_training import BigBiGAN
+from common.model.bigbigan import downsample_for_d
+from common.model.gan_training import BigBiGAN
 
 
 def test_one_epoch_updates_every_player_and_keeps_shapes():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.grids import save_png
+from common.model.grids import save_png
 
 
 def test_labelled_rows_keep_the_images_beside_a_margin_with_text(tmp_path):

@@ -13,9 +13,10 @@ import pytest
 import tensorflow as tf
 from hub_standin import build_standin_module
 
-from common.bigbigan import build_encoder
+from common.commands import main
 from common.config import get_preset
-from common.hub import (
+from common.model.bigbigan import build_encoder
+from common.model.hub import (
     HubEncoder,
     HubNotFineTunableError,
     HubUnavailableError,
@@ -24,7 +25,6 @@ from common.hub import (
     read_checkpoint,
     warm_start_encoder,
 )
-from simulations.cli import main
 
 # tiny, at 32 px, with two units in the first stages so identity shortcuts with a
 # stride (slim's 1x1 max-pool subsampling) and the MLP's skip connection both occur
@@ -205,7 +205,7 @@ def test_hub_inspect_lists_parts_kind_signatures_and_mapping(modules, capsys):
 
 def test_importing_common_hub_loads_neither_tensorflow_nor_hub():
     code = (
-        "import sys, common.hub; "
+        "import sys, common.model.hub; "
         "assert not {'tensorflow', 'tensorflow_hub'} & set(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -216,7 +216,7 @@ def test_run_config_hub_module_warm_starts_the_initial_model(
 ):
     """`hub-module` in the run config reaches the model every site starts from."""
     from common import config as config_module
-    from common.checkpoint import initial_model
+    from common.model.checkpoint import initial_model
 
     # the stand-in's preset, with G and D sized for its 16 px output
     preset = dataclasses.replace(PRESET, gen_mults=(4, 2, 1), disc_mults=(1, 2, 2))

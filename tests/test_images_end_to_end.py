@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from simulations.cli import main
+from common.commands import main
 
 
 def _collection(root):

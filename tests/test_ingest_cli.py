@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from test_ingest_support import write_site
 
-from simulations.cli import main
+from common.commands import main
 
 
 def test_ingest_prints_a_summary(tmp_path, capsys):

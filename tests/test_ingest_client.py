@@ -10,9 +10,9 @@ import pytest
 import client.site as site_module
 from client.site import Site, cache_dir, resolve_site, site_data
 from common.config import RunConfig
-from common.dataset import load_slices
 from common.ingest import ingest_site
-from common.site_index import index_site
+from common.ingest.site_index import index_site
+from common.model.dataset import load_slices
 from common.splits import split_patients
 from simulations.phantoms import write_study
 

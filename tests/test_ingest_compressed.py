@@ -26,8 +26,8 @@ from pydicom.uid import (
 )
 from test_ingest_support import chest_hu, ct_dataset, save, write_labels
 
-from common.dicom_io import read_hu
 from common.ingest import IngestConfig, ingest_site
+from common.ingest.dicom_io import read_hu
 
 LOSSLESS = [RLELossless, JPEGLSLossless, JPEG2000Lossless]
 

@@ -18,7 +18,8 @@ from test_ingest_support import tree_hashes, write_labels
 
 from common.ingest import IngestConfig, ingest_site
 from common.ingest.checks import check_slice
-from common.ingest.headers import quiet_pydicom, read_complete, read_dataset, summarize
+from common.ingest.header_fields import summarize
+from common.ingest.headers import quiet_pydicom, read_complete, read_dataset
 from common.ingest.pixels import hu_slices
 from common.ingest.reasons import REASONS, Skip
 

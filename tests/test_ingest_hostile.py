@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from test_ingest_support import write_labels, write_site
 
+from common.commands import main
 from common.ingest import IngestConfig, IngestError, ingest_site
 from common.ingest.labels import read_labels
 from common.ingest.worker import WorkerSetup, read_file
-from simulations.cli import main
 
 CONFIG = IngestConfig(image_size=32, workers=1)
 SECONDS = 60  # far above what any case takes (a few seconds); a hang fails

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from common.commands import main
 from common.ingest import IngestConfig, IngestError, ingest_site
 from common.ingest.image_labels import label_words, parse_label_map
-from simulations.cli import main
 
 CONFIG = IngestConfig(image_size=32)
 

@@ -7,7 +7,8 @@ import pytest
 from test_ingest_support import chest_hu, ct_dataset, enhanced_ct_dataset, save
 
 from common.ingest import IngestConfig, kernels
-from common.ingest.headers import read_dataset, summarize
+from common.ingest.header_fields import summarize
+from common.ingest.headers import read_dataset
 from common.ingest.pixels import cached_slices
 
 DTYPES = [np.int16, np.uint16]

@@ -11,8 +11,8 @@ from pydicom.uid import generate_uid
 from test_ingest_support import chest_hu, ct_dataset, save, write_labels, write_series
 
 from common.ingest import IngestConfig, ingest_site
+from common.ingest import assemble as assemble_module
 from common.ingest import packs as packs_module
-from common.ingest import pipeline as pipeline_module
 from common.ingest.cache import copy_rows, write_array, write_rows
 from common.ingest.packs import folder_chunks, whole_packs
 
@@ -52,14 +52,14 @@ def _cache_bytes(cache) -> dict[str, bytes]:
 
 def _renames(monkeypatch) -> list[int]:
     counted: list[int] = []
-    real = pipeline_module.whole_packs
+    real = assemble_module.whole_packs
 
     def counting(*args):
         renames, copies = real(*args)
         counted.append(len(renames))
         return renames, copies
 
-    monkeypatch.setattr(pipeline_module, "whole_packs", counting)
+    monkeypatch.setattr(assemble_module, "whole_packs", counting)
     return counted
 
 
@@ -74,7 +74,7 @@ def test_renamed_and_copied_series_are_the_same_bytes(site, tmp_path, monkeypatc
     )
     monkeypatch.setattr(packs_module, "MAX_HELD_BYTES", 2 * 16 * 16 * 2)
     ingest_site(site, cache_dir=tmp_path / "held", config=config)  # written early
-    monkeypatch.setattr(pipeline_module, "whole_packs", lambda c, _d, _s: ([], c))
+    monkeypatch.setattr(assemble_module, "whole_packs", lambda c, _d, _s: ([], c))
     copied = ingest_site(site, cache_dir=tmp_path / "copied", config=config)
     assert one.summary.slices == 10 and len(one.patients[1].series) == 1
     expected = _cache_bytes(tmp_path / "copied")

@@ -16,10 +16,11 @@ from test_ingest_support import (
     write_labels,
 )
 
-from common.dicom_io import DicomReadError, read_hu, resize, to_model_input
 from common.ingest import IngestConfig, ingest_site
 from common.ingest.cache import to_pack_dtype
-from common.ingest.headers import read_dataset, summarize
+from common.ingest.dicom_io import DicomReadError, read_hu, resize, to_model_input
+from common.ingest.header_fields import summarize
+from common.ingest.headers import read_dataset
 from common.ingest.pixels import hu_full, hu_slices, stored_frames
 from common.ingest.policy import lung_fraction, paper_unit_range, to_unit_range
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from common.linear_head import (
+from common.evaluation.linear_head import (
     feature_moments,
     logistic_steps,
     pooled_scale,
@@ -53,7 +53,7 @@ def test_logistic_steps_reach_sklearns_l2_optimum():
 def test_ridge_solve_equals_sklearn_ridge_on_the_same_standardised_features():
     from sklearn.linear_model import Ridge
 
-    from common.linear_head import solve
+    from common.evaluation.linear_head import solve
 
     mean, std = pooled_scale(*feature_moments(X))
     z = standardize(X, mean, std)
@@ -67,7 +67,7 @@ def test_ridge_solve_equals_sklearn_ridge_on_the_same_standardised_features():
 
 
 def test_validation_criteria_from_statistics_equal_the_direct_ones():
-    from common.linear_head import (
+    from common.evaluation.linear_head import (
         RIDGE_GRID,
         ridge_path,
         score_correlation,
@@ -97,7 +97,7 @@ def test_validation_criteria_from_statistics_equal_the_direct_ones():
 
 
 def test_ridge_path_without_validation_data_keeps_the_grids_middle():
-    from common.linear_head import RIDGE_GRID, ridge_path
+    from common.evaluation.linear_head import RIDGE_GRID, ridge_path
 
     zeros = np.zeros((7, 7))
     best, errors = ridge_path(np.eye(7), np.ones(7), zeros, np.zeros(7))
@@ -105,8 +105,8 @@ def test_ridge_path_without_validation_data_keeps_the_grids_middle():
 
 
 def test_a_heads_score_of_a_patients_mean_features_is_its_mean_slice_score():
-    from common.linear_head import patient_means
-    from common.roc_stats import patient_scores
+    from common.evaluation.linear_head import patient_means
+    from common.evaluation.roc_stats import patient_scores
 
     patient = np.repeat(np.arange(50), 6)
     labels = np.repeat(np.arange(50) % 2, 6)
@@ -118,7 +118,7 @@ def test_a_heads_score_of_a_patients_mean_features_is_its_mean_slice_score():
 
 
 def test_rescaled_ridge_keeps_its_ranking_on_the_labels_scale():
-    from common.linear_head import rescale, solve
+    from common.evaluation.linear_head import rescale, solve
 
     mean, std = pooled_scale(*feature_moments(X))
     z = with_intercept(standardize(X, mean, std))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from common.config import RunConfig
-from common.gan_training import BigBiGAN
+from common.model.gan_training import BigBiGAN
 from simulations.membership import attack_auc, discriminator_scores
 
 

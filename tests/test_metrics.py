@@ -6,8 +6,8 @@ import pytest
 from scipy.stats import binomtest
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from common.linear_head import solve, sufficient_statistics
-from common.metrics import (
+from common.evaluation.linear_head import solve, sufficient_statistics
+from common.evaluation.metrics import (
     auc_ci_from_histograms,
     auc_from_histograms,
     bin_edges,
@@ -18,7 +18,7 @@ from common.metrics import (
     wilson_ci,
     youden_threshold,
 )
-from common.roc_stats import auc_ci, delong_auc
+from common.evaluation.roc_stats import auc_ci, delong_auc
 
 
 def _binned(scores: np.ndarray) -> np.ndarray:
@@ -180,7 +180,7 @@ def test_pooled_statistics_equal_centralised_least_squares():
 def test_paired_delong_difference_equals_the_two_aucs_difference():
     from sklearn.metrics import roc_auc_score
 
-    from common.roc_stats import paired_delong
+    from common.evaluation.roc_stats import paired_delong
 
     rng = np.random.default_rng(4)
     labels = rng.integers(0, 2, 60)
@@ -198,7 +198,7 @@ def test_paired_delong_of_a_reversed_score_has_twice_the_ci_of_one_auc():
     difference's variance is 4 var(AUC(a)), its half-width twice a's."""
     from statistics import NormalDist
 
-    from common.roc_stats import paired_delong
+    from common.evaluation.roc_stats import paired_delong
 
     rng = np.random.default_rng(5)
     labels = rng.integers(0, 2, 40)
@@ -211,7 +211,7 @@ def test_paired_delong_of_a_reversed_score_has_twice_the_ci_of_one_auc():
 
 
 def test_paired_delong_of_the_same_score_is_no_difference():
-    from common.roc_stats import paired_delong
+    from common.evaluation.roc_stats import paired_delong
 
     labels = np.array([0, 1, 0, 1, 1, 0])
     scores = np.array([0.1, 0.8, 0.4, 0.3, 0.9, 0.2])

@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common.bigbigan import (
+from common.config import PRESETS, TrainConfig, get_preset
+from common.model.bigbigan import (
     ENCODER_OUTPUTS,
     build_discriminator,
     build_encoder,
     build_generator,
 )
-from common.checkpoint import load_model, save_model
-from common.config import PRESETS, TrainConfig, get_preset
-from common.gan_training import BigBiGAN
-from common.losses import discriminator_loss, encoder_generator_loss
+from common.model.checkpoint import load_model, save_model
+from common.model.gan_training import BigBiGAN
+from common.model.losses import discriminator_loss, encoder_generator_loss
 
 TINY = get_preset("tiny")
 

@@ -5,8 +5,8 @@ import pytest
 
 from client.local_parts import KEEP, LocalParts
 from common.config import FEDERATED_PARTS, RunConfig
-from common.gan_training import BigBiGAN
-from common.model_parts import (
+from common.model.gan_training import BigBiGAN
+from common.model.model_parts import (
     federated_indices,
     is_batchnorm,
     local_indices,

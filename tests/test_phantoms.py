@@ -240,7 +240,7 @@ def test_unknown_slice_choice_is_refused_with_the_choices() -> None:
 def test_train_central_refuses_a_study_written_with_another_slice_choice(
     tmp_path: Path,
 ) -> None:
-    from simulations.cli import main
+    from common.commands import main
 
     labels = tmp_path / "data" / "hospital_b" / "labels.csv"
     labels.parent.mkdir(parents=True)

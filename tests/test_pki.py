@@ -13,7 +13,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.verification import PolicyBuilder, Store
 
-from common.pki import (
+from common.commands import main
+from common.privacy.pki import (
     PKIError,
     add_site,
     init_pki,
@@ -23,7 +24,6 @@ from common.pki import (
     register_command,
     renew_server_cert,
 )
-from simulations.cli import main
 
 HOSTS = "superlink.example.org,localhost,127.0.0.1,::1"
 

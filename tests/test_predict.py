@@ -7,11 +7,11 @@ import pytest
 
 from client.predict import predict_dicom
 from client.site import Site, site_data
-from common.checkpoint import initial_model
+from common.commands import main
 from common.config import RunConfig
-from common.linear_head import predict
+from common.evaluation.linear_head import predict
+from common.model.checkpoint import initial_model
 from common.strict_json import strict_json
-from simulations.cli import main
 from simulations.phantoms import write_study
 
 
@@ -82,7 +82,7 @@ def test_reconstruct_command_draws_a_sites_slices_and_their_reconstructions(
 ):
     from PIL import Image
 
-    from common.grids import reconstruction_rows
+    from common.model.grids import reconstruction_rows
 
     run, config, model, _ = run_dir
     site_dir = run.parent / "data" / "hospital_b" / "dicom"
@@ -173,8 +173,8 @@ def test_predict_scores_png_and_jpeg_as_ingest_preprocessed_them(
     from PIL import Image
 
     from client.site import ingest_config
-    from common.dataset import slices_from_ingest
     from common.ingest import ingest_site
+    from common.model.dataset import slices_from_ingest
 
     run, config, model, head = run_dir
     rng = np.random.default_rng(3)

@@ -9,10 +9,10 @@ import pytest
 
 from client.privacy_audit import audit, audit_site, nearest_distances
 from client.site import Site, site_data
-from common.bigbigan import downsample_for_d
-from common.checkpoint import initial_model
+from common.commands import main
 from common.config import RunConfig
-from simulations.cli import main
+from common.model.bigbigan import downsample_for_d
+from common.model.checkpoint import initial_model
 
 
 def test_nearest_distances_match_brute_force():
@@ -83,7 +83,7 @@ def test_after_a_fedbn_run_the_audit_estimates_the_batchnorm_statistics(site, tm
     """FedBN's global G has only initial BatchNorm statistics: the audit first
     estimates G's on its own samples and E's on the site's slices, so it audits
     a generator that can draw, not one that cannot."""
-    from common.adabn import adapt_batchnorm
+    from common.model.adabn import adapt_batchnorm
 
     root, config, data = site
     model = initial_model(config)

@@ -11,8 +11,8 @@ from flwr.clientapp import ClientApp
 
 from client.client_app import client_fn
 from common.config import RunConfig
-from common.gan_training import BigBiGAN
-from common.model_parts import part_ranges
+from common.model.gan_training import BigBiGAN
+from common.model.model_parts import part_ranges
 from simulations.simulate import simulate
 
 

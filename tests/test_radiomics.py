@@ -4,8 +4,7 @@ the HU recovered from the cache's [-1, 1] and its range."""
 import numpy as np
 import pytest
 
-from common.ingest.policy import paper_range, to_unit
-from common.radiomics import (
+from common.evaluation.radiomics import (
     FEATURES,
     HIST_BINS,
     HU_SCALE,
@@ -16,6 +15,7 @@ from common.radiomics import (
     first_order,
     slice_features,
 )
+from common.ingest.policy import paper_range, to_unit
 
 
 def feature(vector: np.ndarray, name: str) -> float:

@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from common.commands import main
 from common.config import RunConfig
-from common.grids import save_png
-from common.metrics import histogram
-from common.site_evaluation import read_site_report, site_report
+from common.evaluation.metrics import histogram
+from common.evaluation.site_evaluation import read_site_report, site_report
+from common.model.grids import save_png
 from common.strict_json import strict_json
 from server.evaluation import cutoffs, summarise
 from server.report import write_report
 from server.run_dir import HISTOGRAMS, write_run
-from simulations.cli import main
 
 
 def _site(rng, splits: dict[str, tuple[int, int, float]]) -> dict:
@@ -298,7 +298,7 @@ def test_report_says_when_the_data_are_synthetic(run_dir):
 
 
 def test_verdicts_say_near_chance_when_the_ci_includes_half():
-    from server.report import verdicts
+    from server.report_sections import verdicts
 
     m = {"auc": 0.6, "auc_ci": [0.4, 0.8]}
     metrics = {"splits": {"external": m}, "baselines": {}}

@@ -34,9 +34,9 @@ from hostile_sites import (
 
 from client.roster_signing import RosterSigningError, roster_signing_mod, sign_reply
 from client.secure_dispatch_mod import secure_dispatch_mod
-from common import pki
-from common import roster_claim as rc
 from common.config import RunConfig
+from common.privacy import pki
+from common.privacy import roster_claim as rc
 from common.secure_agg.quantize import FixedPoint
 from server.aggregate_checks import admit_sites
 from server.roster import RosterError, admit_rostered, load_roster
@@ -520,7 +520,7 @@ def test_a_bad_roster_stops_the_server_before_any_site_is_asked(tmp_path):
 def test_pki_roster_writes_a_roster_the_server_reads_and_signatures_verify(
     tmp_path, capsys
 ):
-    from simulations.cli import main
+    from common.commands import main
 
     folder, out = tmp_path / "pki", tmp_path / "roster.toml"
     assert main(["pki", "init", "--out", str(folder), "--superlink-host", "x"]) == 0
@@ -555,6 +555,11 @@ def test_pki_roster_writes_a_roster_the_server_reads_and_signatures_verify(
         assert main([*argv, "--weight", bad]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and problem in err
+    # neither --check nor both --weight and --out: the usage, exit status 2
+    with pytest.raises(SystemExit) as stop:
+        main(["pki", "roster", "--pki", str(folder), "--weight", "hospital_a=3"])
+    assert stop.value.code == 2
+    assert "give --weight NAME=COUNT ... and --out" in capsys.readouterr().err
     (tmp_path / "bad.toml").write_text("[sites.a]\nweight = 0\n")
     assert main(["pki", "roster", "--check", str(tmp_path / "bad.toml")]) == 2
     err = capsys.readouterr().err.splitlines()
@@ -575,7 +580,7 @@ def test_runs_checkpointed_before_the_roster_still_resume():
 
 
 def test_simulate_refuses_a_roster_in_one_line(tmp_path, capsys):
-    from simulations.cli import main
+    from common.commands import main
 
     argv = ["simulate", "--out", str(tmp_path / "run")]
     with pytest.raises(SystemExit) as stop:

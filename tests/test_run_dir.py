@@ -11,9 +11,9 @@ import math
 import pytest
 
 import simulations.simulate as simulate_module
+from common.commands import main
 from common.config import RANGES, ConfigError, RunConfig
 from server.run_dir import RUN_FILES, RunDirError, claim_run_dir
-from simulations.cli import main
 
 
 def tree(root) -> dict[str, str]:

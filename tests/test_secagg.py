@@ -74,7 +74,7 @@ class _HeadSite(NumPyClient):
         self.val = site_features(partition, "val")
 
     def fit(self, parameters, config):
-        from common.linear_head import (
+        from common.evaluation.linear_head import (
             feature_moments,
             standardized_statistics,
             validation_statistics,
@@ -111,7 +111,7 @@ def _secure_heads():
 def test_federated_lm_equals_centralised_least_squares():
     from sklearn.metrics import roc_auc_score
 
-    from common.linear_head import predict, with_intercept
+    from common.evaluation.linear_head import predict, with_intercept
 
     coef = _secure_heads().coefs["model-lm"]
     x = np.concatenate([site_features(p)[0] for p in range(len(SIZES))])
@@ -133,7 +133,7 @@ def test_federated_ridge_equals_sklearn_ridge_on_the_pooled_data():
     correlation computed centrally."""
     from sklearn.linear_model import Ridge
 
-    from common.linear_head import (
+    from common.evaluation.linear_head import (
         RIDGE_GRID,
         rescale,
         standardize,

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from common.config import ConfigError, RunConfig
-from common.site_checks import site_problem
+from common.ingest.site_checks import site_problem
 from simulations.site_checks import SiteCheckError, check_sites
 
 

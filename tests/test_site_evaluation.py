@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from test_evaluation import make_site_hist
 
-from common.metrics import GRID_BINS
-from common.site_evaluation import (
+from common.evaluation.metrics import GRID_BINS
+from common.evaluation.site_evaluation import (
     COARSE_BINS,
     coarsen,
     read_site_report,
@@ -95,8 +95,8 @@ def test_histograms_of_a_run_keep_only_coarse_external_counts(tmp_path):
 
 
 def test_every_heads_report_round_trips_and_names_each_head():
-    from common.feature_kinds import KINDS, head_names
-    from common.site_evaluation import (
+    from common.evaluation.feature_kinds import KINDS, head_names
+    from common.evaluation.site_evaluation import (
         heads_report,
         heads_report_keys,
         read_heads_report,

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from common.site_index import Patient
+from common.ingest.site_index import Patient
 from common.splits import split_patients
 
 

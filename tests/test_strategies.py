@@ -13,7 +13,7 @@ from common.config import (
     TrainConfig,
     get_preset,
 )
-from common.gan_training import BigBiGAN
+from common.model.gan_training import BigBiGAN
 from server.server_optimizer import initial_state, server_step
 
 IMAGES = np.random.default_rng(0).uniform(-1, 1, (8, 64, 64, 3)).astype("float32")
@@ -152,8 +152,8 @@ def test_fedbn_never_sends_batchnorm_values(tmp_path):
     from flwr.clientapp import ClientApp
 
     from client.client_app import client_fn
-    from common import feature_kinds
-    from common.model_parts import federated_indices, is_batchnorm
+    from common.evaluation import feature_kinds
+    from common.model.model_parts import federated_indices, is_batchnorm
     from simulations.simulate import simulate
 
     config = RunConfig(gan_rounds=2, logit_rounds=1, strategy="fedbn")
@@ -198,7 +198,8 @@ def test_fedbn_never_sends_batchnorm_values(tmp_path):
     assert all(e["shapes"] == shared_shapes for e in gan_replies)
     # and no message either way, masked or not, is big enough to hold more
     # (later phases send E with every head's vector: the model's and the
-    # baselines', `common.feature_kinds`, two heads of dim + 1 values per kind)
+    # baselines', `common.evaluation.feature_kinds`, two heads of dim + 1 values
+    # per kind)
     head_values = sum(
         len(feature_kinds.HEADS) * (feature_kinds.dim(kind, config.model.z_dim) + 1)
         for kind in feature_kinds.KINDS

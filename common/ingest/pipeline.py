@@ -4,37 +4,31 @@ Steps: walk the folder; read (hash, parse, decode) only files whose content is
 new; decide per file from its cached header; group into series; decode what the
 kept series still miss; apply the slice policy; assemble one array per series;
 write the report. Nothing is ever written inside the site folder.
+The run's steps are here; the file jobs run in `jobs.py`, the series arrays are
+stored by `assemble.py`, and the result and report are made by `finish.py`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import math
-import multiprocessing
 import os
-import sys
-import threading
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import xxhash
-from tqdm import tqdm
 
+from common.ingest.assemble import assemble
 from common.ingest.cache import (
     Cache,
     State,
-    copy_rows,
     durable_together,
-    read_array,
-    row_source,
 )
 from common.ingest.checks import check_usable
 from common.ingest.config import IngestConfig
+from common.ingest.finish import report_run
 from common.ingest.headers import DICOM_SUFFIXES, Header
 from common.ingest.image_labels import (
     ImageLabels,
@@ -43,29 +37,22 @@ from common.ingest.image_labels import (
     split_mixed_folders,
 )
 from common.ingest.images import image_plans, is_image_layout
+from common.ingest.jobs import run_jobs
 from common.ingest.labels import (
     LabelProblem,
     LabelRow,
     Labels,
     read_labels,
-    unmatched,
 )
-from common.ingest.packs import SeriesBuffer, folder_chunks, whole_packs
-from common.ingest.policy import from_unit, lung_fraction, select_slices
 from common.ingest.reasons import IngestError, Skip, is_error
 from common.ingest.report import (
-    REPORT_FILE,
-    USED,
     FileOutcome,
     outcome,
-    summarize,
-    write_report,
 )
-from common.ingest.result import IngestedPatient, IngestedSeries, IngestResult
+from common.ingest.result import IngestResult
 from common.ingest.scan import missing_references, walk
 from common.ingest.series import Candidate, SeriesPlan, plan_series
-from common.ingest.shortcuts import image_metadata, shortcut_check
-from common.ingest.worker import FileResult, WorkerSetup, init_worker, process_chunk
+from common.ingest.worker import FileResult, WorkerSetup
 
 LABELS_FILE = "labels.csv"
 log = logging.getLogger(__name__)
@@ -175,7 +162,7 @@ class _Run:
             outcomes, plans, dropped, with_files = self._decide(files, walk_errors)
             missing = self._missing(plans)
             if not missing:
-                kept = self._assemble(plans, dropped, outcomes)
+                kept = assemble(self, plans, dropped, outcomes)
                 if kept is not None:
                     break
             else:
@@ -331,142 +318,14 @@ class _Run:
                 result.record["skip"] = ["decode", "pixel data could not be cached"]
                 self.encoded.pop(result.key, None)  # its JSON changed
 
-    def _assemble(
-        self, plans: list[SeriesPlan], dropped: list[SeriesPlan], outcomes: dict
-    ) -> list[tuple[SeriesPlan, list[int], Path]] | None:
-        """One array per series (kept ones, and complete dropped ones so that a
-        policy change needs no decoding); None if a cached array was unreadable."""
-        kept, index, opened, copies, series = [], {}, {}, [], []
-        for plan, chosen in [(p, True) for p in plans] + [(p, False) for p in dropped]:
-            refs = [(ref.key, ref.frame) for ref in plan.slices]
-            if not chosen and not all(ref in self.stored for ref in refs):
-                continue
-            series_key = self._series_key(plan)
-            path = self.cache.series_path(self.pixel_key, series_key)
-            if series_key not in self.index:
-                rows = self._series_rows(plan, opened)
-                if rows is None:
-                    return None
-                copies.append((path, rows))
-            series.append((plan, chosen, refs, series_key, path))
-        self._write_series(copies)
-        for plan, chosen, refs, series_key, path in series:
-            if chosen and self.config.slice_policy == "lung":
-                self._measure_lungs(plan, path)
-            index[series_key] = [
-                [*ref, *_json_floats(*self.stored[ref][2:], self.lungs.get(ref))]
-                for ref in refs
-            ]
-            if not chosen:
-                continue
-            lungs = [self.lungs.get(ref, math.nan) for ref in refs]
-            keep, why = select_slices(lungs, self.config)
-            used = {plan.slices[i].rel for i in keep}
-            for rel in {ref.rel for ref in plan.slices} - used:
-                outcomes[rel] = outcome(
-                    self.site,
-                    rel,
-                    "slice-policy",
-                    why,
-                    plan.patient_id,
-                    plan.series_uid,
-                )
-            if keep:
-                kept.append((plan, keep, path))
-        self.index = index
-        return kept
-
-    def _measure_lungs(self, plan: SeriesPlan, path: Path) -> None:
-        """Lung shares the lung policy needs, from the cached slices (no decoding)."""
-        todo = [
-            (index, (ref.key, ref.frame))
-            for index, ref in enumerate(plan.slices)
-            if (ref.key, ref.frame) not in self.lungs
-        ]
-        if not todo:
-            return
-        array = read_array(path)
-        for index, ref in todo:
-            low, high = self.stored[ref][2:]
-            self.lungs[ref] = (
-                math.nan  # image folders: no HU
-                if math.isnan(low)
-                else lung_fraction(from_unit(array[index], low, high))
-            )
-
-    def _series_rows(
-        self, plan: SeriesPlan, opened: dict
-    ) -> list[tuple[str, int, int]] | None:
-        """Where a series' frames are (packs or older arrays); None, after
-        forgetting it, if one of those files is unreadable."""
-        rows = []
-        for ref in plan.slices:
-            source, row, _, _ = self.stored[(ref.key, ref.frame)]
-            try:
-                if source not in opened:
-                    opened[source] = row_source(source, self.config.image_size)
-                base, count = opened[source]
-                if not 0 <= row < count:
-                    raise IndexError(f"row {row} of {count}")
-                rows.append((source, base, row))
-            except (OSError, ValueError, IndexError) as err:
-                log.warning(
-                    "%s: cached array unreadable (%s); decoding again", source, err
-                )
-                self.stored = {k: v for k, v in self.stored.items() if v[0] != source}
-                self.index.pop(Path(source).stem, None)
-                Path(source).unlink(missing_ok=True)
-                return None
-        return rows
-
-    def _write_series(self, copies: list[tuple[Path, list]]) -> None:
-        """Write series arrays from their rows: a pack that holds exactly one
-        series' rows in order is renamed into place (see `SeriesBuffer`); the
-        others are copied. The kernel copies the bytes (GIL released), so with
-        several workers as many threads copy at once."""
-        size = self.config.image_size
-        renames, copies = whole_packs(
-            copies, self.cache.packs_dir(self.pixel_key), size
-        )
-        threads = min(self.config.workers, len(copies))
-        if threads <= 1:
-            for path, rows in copies:
-                copy_rows(path, rows, size)
-        else:
-            with ThreadPoolExecutor(threads) as pool:
-                jobs = [
-                    pool.submit(copy_rows, path, rows, size) for path, rows in copies
-                ]
-                for job in jobs:
-                    job.result()
-        self._rename_packs(renames)
-
-    def _rename_packs(self, renames: list[tuple[str, Path]]) -> None:
-        """Packs become series arrays; what pointed at a pack points at its array
-        (renamed after the copies: none of them reads a renamed pack)."""
-        if not renames:
-            return
-        moved = {}
-        for source, path in renames:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(source, path)
-            moved[source] = str(path)
-        for ref, (source, row, low, high) in self.stored.items():
-            if source in moved:
-                self.stored[ref] = (moved[source], row, low, high)
-
-    def _series_key(self, plan: SeriesPlan) -> str:
-        members = "\n".join(f"{ref.key}:{ref.frame}" for ref in plan.slices)
-        return xxhash.xxh3_128_hexdigest(f"{self.pixel_key}\n{members}".encode())
-
     def _finish(self, files, outcomes, kept, with_files) -> IngestResult:
         """The result for training, the report for people, the cache saved."""
         # The three files' fsyncs run at once; the state's (the largest) starts
         # first and waits for the disk while the report is built.
         with durable_together():
             self._save(files)
-            patients, summary, report_path, all_outcomes, problems = self._report(
-                outcomes, kept, with_files
+            patients, summary, report_path, all_outcomes, problems = report_run(
+                self, outcomes, kept, with_files
             )
         self.cache.prune(self.pixel_key, set(self.index))
         log.info("%s", summary.text(report_path))
@@ -482,107 +341,6 @@ class _Run:
             self.files_read,
             self.files_decoded,
         )
-
-    def _report(self, outcomes, kept, with_files) -> tuple:
-        """Write the report; (patients, summary, its path, outcomes, problems)."""
-        by_patient: dict[str, list[IngestedSeries]] = {}
-        for plan, keep, path in kept:
-            series = IngestedSeries(
-                uid=plan.series_uid,
-                study_uid=plan.study_uid,
-                name=plan.name,
-                array=path,
-                sources=tuple(_sources(plan)),
-                positions=tuple(ref.position for ref in plan.slices),
-                lung=tuple(
-                    self.lungs.get((ref.key, ref.frame), math.nan)
-                    for ref in plan.slices
-                ),
-                keep=tuple(keep),
-                ranges=tuple(
-                    tuple(self.stored.get((ref.key, ref.frame), _NO_RANGE)[2:])
-                    for ref in plan.slices
-                ),
-            )
-            by_patient.setdefault(plan.patient_id, []).append(series)
-            used = {}
-            for index in keep:
-                ref = plan.slices[index]
-                used[ref.rel] = used.get(ref.rel, 0) + 1
-            for rel, count in used.items():
-                outcomes[rel] = FileOutcome(
-                    rel,
-                    USED,
-                    patient_id=plan.patient_id,
-                    series_uid=plan.series_uid,
-                    slices=count,
-                )
-        patients = tuple(
-            IngestedPatient(pid, self.labels.rows[pid].label, tuple(series))
-            for pid, series in sorted(by_patient.items())
-        )
-        problems = list(self.labels.problems)
-        if self.images:
-            problems += self.image_labels.unmatched()
-        else:
-            problems += unmatched(self.labels, with_files, set(by_patient))
-        unlabeled = sorted(
-            {
-                o.patient_id
-                for o in outcomes.values()
-                if o.code == "no-label" and o.patient_id
-            }
-        )
-        without_images = sorted(
-            pid for pid in self.labels.rows if pid not in by_patient
-        )
-        patient_rows = [
-            {
-                "patient_id": p.patient_id,
-                "label": p.label,
-                "series": [
-                    {
-                        "uid": s.uid,
-                        "name": s.name,
-                        "slices": len(s.sources),
-                        "kept": len(s.keep),
-                    }
-                    for s in p.series
-                ],
-            }
-            for p in patients
-        ]
-        all_outcomes = list(outcomes.values())
-        summary = summarize(
-            self.site, all_outcomes, patient_rows, problems, without_images, unlabeled
-        )
-        shortcuts = self._shortcuts(kept) if self.images else None
-        if shortcuts and shortcuts["warning"]:
-            summary = dataclasses.replace(summary, warnings=(shortcuts["warning"],))
-        report_path = self.cache.root / REPORT_FILE
-        context = {
-            "site_dir": str(self.site),
-            "labels": str(self.labels_path) if self.labels_path else None,
-            "cache_dir": str(self.cache.root),
-            "config": self.config.to_dict(),
-            "files_read": self.files_read,
-            "files_decoded": self.files_decoded,
-            "shortcuts": shortcuts,
-        }
-        write_report(
-            report_path, summary, context, all_outcomes, patient_rows, problems
-        )
-        return patients, summary, report_path, all_outcomes, problems
-
-    def _shortcuts(self, kept) -> dict | None:
-        """The shortcut check on the used images (`shortcuts`)."""
-        rows, labels, patients = [], [], []
-        for plan, keep, _ in kept:
-            for index in keep:
-                rows.append(image_metadata(self.site / plan.slices[index].rel))
-                labels.append(self.labels.rows[plan.patient_id].label)
-                patients.append(plan.patient_id)
-        return shortcut_check(rows, labels, patients)
 
     def _raise_first_problem(
         self, outcomes: list[FileOutcome], problems: list[LabelProblem]
@@ -656,97 +414,12 @@ class _Run:
     def _run_jobs(
         self, jobs: list[tuple[str, bool]], what: str
     ) -> Iterator[FileResult]:
-        """Run file jobs in this process or in worker processes, with a progress bar."""
+        """Run file jobs in this process or in worker processes (`jobs.py`)."""
         if not jobs:
             return
-        setup = self._setup()
-        bar = tqdm(
-            total=len(jobs),
-            desc=f"{self.site.name}: {what}",
-            unit="file",
-            disable=not self.progress,
-            dynamic_ncols=True,
+        yield from run_jobs(
+            jobs, self._setup(), self.config, f"{self.site.name}: {what}", self.progress
         )
-        try:
-            workers = min(self.config.workers, len(jobs))
-            chunks = folder_chunks(jobs, workers)
-            if workers <= 1:
-                sink = SeriesBuffer(setup.packs_dir, self.config.image_size)
-                try:
-                    for chunk in chunks:
-                        results = process_chunk(chunk, setup, sink)
-                        yield from results
-                        bar.update(len(results))
-                finally:
-                    sink.close()
-                return
-            pool = ProcessPoolExecutor(
-                workers,
-                mp_context=_context(),
-                initializer=init_worker,
-                initargs=(setup,),
-            )
-            try:
-                yield from self._pool_results(pool, chunks, setup, bar)
-            finally:
-                # Every result is in and every pack flushed: the workers exit
-                # while the run goes on (waiting for them is 10-20 ms of
-                # serial time).
-                pool.shutdown(wait=False, cancel_futures=True)
-        finally:
-            bar.close()
-
-    def _pool_results(
-        self, pool: ProcessPoolExecutor, chunks: list, setup: WorkerSetup, bar
-    ) -> Iterator[FileResult]:
-        """Results of `chunks` run by the pool's workers.
-
-        Starting workers takes time (tens of ms for each new pool, a second or
-        more for a process's first, which starts the forkserver), and most of it
-        is spent inside `submit`. So a thread submits the chunks from the front
-        of the queue while this process takes chunks from its back, until a
-        worker delivers its first results; then the cores are the workers'.
-        """
-        queue = deque(chunks)
-        lock = threading.Lock()
-        futures: list = []
-        failed: list[BaseException] = []
-
-        def submit_all() -> None:
-            try:
-                while True:
-                    with lock:
-                        if not queue:
-                            return
-                        chunk = queue.popleft()
-                    futures.append(pool.submit(process_chunk, chunk))
-            except BaseException as err:  # re-raised below, in this thread
-                failed.append(err)
-
-        submitter = threading.Thread(target=submit_all, daemon=True)
-        submitter.start()
-        sink = SeriesBuffer(setup.packs_dir, self.config.image_size)
-        try:
-            while not any(future.done() for future in list(futures)):
-                with lock:
-                    if len(queue) <= self.config.workers:
-                        break  # the last chunks are the workers'
-                    chunk = queue.pop()
-                results = process_chunk(chunk, setup, sink)
-                yield from results
-                bar.update(len(results))
-        finally:
-            sink.close()
-            with lock:
-                if sys.exc_info()[0] is not None:
-                    queue.clear()  # stop submitting
-            submitter.join()
-        if failed:
-            raise failed[0]
-        for future in as_completed(futures):
-            results = future.result()
-            yield from results
-            bar.update(len(results))
 
 
 def _path_skip(rel: str, code: str, detail: str) -> Skip:
@@ -756,35 +429,6 @@ def _path_skip(rel: str, code: str, detail: str) -> Skip:
     return Skip(code, detail)
 
 
-_NO_RANGE = ("", 0, math.nan, math.nan)  # a stored row without its HU range
-
-
 def _nan(value) -> float:
     """JSON has no NaN: image folders' HU ranges are stored as null."""
     return math.nan if value is None else float(value)
-
-
-def _json_floats(*values: float | None) -> list[float | None]:
-    return [None if v is None or math.isnan(v) else v for v in values]
-
-
-def _sources(plan: SeriesPlan) -> Iterator[str]:
-    """Each slice's file; `path#frame` when a file holds several frames."""
-    per_file: dict[str, int] = {}
-    for ref in plan.slices:
-        per_file[ref.rel] = per_file.get(ref.rel, 0) + 1
-    for ref in plan.slices:
-        yield ref.rel if per_file[ref.rel] == 1 else f"{ref.rel}#{ref.frame}"
-
-
-def _context():
-    """forkserver: safe when the parent has threads (TensorFlow, Flower), and
-    cheaper than spawn because the server imports the worker module once, and
-    the parent's main module once: each new worker would import it again (a
-    forkserver or spawn child does, unless its server already has), which
-    cost 50-500 ms per pool under the benchmark's script."""
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["__main__", "common.ingest.worker"])
-        return ctx
-    return multiprocessing.get_context("spawn")

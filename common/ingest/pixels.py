@@ -33,7 +33,8 @@ from pydicom.uid import (
 from common.ingest import kernels
 from common.ingest.cache import PACK_DTYPE, to_pack_dtype
 from common.ingest.config import IngestConfig
-from common.ingest.headers import Fields, Header, Parsed
+from common.ingest.header_fields import Fields
+from common.ingest.headers import Header, Parsed
 from common.ingest.policy import intensity_range, to_unit
 from common.ingest.reasons import Skip, short_error
 

@@ -15,7 +15,8 @@ import xxhash
 
 from common.ingest.checks import check_usable
 from common.ingest.config import IngestConfig
-from common.ingest.headers import Header, quiet_pydicom, read_dataset, summarize
+from common.ingest.header_fields import summarize
+from common.ingest.headers import Header, quiet_pydicom, read_dataset
 from common.ingest.packs import SeriesBuffer
 from common.ingest.pixels import cached_slices
 from common.ingest.reasons import Skip, short_error

@@ -15,7 +15,8 @@ import numpy as np
 
 from common.ingest.checks import check_slice
 from common.ingest.config import IngestConfig
-from common.ingest.headers import quiet_pydicom, read_dataset, summarize
+from common.ingest.header_fields import summarize
+from common.ingest.headers import quiet_pydicom, read_dataset
 from common.ingest.pixels import PADDING_HU, hu_full, resize_stored
 from common.ingest.policy import HU_CLIP, HU_RANGE_FOR_CLIP, paper_unit_range
 from common.ingest.reasons import Skip

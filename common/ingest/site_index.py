@@ -15,7 +15,8 @@ from pathlib import Path
 
 from common.ingest.checks import check_usable
 from common.ingest.config import IngestConfig
-from common.ingest.headers import quiet_pydicom, read_dataset, summarize
+from common.ingest.header_fields import summarize
+from common.ingest.headers import quiet_pydicom, read_dataset
 from common.ingest.labels import read_labels as _read_label_rows
 from common.ingest.reasons import IngestError, Skip
 from common.ingest.scan import walk

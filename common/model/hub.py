@@ -4,7 +4,7 @@ Two paths, both usable on a training node without internet once the module's
 directory has been copied there (`saved_model.pb`, `variables/`, `tfhub_module.pb`):
 
 (a) `warm_start_encoder`: read the module's checkpoint and copy its encoder weights
-    into our Keras encoder (`common.bigbigan.build_encoder`) by a name table,
+    into our Keras encoder (`common.model.bigbigan.build_encoder`) by a name table,
     `ENCODER_NAME_RULES`. The robust way to fine-tune: our optimisers, our BatchNorm.
 (b) `HubEncoder`: call the module's `encode` signature, frozen, or fine-tuned
     through it when the module was saved with resource variables (`variable_kind`).
@@ -247,7 +247,7 @@ def warm_start_encoder(
             f"{len(report.unmapped_trunk)} trunk variables of our encoder have no "
             f"match in the module, e.g. {report.unmapped_trunk[:5]}; module encoder "
             f"names left unused include {report.unused_module[:5]}. Correct "
-            "ENCODER_NAME_RULES in common/hub.py (see `fedbigbigan hub-inspect`) "
+            "ENCODER_NAME_RULES in common/model/hub.py (see `fedbigbigan hub-inspect`) "
             "or pass allow_partial=True."
         )
     ours = _our_variables(encoder)
@@ -299,7 +299,7 @@ VARIABLE_KIND_HELP = {
     "ref": (
         "ref variables (TF1 style): TF2 cannot see them, so nothing in the module can "
         "be trained through its signatures; use it frozen, or warm-start our own "
-        "encoder from its checkpoint (common.hub.warm_start_encoder) to fine-tune"
+        "encoder from its checkpoint (common.model.hub.warm_start_encoder) to fine-tune"
     ),
 }
 

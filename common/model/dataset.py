@@ -11,7 +11,7 @@ import numpy as np
 from common.ingest.result import IngestedPatient
 
 if TYPE_CHECKING:
-    from common.site_index import Patient
+    from common.ingest.site_index import Patient
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def load_slices(
     patients: list[Patient], size: int, max_per_patient: int = 0
 ) -> SliceSet:
     """Read and preprocess the slices of `patients` from their files (no cache)."""
-    from common.dicom_io import load_slice  # pydicom + scipy: only when reading
+    from common.ingest.dicom_io import load_slice  # pydicom + scipy: only when reading
 
     images, labels, owner = [], [], []
     for index, patient in enumerate(patients):

@@ -1,21 +1,18 @@
-"""`fedbigbigan pki ... | doctor`: the deployment's own commands."""
+"""A coordinator's `fedbigbigan` commands: pki (the federation's CA, SuperLink
+certificate and site keys) and report (entry points in pyproject.toml;
+common/commands.py dispatches)."""
 
 from __future__ import annotations
 
 import argparse
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
-from common.config import RunConfig
-
-DEPLOY_COMMANDS = ("pki", "doctor")
+from common.commands import Command
 
 
-def add_deploy_commands(sub, add_run_config) -> None:
-    """Register the commands on the main parser's subparsers."""
-    pki = sub.add_parser("pki", help="the federation's CA, SuperLink cert, site keys")
+def _pki_arguments(pki: argparse.ArgumentParser) -> None:
     pki_sub = pki.add_subparsers(dest="pki_command", required=True)
     init = pki_sub.add_parser(
         "init", help="a federation CA and the SuperLink's TLS certificate"
@@ -85,42 +82,19 @@ def add_deploy_commands(sub, add_run_config) -> None:
         "--pki", type=Path, default=Path("pki"), help="the federation's PKI folder"
     )
 
-    doc = sub.add_parser("doctor", help="pre-flight checks for a hospital node")
-    doc.add_argument("--superlink", required=True, help="HOST:PORT of the SuperLink")
-    doc.add_argument("--root-certificates", type=Path, help="the federation's ca.crt")
-    doc.add_argument(
-        "--auth-supernode-private-key", type=Path, help="this site's auth.key"
-    )
-    doc.add_argument(
-        "--node-config",
-        default="",
-        help='as for flower-supernode: \'data-dir="/data" role="train"\' or a .toml',
-    )
-    doc.add_argument("--gpu", action="store_true", help="check that a GPU is visible")
-    doc.add_argument("--timeout", type=float, default=10.0, help="seconds per connect")
-    add_run_config(doc)
 
+def _pki(args: argparse.Namespace) -> int:
+    from common.privacy.pki import PKIError
 
-def run_deploy_command(
-    args: argparse.Namespace, make_config: Callable[[], RunConfig]
-) -> int | None:
-    """Run the command if it is one of ours; None otherwise. `make_config` gives
-    the run config (pyproject's plus --run-config), read only by `doctor`."""
-    if args.command == "pki":
-        from common.pki import PKIError
-
-        try:
-            return _PKI[args.pki_command](args)
-        except PKIError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-    if args.command == "doctor":
-        return _doctor(args, make_config())
-    return None
+    try:
+        return _PKI[args.pki_command](args)
+    except PKIError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 def _pki_init(args) -> int:
-    from common.pki import init_pki
+    from common.privacy.pki import init_pki
 
     listing = init_pki(
         args.out,
@@ -140,7 +114,7 @@ def _pki_init(args) -> int:
 
 
 def _pki_renew(args) -> int:
-    from common.pki import renew_server_cert
+    from common.privacy.pki import renew_server_cert
 
     info = renew_server_cert(
         args.pki, args.superlink_host, server_days=args.server_days
@@ -151,7 +125,7 @@ def _pki_renew(args) -> int:
 
 
 def _pki_add_site(args) -> int:
-    from common.pki import add_site, register_command
+    from common.privacy.pki import add_site, register_command
 
     info = add_site(args.pki, args.name)
     print(f"site {info.name}: key {info.fingerprint}")
@@ -172,7 +146,7 @@ def _pki_register(args) -> int:
     SuperLink's list counts as registered (so this can run at every start)."""
     import json
 
-    from common.pki import ALLOW_LIST_DIR, register_command
+    from common.privacy.pki import ALLOW_LIST_DIR, register_command
 
     allow = Path(args.pki) / ALLOW_LIST_DIR
     names = args.names or sorted(p.stem for p in allow.glob("*.pub"))
@@ -201,7 +175,7 @@ def _pki_register(args) -> int:
 
 
 def _pki_list(args) -> int:
-    from common.pki import list_pki
+    from common.privacy.pki import list_pki
 
     _print_listing(list_pki(args.pki))
     return 0
@@ -209,7 +183,7 @@ def _pki_list(args) -> int:
 
 def _pki_roster(args) -> int:
     """Write the roster from the allow-list and --weight, or check one."""
-    from common.pki import fingerprint
+    from common.privacy.pki import fingerprint
     from server.roster import RosterError, load_roster, parse_weights, roster_text
 
     try:
@@ -217,12 +191,10 @@ def _pki_roster(args) -> int:
             path = args.check
         else:
             if not args.weight or not args.out:
-                print(
-                    "error: pki roster: give --weight NAME=COUNT ... and --out, "
-                    "or --check FILE",
-                    file=sys.stderr,
+                args.usage_error(
+                    "pki roster: give --weight NAME=COUNT ... and --out, "
+                    "or --check FILE"
                 )
-                return 2
             if args.out.exists():
                 print(
                     f"error: {args.out}: exists; the roster is not overwritten",
@@ -275,34 +247,18 @@ def _date(info) -> str:
     return f"{info.not_after:%Y-%m-%d}"
 
 
-def _doctor(args, config: RunConfig) -> int:
-    import logging
+def _report_arguments(rep: argparse.ArgumentParser) -> None:
+    rep.add_argument("run_dir", type=Path, help="a run directory (simulate --out)")
 
-    from flwr.common.config import parse_config_args
 
-    from client.doctor import run_checks
+def _report(args: argparse.Namespace) -> int:
+    from server.report import write_report
 
-    logging.getLogger("common.ingest").setLevel(logging.WARNING)
-    try:
-        node_config = parse_config_args(
-            [args.node_config] if args.node_config else None
-        )
-    except ValueError as err:
-        print(f"error: --node-config: {err}", file=sys.stderr)
-        return 2
-    checks = run_checks(
-        args.superlink,
-        args.root_certificates,
-        args.auth_supernode_private_key,
-        node_config,
-        config,
-        gpu=args.gpu,
-        timeout=args.timeout,
-    )
-    for check in checks:
-        print(f"[{check.status.upper():4s}] {check.name}: {check.detail}")
-        if check.fix:
-            print(f"       fix: {check.fix}")
-    failed = [c.name for c in checks if c.failed]
-    print(f"{len(checks) - len(failed)} of {len(checks)} checks passed")
-    return 1 if failed else 0
+    print(write_report(args.run_dir))
+    return 0
+
+
+PKI = Command("the federation's CA, SuperLink cert, site keys", _pki_arguments, _pki)
+REPORT = Command(
+    "write RUN_DIR/report.html with its figures", _report_arguments, _report
+)

@@ -22,11 +22,11 @@ log = logging.getLogger(__name__)
 
 def initial_model(config):
     """The run's starting model: seeded init, E warm-started from `hub-module`."""
-    from common.gan_training import BigBiGAN
+    from common.model.gan_training import BigBiGAN
 
     model = BigBiGAN(config.model, seed=config.seed, devices=config.devices)
     if config.hub_module:
-        from common.hub import warm_start_encoder
+        from common.model.hub import warm_start_encoder
 
         report = warm_start_encoder(model.encoder, config.hub_module)
         log.info("warm start from %s: %s", config.hub_module, report.summary())
@@ -48,7 +48,7 @@ def save_model(model, path: Path) -> Path:
 
 def load_model(path: Path, devices: DeviceConfig | None = None, seed: int = 0):
     """A BigBiGAN from a model file or a run directory, weights restored exactly."""
-    from common.gan_training import BigBiGAN
+    from common.model.gan_training import BigBiGAN
 
     path = Path(path)
     if path.is_dir():
@@ -70,7 +70,7 @@ def load_model(path: Path, devices: DeviceConfig | None = None, seed: int = 0):
 
 
 def _load_run_dir(run: Path, devices: DeviceConfig | None, seed: int):
-    from common.gan_training import BigBiGAN
+    from common.model.gan_training import BigBiGAN
 
     config_file, weights_file = run / "config.json", run / "global_weights.npz"
     if not (config_file.is_file() and weights_file.is_file()):
@@ -89,7 +89,7 @@ def load_encoder(run: Path):
     """E alone from a run directory (the first arrays of global_weights.npz, as
     `BigBiGAN.variables` lists E first): all that scoring needs, built in a
     fraction of the full model's time."""
-    from common.bigbigan import build_encoder
+    from common.model.bigbigan import build_encoder
 
     run = Path(run)
     config_file, weights_file = run / "config.json", run / "global_weights.npz"

@@ -48,7 +48,7 @@ def save_samples(path: Path, model, n: int = 8, seed: int = 0) -> None:
 
 def reconstruction_rows(model, images: np.ndarray) -> list[np.ndarray]:
     """Two rows: the real slices at G's size, then G(E(x))."""
-    from common.bigbigan import downsample_for_d
+    from common.model.bigbigan import downsample_for_d
 
     real = np.asarray(downsample_for_d(images, model.preset))
     return [real, np.asarray(model.reconstruct(images))]

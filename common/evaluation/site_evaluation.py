@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from common.feature_kinds import HEADS, MAIN, head_names
-from common.metrics import (
+from common.evaluation.feature_kinds import HEADS, MAIN, head_names
+from common.evaluation.metrics import (
     GRID_BINS,
     GRID_HIGH,
     GRID_LOW,
@@ -152,7 +152,7 @@ def read_site_report(record: dict) -> tuple[dict, dict[str, np.ndarray]]:
     return split, coarse
 
 
-# ---- every head at once: the model's and the baselines' (common.feature_kinds)
+# ---- every head at once: the model's and the baselines' (feature_kinds.py)
 
 PAIRED = "paired"  # record prefix of model-minus-baseline differences
 PAIRED_KEYS = ("diff", "diff_ci", "p")

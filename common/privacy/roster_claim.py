@@ -16,7 +16,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from common import pki
+from common.privacy import pki
 
 SITE_NAME = pki._SITE_NAME  # the names `pki add-site` accepts
 

@@ -1,7 +1,7 @@
 """Exact AUC with DeLong's 95% confidence interval, for data held in one place.
 
 Used where the scores are local (centralised baselines, a site's own probe); the
-federated path uses the histogram ROC in `common.metrics`.
+federated path uses the histogram ROC in `common.evaluation.metrics`.
 """
 
 from __future__ import annotations

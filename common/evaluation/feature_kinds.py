@@ -4,20 +4,20 @@ Every run fits the same heads, with the same secure rounds, on three kinds of
 slice features, so the model is always seen beside two baselines:
 
 - "model": z_mean of the federated encoder (the paper's features);
-- "radiomics": first-order radiomics of the slice (`common.radiomics`);
+- "radiomics": first-order radiomics of the slice (`common.evaluation.radiomics`);
 - "untrained": z_mean of the encoder at the run seed's initial weights (the
   seeded random init the sites build themselves, not a hub warm start):
   what the BigBiGAN rounds added.
 
 Each kind gets two heads: "lm" (the paper's least squares, `head-ridge` tiny)
 and "ridge" (its strength chosen on the validation patients,
-`common.linear_head.ridge_path`). A head's name is "kind-head"; "model-lm" is
+`common.evaluation.linear_head.ridge_path`). A head's name is "kind-head"; "model-lm" is
 the run's main result, and comes first wherever heads travel in order.
 """
 
 from __future__ import annotations
 
-from common.radiomics import N_FEATURES
+from common.evaluation.radiomics import N_FEATURES
 
 KINDS = ("model", "radiomics", "untrained")
 BASELINES = KINDS[1:]

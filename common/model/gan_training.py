@@ -13,18 +13,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from common.adabn import adapt_batchnorm
-from common.bigbigan import (
+from common.config import ModelPreset, TrainConfig
+from common.devices import DeviceConfig, dtype_policy, strategy_for, wrap_optimizer
+from common.model.adabn import adapt_batchnorm
+from common.model.bigbigan import (
     build_discriminator,
     build_encoder,
     build_generator,
     downsample_for_d,
 )
-from common.config import ModelPreset, TrainConfig
-from common.devices import DeviceConfig, dtype_policy, strategy_for, wrap_optimizer
-from common.diff_augment import augment, parse
-from common.layers import seeded_initializers
-from common.losses import discriminator_loss, encoder_generator_loss
+from common.model.diff_augment import augment, parse
+from common.model.layers import seeded_initializers
+from common.model.losses import discriminator_loss, encoder_generator_loss
 
 
 @dataclass
@@ -379,7 +379,7 @@ class BigBiGAN:
         return float(x.std(axis=0).mean())
 
     def adapt_batchnorm(self, images: np.ndarray, batch: int = 64) -> None:
-        """AdaBN on E (common.adabn): its BatchNorm statistics re-estimated on
+        """AdaBN on E (common.model.adabn): its BatchNorm statistics re-estimated on
         `images`, its other weights kept. For a site whose own statistics were
         never trained (FedBN keeps every training site's at home)."""
         adapt_batchnorm(self.encoder, images, batch)

@@ -98,7 +98,7 @@ def delong_from_histograms(pos: np.ndarray, neg: np.ndarray) -> tuple[float, flo
     midrank form) are equal within a bin and follow from cumulative counts: a
     positive in bin b scores (negatives below b + half the negatives in b) / n, a
     negative in b scores (positives above b + half the positives in b) / m. The
-    result equals `common.roc_stats.delong_auc` on the binned scores exactly.
+    result equals `common.evaluation.roc_stats.delong_auc` on the binned scores exactly.
     """
     pos, neg = np.asarray(pos, float), np.asarray(neg, float)
     m, n = pos.sum(), neg.sum()

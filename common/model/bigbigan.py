@@ -3,7 +3,7 @@
 Shapes follow the hub module `deepmind/bigbigan-resnet50`: E maps an image in
 [-1, 1] to the mean and (softplus) standard deviation of a 120-d Gaussian plus the
 pooled trunk features; G maps z to an image at `gd_size` with tanh; D scores pairs
-(x, z) with s_x, s_z and s_xz. Layer names are stable: `common/hub.py` maps the
+(x, z) with s_x, s_z and s_xz. Layer names are stable: `common/model/hub.py` maps the
 hub module's checkpoint onto them. Outputs that feed a loss are float32 so mixed
 precision changes only the compute dtype inside the players.
 """
@@ -14,7 +14,7 @@ import keras
 from keras import layers, ops
 
 from common.config import ModelPreset
-from common.layers import (
+from common.model.layers import (
     ConditionalBatchNorm,
     SelfAttention,
     SNConv2D,
