@@ -26,6 +26,7 @@ from client.audit_records import (
 from common.evaluation.site_evaluation import COARSE_BINS, heads_report_keys
 from common.ingest.shortcuts import SHORTCUT_NAMES
 from common.ingest.site_checks import NEG, POS, SHORTCUT_ATTRIBUTE, SHORTCUT_AUC
+from common.privacy import roster_claim
 from common.secure_agg import keys as secure_keys
 from common.secure_agg import protocol as secure
 
@@ -239,6 +240,21 @@ def _properties(record) -> None:
     index = record.get(SHORTCUT_ATTRIBUTE, 0)
     if not _count(index) or index >= len(SHORTCUT_NAMES):
         raise AuditRefusal(f"{SHORTCUT_ATTRIBUTE} is not an attribute's index")
+
+
+def _roster_claim(record) -> None:
+    """The site's signed claim of its count (`client.roster_signing`): its
+    roster name and an ECDSA signature, nothing else."""
+    _exact_keys(record, {roster_claim.SITE, roster_claim.SIGNATURE})
+    site = record[roster_claim.SITE]
+    if not isinstance(site, str) or not roster_claim.SITE_NAME.match(site):
+        raise AuditRefusal("the roster site is not a site name")
+    signature = record[roster_claim.SIGNATURE]
+    if (
+        not isinstance(signature, bytes)
+        or len(signature) > roster_claim.MAX_SIGNATURE_BYTES
+    ):
+        raise AuditRefusal("the roster signature is not a short byte string")
 
 
 def _status(record) -> None:

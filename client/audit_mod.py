@@ -34,6 +34,8 @@ message it answers:
   paired difference model minus baseline, its CI and p; no list of scores,
   exactly the keys of the kinds the server named); Flower's status
   record with the message "Success".
+- **a roster claim** (`roster`, `client.roster_signing`) beside a declared
+  count: the site's roster name and a short signature, nothing else.
 
 Anything else is refused: the mod raises `AuditRefusal`, so the server gets an
 error reply naming the rule and the record (never a value, never a key it does
@@ -89,6 +91,7 @@ from client.audit_checks import (
     _masked_vectors,
     _num_examples,
     _properties,
+    _roster_claim,
     _scalars,
     _secagg_stage,
     _secure_agg_stage,
@@ -105,6 +108,7 @@ from client.audit_incoming import (
     _Incoming,
 )
 from client.audit_records import AuditRefusal
+from common.privacy import roster_claim
 from common.secure_agg import protocol as secure
 
 log = logging.getLogger("flwr")
@@ -190,6 +194,7 @@ def _rules_for(incoming: _Incoming) -> dict[tuple[str, str], Callable]:
         return {
             ("config", "getpropertiesres.properties"): _properties,
             ("config", "getpropertiesres.status"): _status,
+            ("config", roster_claim.RECORD): _roster_claim,
         }
     if incoming.kinds is None:
         raise AuditRefusal("a message naming feature kinds the audit does not know")
@@ -223,6 +228,7 @@ def _rules_for(incoming: _Incoming) -> dict[tuple[str, str], Callable]:
         ("config", "fitres.metrics"): _scalars(phase.metrics | NODE_COST_METRICS),
         ("metric", "fitres.num_examples"): _num_examples,
         ("config", "fitres.status"): _status,
+        ("config", roster_claim.RECORD): _roster_claim,  # a site's signed count
     }
     if ours:  # the collect stage
         bits = incoming.lane_bits

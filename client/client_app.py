@@ -20,6 +20,7 @@ from flwr.common.logger import log
 
 from client.audit_mod import audit_mod
 from client.local_parts import LocalParts
+from client.roster_signing import roster_signing_mod
 from client.secure_dispatch_mod import secure_dispatch_mod
 from client.site import cache_dir, resolve_site, site_data
 from common.config import FEDERATED_PARTS, RunConfig
@@ -390,5 +391,9 @@ def client_fn(context: Context):
 
 # the audit mod checks every reply: outside the secure protocol what actually
 # leaves, inside it the plaintext before masking (client/audit_mod.py); the
-# dispatch mod runs SecAgg+ or ours, as the server's messages say
-app = ClientApp(client_fn=client_fn, mods=[audit_mod, secure_dispatch_mod, audit_mod])
+# dispatch mod runs SecAgg+ or ours, as the server's messages say; the roster
+# mod signs the declared count of the ClientApp's own reply (before masking)
+app = ClientApp(
+    client_fn=client_fn,
+    mods=[audit_mod, secure_dispatch_mod, audit_mod, roster_signing_mod],
+)

@@ -8,7 +8,9 @@ Before a SuperNode joins, check what it will need, with the same inputs it gets
    certificate against the federation's CA *and* the host name, then its
    `/health` endpoint;
 2. the node's authentication key is readable only by its owner and is an
-   ECDSA key on a NIST curve, as `flower-supernode` reads it;
+   ECDSA key on a NIST curve, as `flower-supernode` reads it; with node config
+   `roster-key` (a federation with a roster), that it is the same key and
+   `roster-site` a site name;
 3. the node config names a data dir and a role, and the data dir ingests
    through the ClientApp's own path (`client.site.site_data`): into the node's
    `cache-dir` when the node config names one (the cache the first round will
@@ -34,7 +36,7 @@ from cryptography import x509
 
 from common.config import RunConfig
 
-NODE_CONFIG_KEYS = ("data-dir", "role", "cache-dir")
+NODE_CONFIG_KEYS = ("data-dir", "role", "cache-dir", "roster-key", "roster-site")
 EXPIRY_WARNING_DAYS = 30
 
 
@@ -74,6 +76,8 @@ def run_checks(
     """Every check, in the order a node needs them."""
     checks = [check_superlink(superlink, root_certificates, timeout)]
     checks.append(check_auth_key(auth_key))
+    if "roster-key" in node_config or "roster-site" in node_config:
+        checks.append(check_roster(node_config, auth_key))
     checks.extend(check_site(node_config, config))
     if gpu:
         checks.append(check_gpu())
@@ -224,6 +228,42 @@ def check_auth_key(path: Path | None) -> Check:
         f"{path}: ECDSA {key.curve.name}, public key {fingerprint(key.public_key())} "
         "(the coordinator's `fedbigbigan pki list` must show the same)",
     )
+
+
+def check_roster(node_config: dict, auth_key: Path | None) -> Check:
+    """The roster signing key (node config `roster-key`, `roster-site`): a key
+    the node can read, the node's own auth key (the one the coordinator's
+    roster holds), and a site name."""
+    from common.privacy.pki import PKIError, fingerprint, load_node_private_key
+    from common.privacy.roster_claim import SITE_NAME
+
+    name = "roster key"
+    site = node_config.get("roster-site")
+    path = node_config.get("roster-key")
+    if not isinstance(site, str) or not SITE_NAME.match(site) or not path:
+        return _fail(
+            name,
+            f"roster-key = {path!r}, roster-site = {site!r}",
+            "set both: roster-key the auth.key's path, roster-site the name the "
+            "coordinator gave this site",
+        )
+    try:
+        key = load_node_private_key(Path(str(path)))
+    except (PKIError, OSError) as err:
+        return _fail(name, str(err), "point roster-key at this site's auth.key")
+    printed = fingerprint(key.public_key())
+    if auth_key is not None:
+        try:
+            auth = fingerprint(load_node_private_key(Path(auth_key)).public_key())
+        except (PKIError, OSError):
+            auth = printed  # the auth key check says what is wrong with it
+        if auth != printed:
+            return _fail(
+                name,
+                f"{path} ({printed}) is not the auth key ({auth})",
+                "the roster holds the node-auth public key: use the same auth.key",
+            )
+    return _ok(name, f"signs as {site!r} with {printed}")
 
 
 def check_site(node_config: dict, config: RunConfig) -> list[Check]:

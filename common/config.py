@@ -213,6 +213,9 @@ class RunConfig:
     # as the consortium agreed; a site declaring more is refused. 0 = no cap
     # (the largest declared count is the round's max_weight)
     max_site_weight: int = 0
+    # the coordinator's roster of enrolled sites, keys and agreed weights
+    # (server.roster): sites sign their counts; "" = none
+    roster_file: str = ""
 
     @property
     def model(self) -> ModelPreset:

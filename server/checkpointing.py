@@ -53,6 +53,8 @@ def stable_config(config: RunConfig) -> dict:
         del flat["transport"]
     if flat.get("max-site-weight") == 0:  # likewise, from before the cap
         del flat["max-site-weight"]
+    if flat.get("roster-file") == "":  # likewise, from before the roster
+        del flat["roster-file"]
     return flat
 
 

@@ -61,6 +61,22 @@ def _pki_arguments(pki: argparse.ArgumentParser) -> None:
     reg.add_argument(
         "--pki", type=Path, default=Path("pki"), help="the federation's PKI folder"
     )
+    roster = pki_sub.add_parser(
+        "roster",
+        help="write or check the roster of sites' keys and agreed weights",
+    )
+    roster.add_argument(
+        "--pki", type=Path, default=Path("pki"), help="the federation's PKI folder"
+    )
+    roster.add_argument(
+        "--weight",
+        action="append",
+        default=[],
+        metavar="NAME=COUNT",
+        help="a site and its agreed weight (training slices); once per site",
+    )
+    roster.add_argument("--out", type=Path, help="the roster file to write (new)")
+    roster.add_argument("--check", type=Path, help="check this roster file instead")
     listing = pki_sub.add_parser("list", help="the CA, SuperLink cert and sites")
     listing.add_argument(
         "--pki", type=Path, default=Path("pki"), help="the federation's PKI folder"
@@ -165,12 +181,47 @@ def _pki_list(args) -> int:
     return 0
 
 
+def _pki_roster(args) -> int:
+    """Write the roster from the allow-list and --weight, or check one."""
+    from common.privacy.pki import fingerprint
+    from server.roster import RosterError, load_roster, parse_weights, roster_text
+
+    try:
+        if args.check:
+            path = args.check
+        else:
+            if not args.weight or not args.out:
+                args.usage_error(
+                    "pki roster: give --weight NAME=COUNT ... and --out, "
+                    "or --check FILE"
+                )
+            if args.out.exists():
+                print(
+                    f"error: {args.out}: exists; the roster is not overwritten",
+                    file=sys.stderr,
+                )
+                return 2
+            args.out.write_text(roster_text(args.pki, parse_weights(args.weight)))
+            path = args.out
+        roster = load_roster(path)
+    except RosterError as err:
+        for line in str(err).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        return 2
+    for site in roster.sites.values():
+        key = fingerprint(site.public_key)
+        print(f"site {site.name:20s} {key}  weight {site.weight}")
+    print(f"{path}: {len(roster.sites)} sites; run config roster-file='{path}'")
+    return 0
+
+
 _PKI = {
     "init": _pki_init,
     "renew-server": _pki_renew,
     "add-site": _pki_add_site,
     "register": _pki_register,
     "list": _pki_list,
+    "roster": _pki_roster,
 }
 
 

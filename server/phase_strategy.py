@@ -27,6 +27,8 @@ class PhaseStrategy(Strategy):
         self.train_messages_to: set[int] = set()  # audit: who ever got a train message
         self.timings: list[dict] = []  # per secure round, see server.timing
         self.wire: list[dict] = []  # per round of ours: bytes and lanes (payload)
+        self.roster = None  # server.roster.Roster: enrolled sites, agreed weights
+        self.refused: list[str] = []  # nodes the roster refused in a round
 
     def initialize_parameters(self, client_manager):
         return None

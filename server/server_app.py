@@ -28,7 +28,6 @@ from common.evaluation.metrics import histogram_keys
 from common.model.grids import save_samples
 from common.model.model_parts import federated_indices, floor_variances, merge, select
 from server import tensorboard
-from server.aggregate_checks import admit_sites
 from server.checkpointing import (
     ServerCheckpoint,
     config_hash,
@@ -41,6 +40,7 @@ from server.evaluation_round import _evaluate_all, _external_split  # noqa: F401
 from server.phase_strategy import PhaseStrategy
 from server.privacy_summary import dp_summary, payload_bytes
 from server.progress import PROGRESS, gan_round_line, phase_line
+from server.roster import admit_rostered, load_roster, round_max_weight
 from server.run_dir import write_config, write_run
 from server.server_optimizer import initial_state, server_step
 from server.site_exchanges import (  # noqa: F401  (re-exported)
@@ -74,6 +74,8 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
     """All three phases; returns the metrics written to the run directory."""
     flat = config.to_flat()
     strategy = PhaseStrategy(set())
+    # read first: a bad roster stops the run before any site is asked
+    strategy.roster = load_roster(config.roster_file) if config.roster_file else None
     legacy = LegacyContext(
         context, ServerConfig(num_rounds=config.gan_rounds), strategy=strategy
     )
@@ -84,7 +86,10 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
     try:
         _wait_for_nodes(grid, len(config.site_roster()), config.secagg.timeout)
         details: dict[int, dict] = {}
-        roles = _query_roles(grid, flat, config.secagg.timeout, details)
+        claims: dict = {}  # each node's signed count, for the roster
+        roles = _query_roles(
+            grid, flat, config.secagg.timeout, details=details, claims=claims
+        )
         refusals = site_refusals(roles, details, config.train.min_patients_per_class)
         if refusals:  # the same check `simulate` makes before Flower
             for line in refusals:  # one line per site in the SuperLink's log
@@ -93,14 +98,15 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
         shortcuts = site_shortcuts(roles, details)
         for line in shortcut_lines({"site_shortcuts": shortcuts}):
             log.warning("%s", line)
-        admitted, refused = admit_sites(
-            {n: size for n, (r, size) in roles.items() if r == "train"},
-            config.max_site_weight,
+        train = {n: size for n, (r, size) in roles.items() if r == "train"}
+        admitted, refused = admit_rostered(
+            strategy.roster, context.run_id, train, claims, config.max_site_weight
         )
         for line in refused:  # never trained, never in a sum
             log.error("training site refused: %s", line)
         strategy.train_node_ids = set(admitted)
         sizes = list(admitted.values())
+        top = round_max_weight(strategy, sizes)  # the roster's, or the largest n
         log.info(
             "federation: %d training sites, %d held out for validation",
             len(sizes),
@@ -133,7 +139,7 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
         heads = feature_kinds.head_names(kinds)
         flat = {**flat, feature_kinds.CONFIG_KEY: ",".join(kinds)}
         fits = _federated_lm(
-            grid, legacy, strategy, config, flat, gan_rounds + 1, fed, max(sizes), kinds
+            grid, legacy, strategy, config, flat, gan_rounds + 1, fed, top, kinds
         )
         coef, head_scale = fits.coefs[feature_kinds.MAIN], fits.scales["model"]
         secure_rounds += 2
@@ -145,7 +151,7 @@ def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -
             flat,
             gan_rounds + 3,
             fed,
-            max(sizes),
+            top,
             head_scale,
         )
         secure_rounds += config.logit_rounds
@@ -300,6 +306,7 @@ def _gan_rounds(grid, legacy, strategy, config, out, model, state, sizes):
     trainable = [model.variables[i].trainable for i in shared]
     half = config.transport == "float16"
     clips: list[float] | None = None  # 16-bit lanes' clips (server.transport)
+    top = round_max_weight(strategy, sizes)
     for rnd in range(state.round + 1, gan_rounds + 1):
         strategy.config = {
             **flat,
@@ -316,7 +323,7 @@ def _gan_rounds(grid, legacy, strategy, config, out, model, state, sizes):
             downcast(sent) if half else sent,
             config,
             clip=config.secagg.delta_clip,
-            max_weight=1 if private else max(sizes),  # DP: unweighted mean
+            max_weight=1 if private else top,  # DP: unweighted mean
             lanes=lane_bits(clips) if half else 32,
             tensor_clips=clips if half else None,
         )

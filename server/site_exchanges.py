@@ -17,6 +17,7 @@ from flwr.serverapp import Grid
 from common.config import RunConfig
 from common.secure_agg.quantize import FixedPoint
 from server.aggregate_checks import check_aggregate, check_declared
+from server.roster import claim_of, guarded
 from server.secure_agg_workflow import SecureAggWorkflow
 from server.timing import round_timing
 
@@ -60,10 +61,15 @@ def _ask_every_node(
 
 
 def _query_roles(
-    grid: Grid, flat: dict, timeout: float, details: dict | None = None
+    grid: Grid,
+    flat: dict,
+    timeout: float,
+    details: dict | None = None,
+    claims: dict | None = None,
 ) -> dict[int, tuple[str, int]]:
     """Ask each node its role (train/external) and training-set size; the rest
-    of each reply (class counts, shortcut AUC) goes into `details` by node."""
+    of each reply (class counts, shortcut AUC) goes into `details` by node, and
+    its signed claim of that size (for the roster) into `claims`."""
     ins = GetPropertiesIns(dict(flat))
     roles = {}
     for reply in _ask_every_node(
@@ -77,6 +83,8 @@ def _query_roles(
         roles[reply.metadata.src_node_id] = (str(props["role"]), props["n_train"])
         if details is not None:
             details[reply.metadata.src_node_id] = dict(props)
+        if claims is not None:
+            claims[reply.metadata.src_node_id] = claim_of(reply.content)
     log.info("sites: %s", {n: r for n, (r, _) in roles.items()})
     return roles
 
@@ -137,7 +145,7 @@ def _secure_round(
     legacy.strategy.declared = {}
     workflow = _workflow(config, clip, max_weight, lanes, tensor_clips)
     started = time.monotonic()
-    workflow(grid, legacy)
+    workflow(guarded(grid, legacy, rnd), legacy)  # the roster's checks, if any
     stats = getattr(workflow, "last_stats", None)  # SecAgg+ has none
     if legacy.strategy.aggregate is not None and stats is not None:
         legacy.strategy.wire.append(

@@ -210,6 +210,11 @@ def _simulate(args: argparse.Namespace) -> int:
 
     try:
         config = RunConfig.from_flat(flat)  # every value checked before anything
+        if config.roster_file:  # simulated nodes share one node config: no keys
+            args.usage_error(
+                "roster-file: a roster needs deployed nodes, each signing with its "
+                "own key (node config roster-key); the Simulation Engine has none"
+            )
         scenario = None
         if args.scenario or args.scenario_set:
             settings: dict = {}

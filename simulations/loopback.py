@@ -136,6 +136,10 @@ class LoopbackGrid(Grid):
         )
         incoming.metadata.__dict__["_message_id"] = message.metadata.message_id
         incoming.metadata.__dict__["_src_node_id"] = 0
+        # the node sees this grid's run, as from a SuperLink: `Message()` stamps
+        # the process-wide TaskIdentity.run_id, which an earlier in-process
+        # `run_simulation` leaves at its random run id (signed run ids differ)
+        incoming.metadata.__dict__["_run_id"] = self.run.run_id
         wire = time.perf_counter() - start
         start = time.perf_counter()
         try:

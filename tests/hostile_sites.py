@@ -9,7 +9,7 @@ mod (what a site running modified code could send). No tests in here.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, RecordDict
@@ -19,6 +19,7 @@ from flwr.server import LegacyContext, ServerConfig
 from flwr.server.compat.grid_client_proxy import GridClientProxy
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD
 
+from client.roster_signing import roster_signing_mod
 from client.secure_dispatch_mod import secure_dispatch_mod
 from common.config import RunConfig
 from server.phase_strategy import PhaseStrategy
@@ -42,6 +43,7 @@ class Site:
     n: float = 100
     update: Callable[[int], list[np.ndarray]] = honest_update
     tamper: Callable | None = None  # a client mod after the protocol's own
+    node_config: dict = field(default_factory=dict)  # e.g. roster-key, roster-site
 
 
 class _Client(NumPyClient):
@@ -61,7 +63,7 @@ def client_app(sites: list[Site]) -> ClientApp:
         partition = int(ctxt.node_config["partition-id"])
         inner = ClientApp(
             client_fn=lambda c: _Client(partition, sites[partition]).to_client(),
-            mods=[*mods_for(partition), secure_dispatch_mod],
+            mods=[*mods_for(partition), secure_dispatch_mod, roster_signing_mod],
         )
         return inner(msg, ctxt)
 
@@ -85,13 +87,20 @@ def secure_round(
     protocol: str,
     max_weight: float | None = None,
     seed: int = 0,
+    roster=None,
     **config,
 ) -> tuple[list[np.ndarray], PhaseStrategy]:
     """One `_secure_round` of the BigBiGAN phase over `sites`; the mean and
-    the strategy (its site metrics and dropped count)."""
+    the strategy (its site metrics and dropped count); with `roster`
+    (`server.roster.Roster`) the roster's checks run as in a rostered run."""
     np.random.seed(seed)  # the sites' stochastic rounding: the same each call
-    grid = LoopbackGrid(client_app(sites), len(sites))
+    grid = LoopbackGrid(
+        client_app(sites),
+        len(sites),
+        node_config=lambda i: {"partition-id": i, **sites[i].node_config},
+    )
     strategy = PhaseStrategy({int(n) for n in grid.get_node_ids()})
+    strategy.roster = roster
     context = Context(
         run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}
     )
@@ -102,8 +111,8 @@ def secure_round(
     cfg = run_config(protocol, **config)
     strategy.config = {"phase": "gan"}
     weights = [np.zeros(s, np.float32) for s in SHAPES]
-    if max_weight is None:
-        max_weight = max(s.n for s in sites)
+    if max_weight is None:  # as the ServerApp: the roster's, or the largest n
+        max_weight = roster.max_weight if roster else max(s.n for s in sites)
     mean = _secure_round(grid, legacy, 1, weights, cfg, CLIP, max_weight)
     return [np.asarray(m) for m in mean], strategy
 

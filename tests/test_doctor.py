@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from client.doctor import check_auth_key, check_gpu, check_site, check_superlink
+from client.doctor import (
+    check_auth_key,
+    check_gpu,
+    check_roster,
+    check_site,
+    check_superlink,
+)
 from common.commands import main
 from common.config import RunConfig
 from common.privacy.pki import add_site, init_pki
@@ -141,6 +147,19 @@ def test_auth_key_checks(pki, tmp_path):
     check = check_auth_key(pem)
     assert check.failed and "OpenSSH" in check.detail
     assert "never" not in check.detail and "BEGIN" not in check.detail
+
+
+def test_roster_key_checks(pki, tmp_path):
+    key = add_site(pki, "hospital_a").key_path
+    other = add_site(pki, "hospital_b").key_path
+    good = {"roster-key": str(key), "roster-site": "hospital_a"}
+    check = check_roster(good, key)
+    assert check.status == "ok" and "'hospital_a'" in check.detail
+    check = check_roster({**good, "roster-key": str(other)}, key)
+    assert check.failed and "is not the auth key" in check.detail
+    assert check_roster({"roster-key": str(key)}, key).failed  # no site name
+    check = check_roster({**good, "roster-key": str(tmp_path / "nope")}, key)
+    assert check.failed and "nope" in check.detail
 
 
 @pytest.fixture(scope="module")
