@@ -197,14 +197,15 @@ def serve(node_config: dict) -> int:
             f'{WORKER_SOCKET_KEY}="/run/fedbigbigan/worker.sock" (as for the SuperNode)'
         )
     path = Path(str(node_config[WORKER_SOCKET_KEY]))
-    import tensorflow  # noqa: F401  (warm before the first message, not during)
-
-    worker = Worker(node_config)
-    server = listen(path)
+    server = listen(path)  # refused or not, before seconds of imports
     ours = path.stat().st_ino
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    log(INFO, "site worker %d listening on %s", os.getpid(), path)
     try:
+        # warm before the first message (a ClientApp connecting meanwhile waits)
+        import tensorflow  # noqa: F401
+
+        worker = Worker(node_config)
+        log(INFO, "site worker %d listening on %s", os.getpid(), path)
         while True:
             conn, _ = server.accept()
             with conn:

@@ -98,7 +98,9 @@ def decode_values(values: Any) -> dict[str, Any]:
 
 def send_frame(sock: socket.socket, header: dict, arrays: list[np.ndarray]) -> None:
     """Write one frame: the header (with the arrays' dtypes and shapes), then them."""
-    arrays = [np.ascontiguousarray(a) for a in arrays]
+    # C order for the raw bytes (ascontiguousarray would make a 0-d array 1-d)
+    arrays = [np.asarray(a) for a in arrays]
+    arrays = [a if a.flags.c_contiguous else a.copy(order="C") for a in arrays]
     for a in arrays:
         if a.dtype.str not in DTYPES:
             raise ProtocolError(f"array dtype {a.dtype} is not sent")
