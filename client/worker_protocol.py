@@ -177,6 +177,22 @@ class WorkerReply:
     worker: dict[str, Any] = field(default_factory=dict)
 
 
+def connect(path: Path) -> socket.socket:
+    """A connection to the worker at `path`; OSError if none listens there, or
+    PermissionError if its process is another user's (data never goes there)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(CONNECT_TIMEOUT)
+        sock.connect(str(path))
+        if peer_uid(sock) != os.getuid():
+            raise PermissionError(f"its process runs as uid {peer_uid(sock)}")
+    except OSError:
+        sock.close()
+        raise
+    sock.settimeout(None)  # training takes as long as it takes
+    return sock
+
+
 def request(
     path: Path,
     op: str,
@@ -187,19 +203,13 @@ def request(
     """Hand a message's work to the node's site worker; None (after one warning
     line) when no worker of this user listens there: the caller works itself.
     A worker that took the request but failed raises WorkerError."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.settimeout(CONNECT_TIMEOUT)
-        sock.connect(str(path))
-        if peer_uid(sock) != os.getuid():
-            raise PermissionError(f"its process runs as uid {peer_uid(sock)}")
+        sock = connect(path)
     except OSError as err:
-        sock.close()
         reason = err.strerror or str(err)
         log(WARNING, "site worker %s not used (%s): working in-process", path, reason)
         return None
     with sock:
-        sock.settimeout(None)  # training takes as long as it takes
         header = {
             "op": op,
             "node": {k: node_config.get(k) for k in SITE_KEYS},
@@ -216,3 +226,13 @@ def request(
         float(reply.get("loss", 0.0)),
         dict(reply.get("worker", {})),
     )
+
+
+def ping(path: Path) -> dict[str, Any]:
+    """The worker's status (pid, messages served, models built, peak memory);
+    OSError if no worker of this user answers."""
+    with connect(path) as sock:
+        sock.settimeout(CONNECT_TIMEOUT)
+        send_frame(sock, {"op": "ping"}, [])
+        reply, _ = recv_frame(sock)
+    return dict(reply.get("worker", {}))

@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from client import worker_protocol
 from client.site_worker import WorkerRefused, listen
-from client.worker_protocol import recv_frame, request, send_frame
+from client.worker_protocol import recv_frame, send_frame
 
 pytestmark = pytest.mark.slow
 
@@ -76,8 +77,10 @@ def start_worker(config: dict) -> subprocess.Popen:
 
 
 def ping(sock: Path) -> dict | None:
-    reply = request(sock, "ping", {}, [], {})
-    return None if reply is None else reply.worker
+    try:
+        return worker_protocol.ping(sock)
+    except OSError:
+        return None
 
 
 @pytest.fixture(scope="module")
@@ -304,3 +307,13 @@ def test_frames_carry_arrays_bit_for_bit():
     assert [(a.dtype, a.shape, a.tobytes()) for a in back] == [
         (a.dtype, a.shape, np.ascontiguousarray(a).tobytes()) for a in arrays
     ]
+
+
+def test_doctor_checks_the_worker(worker, short_dir):
+    from client.doctor import check_site_worker
+
+    config, proc = worker
+    found = check_site_worker(Path(config["site-worker-socket"]))
+    assert found.status == "ok" and f"pid {proc.pid}" in found.detail
+    missing = check_site_worker(short_dir / "nobody.sock")
+    assert missing.status == "warn" and "site-worker" in missing.fix
