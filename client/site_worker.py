@@ -95,7 +95,14 @@ def claim_path(path: Path) -> None:
 
 
 def listen(path: Path) -> socket.socket:
-    """A listening socket at `path`, created with mode 0600."""
+    """A listening socket at `path`, created with mode 0600 in a folder only
+    this user can write to (made, 0700, if it is missing)."""
+    try:  # a missing last folder is made ours (a pod's shared emptyDir is 0777)
+        path.parent.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        raise WorkerRefused(f"{path.parent.parent}: no such folder") from None
     check_folder(path)
     claim_path(path)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

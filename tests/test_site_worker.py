@@ -240,6 +240,18 @@ def test_a_stale_socket_of_its_own_is_replaced(short_dir):
         server.close()
 
 
+def test_a_missing_socket_folder_is_made_the_users_alone(short_dir):
+    path = short_dir / "made" / "w.sock"
+    server = listen(path)
+    try:
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    finally:
+        server.close()
+    with pytest.raises(WorkerRefused, match="no such folder"):
+        listen(short_dir / "no" / "such" / "w.sock")
+
+
 def raw_exchange(sock: Path, payload: bytes) -> dict:
     """Send raw bytes, half-close, read the worker's reply header."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
