@@ -22,7 +22,7 @@ from client import worker_protocol
 from client.audit_mod import audit_mod
 from client.local_parts import LocalParts
 from client.secure_dispatch_mod import secure_dispatch_mod
-from client.site import cache_dir, resolve_site, site_data
+from client.site import Site, cache_dir, resolve_site, site_data
 from common.config import FEDERATED_PARTS, RunConfig
 from common.evaluation import feature_kinds
 from common.evaluation.linear_head import (
@@ -128,7 +128,7 @@ def node_cost(started: float, worker_peak_mb: float = 0.0) -> dict[str, float]:
     }
 
 
-def _run_config(config: dict) -> RunConfig:
+def run_config_of(config: dict) -> RunConfig:
     """The run config of a message's config (the server's own keys left out)."""
     return RunConfig.from_flat(
         {
@@ -139,7 +139,9 @@ def _run_config(config: dict) -> RunConfig:
     )
 
 
-def _on_worker(site, op: str, node_config: dict, parameters: list, config: dict):
+def _on_worker(
+    site: Site, op: str, node_config: dict, parameters: list, config: dict
+) -> worker_protocol.WorkerReply | None:
     """The node's site worker's reply to this message, or None: no worker is
     configured or reachable, and this process does the work itself."""
     if site.worker_socket is None:
@@ -154,7 +156,7 @@ class HospitalClient(NumPyClient):
         self.node_config = dict(node_config)
 
     def _setup(self, config: dict):
-        run = _run_config(config)
+        run = run_config_of(config)
         site = resolve_site(self.node_config, run)
         return run, site, site_data(site, run)
 
@@ -165,7 +167,7 @@ class HospitalClient(NumPyClient):
 
     def fit(self, parameters, config):
         started = time.perf_counter()
-        run = _run_config(config)
+        run = run_config_of(config)
         site = resolve_site(self.node_config, run)
         if site.role != "train":
             raise RuntimeError(f"{site.name} is an external site and never trains")
@@ -244,7 +246,7 @@ class HospitalClient(NumPyClient):
         """An external site's own metrics at the server's validation cut-offs, as
         aggregates (see common.evaluation.site_evaluation); a training site answers
         nothing: its histograms went through the secure "eval" round."""
-        site = resolve_site(self.node_config, _run_config(config))
+        site = resolve_site(self.node_config, run_config_of(config))
         if site.role != "external":
             return 0.0, 0, {}
         reply = _on_worker(site, "evaluate", self.node_config, parameters, config)
@@ -294,6 +296,11 @@ def _fixed_features(kind: str, run: RunConfig, slices) -> np.ndarray:
             x = model.encode(slices.images)
         _FIXED_FEATURES[key] = (slices, x)  # the slices kept: their id stays theirs
     return _FIXED_FEATURES[key][1]
+
+
+def models_held() -> int:
+    """How many models this process has built and keeps (a warm worker: one)."""
+    return len(_MODELS)
 
 
 def forget_warm_state() -> None:

@@ -130,13 +130,13 @@ class Worker:
     def status(self) -> dict[str, Any]:
         """What a reply says about the worker: its process, its peak memory,
         messages served and models built (the warm state's evidence)."""
-        from client import client_app
+        from client.client_app import models_held
 
         peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return {
             "pid": os.getpid(),
             "served": self.served,
-            "models": len(client_app._MODELS),
+            "models": models_held(),
             "peak-rss-mb": peak_kb / 1024,
         }
 
@@ -165,9 +165,9 @@ class Worker:
 
     def _forget_other_runs(self, config: dict) -> None:
         """Keep one run config's models and data, not every run's ever served."""
-        from client.client_app import _run_config, forget_warm_state
+        from client.client_app import forget_warm_state, run_config_of
 
-        key = repr(sorted(_run_config(config).to_flat().items()))
+        key = repr(sorted(run_config_of(config).to_flat().items()))
         if self.run_key is not None and key != self.run_key:
             log(INFO, "site worker: a new run config; warm state dropped")
             forget_warm_state()

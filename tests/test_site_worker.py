@@ -187,6 +187,124 @@ def test_no_worker_warns_once_and_works_in_process(
     assert str(missing) in warned[0] and "in-process" in warned[0]
 
 
+NOBODY = 65534
+
+
+def _nobody_runs_python() -> bool:
+    """Whether uid 65534 can start this interpreter (root can make it that
+    user; a Python under /root it cannot reach)."""
+    if os.getuid() != 0:
+        return False
+    try:
+        as_nobody("pass").wait(timeout=60)
+    except PermissionError:
+        return False
+    return True
+
+
+def as_nobody(code: str, *args: str, **kwargs) -> subprocess.Popen:
+    """Python `code` run as uid/gid 65534 (another user of this host)."""
+
+    def drop() -> None:
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        preexec_fn=drop,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+@pytest.fixture(scope="module")
+def another_user() -> None:
+    if not _nobody_runs_python():
+        pytest.skip("needs root and a Python that uid 65534 can run")
+
+
+def test_another_users_process_cannot_connect(another_user, worker):
+    config, proc = worker
+    code = (
+        "import socket, sys\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        "try:\n"
+        "    s.connect(sys.argv[1])\n"
+        "except PermissionError:\n"
+        "    print('refused')\n"
+    )
+    other = as_nobody(code, config["site-worker-socket"])
+    out, err = other.communicate(timeout=60)
+    assert out.strip() == "refused", err
+    assert ping(Path(config["site-worker-socket"]))["pid"] == proc.pid
+
+
+def test_a_worker_of_another_user_is_not_used(
+    another_user, site, short_dir, messages, in_process
+):
+    """A socket another user listens on (here: in a folder of theirs) gets
+    nothing: the ClientApp sees the peer's uid, warns once and works itself."""
+    from client.client_app import HospitalClient
+
+    theirs = short_dir / "theirs"
+    theirs.mkdir(mode=0o700)
+    os.chown(theirs, NOBODY, NOBODY)
+    sock = theirs / "w.sock"
+    code = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from client.site_worker import listen\n"
+        "server = listen(Path(sys.argv[1]))\n"
+        "print('listening', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    other = as_nobody(code, str(sock), cwd=str(Path(__file__).parents[1]))
+    try:
+        assert other.stdout.readline().strip() == "listening"
+        client = HospitalClient(node_config(site, short_dir / "local-cache", sock))
+        lines = Lines()
+        logging.getLogger("flwr").addHandler(lines)
+        try:
+            flat, weights, _ = messages
+            reply = client.fit(weights, {**flat, "phase": "gan", "server-round": 1})
+        finally:
+            logging.getLogger("flwr").removeHandler(lines)
+    finally:
+        other.kill()
+        other.wait(timeout=30)
+    assert_same([reply], in_process[:1])
+    warned = [line for line in lines.lines if "site worker" in line]
+    assert len(warned) == 1 and f"uid {NOBODY}" in warned[0], warned
+
+
+def test_a_peer_of_another_uid_gets_nothing(
+    worker, site, short_dir, messages, in_process, monkeypatch
+):
+    """Where no second user can be made (above), the uid check itself: the
+    real worker, seen as another uid's, is not sent the message."""
+    from client.client_app import HospitalClient
+
+    config, proc = worker
+    served = ping(Path(config["site-worker-socket"]))["served"]
+    monkeypatch.setattr(worker_protocol, "peer_uid", lambda sock: os.getuid() + 1)
+    lines = Lines()
+    logging.getLogger("flwr").addHandler(lines)
+    try:
+        flat, weights, _ = messages
+        sock = Path(config["site-worker-socket"])
+        client = HospitalClient(node_config(site, short_dir / "local-cache", sock))
+        reply = client.fit(weights, {**flat, "phase": "gan", "server-round": 1})
+    finally:
+        logging.getLogger("flwr").removeHandler(lines)
+    monkeypatch.undo()
+    assert_same([reply], in_process[:1])
+    warned = [line for line in lines.lines if "site worker" in line]
+    assert len(warned) == 1 and f"uid {os.getuid() + 1}" in warned[0], warned
+    assert ping(Path(config["site-worker-socket"]))["served"] == served
+
+
 def test_socket_is_the_users_alone(worker):
     config, _ = worker
     sock = Path(config["site-worker-socket"])
