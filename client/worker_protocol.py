@@ -63,37 +63,49 @@ def peer_uid(sock: socket.socket) -> int:
     return struct.unpack("3i", creds)[1]
 
 
+def _encode_scalar(key: str, value: Any) -> Any:
+    if isinstance(value, np.generic):  # a numpy scalar in metrics
+        value = value.item()
+    if isinstance(value, bytes):
+        return {"hex": value.hex()}
+    if isinstance(value, bool | int | float | str):
+        return value
+    raise ProtocolError(f"{key}: a {type(value).__name__} is not a scalar")
+
+
 def encode_values(values: dict[str, Any]) -> dict[str, Any]:
-    """Flower's config/metric scalars as JSON values (bytes as {"hex": ...})."""
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, np.generic):  # a numpy scalar in metrics
-            value = value.item()
-        if isinstance(value, bytes):
-            out[key] = {"hex": value.hex()}
-        elif isinstance(value, bool | int | float | str):
-            out[key] = value
-        else:
-            raise ProtocolError(f"{key}: a {type(value).__name__} is not a scalar")
-    return out
+    """Flower's config/metric values (scalars, or lists of them: a CI is a
+    pair) as JSON values, bytes as {"hex": ...}."""
+    return {
+        key: [_encode_scalar(key, v) for v in value]
+        if isinstance(value, list)
+        else _encode_scalar(key, value)
+        for key, value in values.items()
+    }
+
+
+def _decode_scalar(key: str, value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"hex"}:
+        try:
+            return bytes.fromhex(value["hex"])
+        except (TypeError, ValueError) as err:
+            raise ProtocolError(f"{key}: bad hex bytes") from err
+    if isinstance(value, bool | int | float | str):
+        return value
+    raise ProtocolError(f"{key}: a {type(value).__name__} is not a scalar")
 
 
 def decode_values(values: Any) -> dict[str, Any]:
-    """The inverse of `encode_values`, refusing anything but scalars."""
+    """The inverse of `encode_values`, refusing anything but scalars and flat
+    lists of them."""
     if not isinstance(values, dict):
         raise ProtocolError("config/metrics must be a JSON object")
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict) and set(value) == {"hex"}:
-            try:
-                out[key] = bytes.fromhex(value["hex"])
-            except (TypeError, ValueError) as err:
-                raise ProtocolError(f"{key}: bad hex bytes") from err
-        elif isinstance(value, bool | int | float | str):
-            out[key] = value
-        else:
-            raise ProtocolError(f"{key}: {type(value).__name__} is not a scalar")
-    return out
+    return {
+        key: [_decode_scalar(key, v) for v in value]
+        if isinstance(value, list)
+        else _decode_scalar(key, value)
+        for key, value in values.items()
+    }
 
 
 def send_frame(sock: socket.socket, header: dict, arrays: list[np.ndarray]) -> None:

@@ -158,6 +158,57 @@ def test_worker_results_equal_in_process_bit_for_bit(worker, messages, in_proces
     assert status["models"] == 1
 
 
+@pytest.fixture(scope="module")
+def external_worker(site, short_dir):
+    """A worker serving the same phantom site as an external one."""
+    sock = short_dir / "x.sock"
+    config = {**node_config(site, short_dir / "x-cache", sock), "role": "external"}
+    proc = start_worker(config)
+    yield config, proc
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_external_evaluation_through_the_worker_equals_in_process(
+    external_worker, site, short_dir, messages
+):
+    """The external site's evaluate message (every head's report, the paired
+    DeLong differences: lists among the metrics) through the worker and in
+    this process: the same report."""
+    from client.client_app import HospitalClient
+    from common.config import Z_DIM
+    from common.evaluation import feature_kinds
+
+    config, proc = external_worker
+    flat, weights, kinds = messages
+    rng = np.random.default_rng(0)
+    heads = [
+        rng.normal(0, 0.1, feature_kinds.dim(kind, Z_DIM) + 1)
+        for kind in feature_kinds.KINDS
+        for _ in feature_kinds.HEADS
+    ]
+    cutoffs = {"threshold": 0.5, "slice-threshold": 0.5}
+    for head in feature_kinds.head_names(feature_kinds.KINDS)[1:]:
+        cutoffs |= {f"threshold/{head}": 0.4, f"slice-threshold/{head}": 0.6}
+    message = {**flat, **kinds, **cutoffs}
+    local = {**node_config(site, short_dir / "x-local-cache"), "role": "external"}
+    here = HospitalClient(local).evaluate([*weights, *heads], message)
+    there = HospitalClient(config).evaluate([*weights, *heads], message)
+    assert there == here
+    assert any(isinstance(v, list) for v in here[2].values())
+    assert ping(Path(config["site-worker-socket"]))["served"] == 1
+
+
+def test_values_round_trip_with_their_types():
+    values = {"a": True, "b": 3, "c": 0.1, "d": "x", "e": b"\x00\xff", "f": [0.1, 2.5]}
+    values |= {"g": [], "h": [b"k"], "i": np.float64(0.3), "j": np.int64(7)}
+    back = worker_protocol.decode_values(
+        json.loads(json.dumps(worker_protocol.encode_values(values)))
+    )
+    assert back == values
+    assert [type(v) for v in back.values()][:6] == [bool, int, float, str, bytes, list]
+
+
 class Lines(logging.Handler):
     def __init__(self):
         super().__init__()
@@ -406,7 +457,7 @@ def test_a_bad_request_gets_a_one_line_error_and_the_worker_stays_up(worker, mes
         "not this worker's": frame(
             {"op": "fit", "node": {**node, "data-dir": "/elsewhere"}}
         ),
-        "is not a scalar": frame({"op": "fit", "node": node, "config": {"x": [1]}}),
+        "is not a scalar": frame({"op": "fit", "node": node, "config": {"x": [[1]]}}),
         # a well-formed request the work itself fails on: no server-round
         "KeyError": frame(
             {"op": "fit", "node": node, "config": {**flat, "phase": "gan"}}
