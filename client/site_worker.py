@@ -164,12 +164,25 @@ class Worker:
         return {**reply, "worker": self.status()}, list(out)
 
     def _forget_other_runs(self, config: dict) -> None:
-        """Keep one run config's models and data, not every run's ever served."""
+        """Keep the models and data of one model and data setup, not of every
+        run ever served: what the process's caches are keyed by (a new run, or
+        a resumed one, of the same setup finds them warm)."""
         from client.client_app import forget_warm_state, run_config_of
+        from client.site import ingest_config
 
-        key = repr(sorted(run_config_of(config).to_flat().items()))
+        run = run_config_of(config)
+        key = repr(
+            (
+                run.preset,
+                run.seed,
+                run.devices,
+                ingest_config(run),
+                run.split,
+                run.train.max_slices_per_patient,
+            )
+        )
         if self.run_key is not None and key != self.run_key:
-            log(INFO, "site worker: a new run config; warm state dropped")
+            log(INFO, "site worker: another model or data setup; warm state dropped")
             forget_warm_state()
         self.run_key = key
 

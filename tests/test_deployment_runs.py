@@ -308,7 +308,7 @@ def assert_workers_served(federation: Federation, sites: dict) -> None:
     """Each site's worker is the process started before both runs, still up,
     and did the site's work: a training site's BigBiGAN rounds and head and
     evaluation messages (at least 4), the external site's evaluation; from
-    one model (built once since the resumed run's config arrived)."""
+    one model, built once for both runs (same preset and seed)."""
     from client.worker_protocol import ping
 
     for name, (_, role) in sites.items():
