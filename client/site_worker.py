@@ -199,7 +199,7 @@ class Worker:
             what = f"{header['op']} {header.get('config', {}).get('phase', '')}"
         except Exception as err:  # the reply names it; the worker stays up
             text = " ".join(f"{type(err).__name__}: {err}".split())
-            reply, out, what = {"ok": False, "error": text}, [], "refused"
+            reply, out, what = {"ok": False, "error": text}, [], "error reply"
             log(WARNING, "site worker: %s", text)
         try:
             send_frame(conn, reply, out)
