@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -97,6 +98,14 @@ def start_worker(node: dict) -> tuple[subprocess.Popen, float]:
 
 
 def main() -> None:
+    root = Path(tempfile.mkdtemp(prefix="fbw-bench-"))  # short: a socket path
+    try:
+        bench(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def bench(root: Path) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=4, help="successive rounds")
     parser.add_argument("--preset", default="tiny", help="model preset")
@@ -116,7 +125,6 @@ def main() -> None:
     from simulations.phantoms.dicom_writer import write_sites
     from simulations.phantoms.profiles import paper_sites
 
-    root = Path(tempfile.mkdtemp(prefix="fbw-bench-"))  # short: a socket path
     site = next(
         iter(
             write_sites(
