@@ -1,5 +1,5 @@
-"""A hospital's `fedbigbigan` commands: ingest, doctor, predict, reconstruct,
-privacy-audit, extract (entry points in pyproject.toml; common/commands.py
+"""A hospital's `fedbigbigan` commands: ingest, doctor, site-worker, predict,
+reconstruct, privacy-audit, extract (entry points in pyproject.toml; common/commands.py
 dispatches)."""
 
 from __future__ import annotations
@@ -197,6 +197,30 @@ def _doctor(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _site_worker_arguments(work: argparse.ArgumentParser) -> None:
+    work.add_argument(
+        "--node-config",
+        required=True,
+        help="the SuperNode's own --node-config, with site-worker-socket: "
+        '\'data-dir="/data" role="train" site-worker-socket="/run/fb/worker.sock"\''
+        " or a .toml",
+    )
+
+
+def _site_worker(args: argparse.Namespace) -> int:
+    """Serve the node's training messages until stopped (SIGTERM or Ctrl-C)."""
+    from flwr.common.config import parse_config_args
+
+    from client.site_worker import WorkerRefused, serve
+
+    try:
+        node_config = parse_config_args([args.node_config])
+        return serve(node_config)
+    except (ValueError, WorkerRefused) as err:
+        print(f"error: site-worker: {err}", file=sys.stderr)
+        return 2
+
+
 def _predict_arguments(pred: argparse.ArgumentParser) -> None:
     pred.add_argument("--model", type=Path, required=True, help="a run directory")
     pred.add_argument(
@@ -362,6 +386,11 @@ INGEST = Command(
     _ingest,
 )
 DOCTOR = Command("pre-flight checks for a hospital node", _doctor_arguments, _doctor)
+SITE_WORKER = Command(
+    "keep TensorFlow, the model and the site's data warm for the ClientApp",
+    _site_worker_arguments,
+    _site_worker,
+)
 PREDICT = Command(
     "a patient's COVID-19 score from DICOM or images with a trained run",
     _predict_arguments,

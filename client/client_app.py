@@ -18,11 +18,12 @@ from flwr.clientapp import ClientApp
 from flwr.common import Context
 from flwr.common.logger import log
 
+from client import worker_protocol
 from client.audit_mod import audit_mod
 from client.local_parts import LocalParts
 from client.roster_signing import roster_signing_mod
 from client.secure_dispatch_mod import secure_dispatch_mod
-from client.site import cache_dir, resolve_site, site_data
+from client.site import Site, cache_dir, resolve_site, site_data
 from common.config import FEDERATED_PARTS, RunConfig
 from common.evaluation import feature_kinds
 from common.evaluation.linear_head import (
@@ -117,25 +118,46 @@ def clip_for_secagg(arrays: list[np.ndarray], limit: float) -> tuple[list, int]:
     return [np.clip(a, -limit, limit) for a in arrays], clipped
 
 
-def node_cost(started: float) -> dict[str, float]:
-    """This message's seconds on the node (data, model, work) and the process's
-    peak memory: the server sets them against its round's wall time."""
+def node_cost(started: float, worker_peak_mb: float = 0.0) -> dict[str, float]:
+    """This message's seconds on the node (data, model, work) and the peak memory
+    of the process that worked (this one, or the site worker): the server sets
+    them against its round's wall time."""
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return {"seconds": time.perf_counter() - started, "peak-rss-mb": peak_kb / 1024}
+    return {
+        "seconds": time.perf_counter() - started,
+        "peak-rss-mb": max(peak_kb / 1024, worker_peak_mb),
+    }
+
+
+def run_config_of(config: dict) -> RunConfig:
+    """The run config of a message's config (the server's own keys left out)."""
+    return RunConfig.from_flat(
+        {
+            k: v
+            for k, v in config.items()
+            if k not in SERVER_KEYS and not k.startswith(SERVER_PREFIXES)
+        }
+    )
+
+
+def _on_worker(
+    site: Site, op: str, node_config: dict, parameters: list, config: dict
+) -> worker_protocol.WorkerReply | None:
+    """The node's site worker's reply to this message, or None: no worker is
+    configured or reachable, and this process does the work itself."""
+    if site.worker_socket is None:
+        return None
+    return worker_protocol.request(
+        site.worker_socket, op, node_config, parameters, config
+    )
 
 
 class HospitalClient(NumPyClient):
-    def __init__(self, context: Context):
-        self.node_config = dict(context.node_config)
+    def __init__(self, node_config: dict):
+        self.node_config = dict(node_config)
 
     def _setup(self, config: dict):
-        run = RunConfig.from_flat(
-            {
-                k: v
-                for k, v in config.items()
-                if k not in SERVER_KEYS and not k.startswith(SERVER_PREFIXES)
-            }
-        )
+        run = run_config_of(config)
         site = resolve_site(self.node_config, run)
         return run, site, site_data(site, run)
 
@@ -148,17 +170,29 @@ class HospitalClient(NumPyClient):
 
     def fit(self, parameters, config):
         started = time.perf_counter()
-        run, site, data = self._setup(config)
+        run = run_config_of(config)
+        site = resolve_site(self.node_config, run)
         if site.role != "train":
             raise RuntimeError(f"{site.name} is an external site and never trains")
-        _seed_secagg_rounding(run.seed, site.name, config)
-        arrays, n, metrics = self._fit_phase(run, site, data, parameters, config)
+        reply = _on_worker(site, "fit", self.node_config, parameters, config)
+        if reply is None:
+            arrays, n, metrics = self.fit_here(parameters, config)
+            worker_peak = 0.0
+        else:
+            arrays, n, metrics = reply.arrays, reply.n, reply.metrics
+            worker_peak = float(reply.worker.get("peak-rss-mb", 0.0))
         # again: SecAgg+ quantises the reply with NumPy's global generator after
         # this returns (ours seeds its rounding generator from it), and building
         # a model (Keras reseeds it) happens in a fresh process but not in a
         # reused one
         _seed_secagg_rounding(run.seed, site.name, config)
-        return arrays, n, {**metrics, **node_cost(started)}
+        return arrays, n, {**metrics, **node_cost(started, worker_peak)}
+
+    def fit_here(self, parameters, config):
+        """A training message's work in this process: what the site worker runs."""
+        run, site, data = self._setup(config)
+        _seed_secagg_rounding(run.seed, site.name, config)
+        return self._fit_phase(run, site, data, parameters, config)
 
     def _fit_phase(self, run: RunConfig, site, data: dict, parameters, config):
         train = data["train"]
@@ -215,9 +249,17 @@ class HospitalClient(NumPyClient):
         """An external site's own metrics at the server's validation cut-offs, as
         aggregates (see common.evaluation.site_evaluation); a training site answers
         nothing: its histograms went through the secure "eval" round."""
-        run, site, data = self._setup(config)
+        site = resolve_site(self.node_config, run_config_of(config))
         if site.role != "external":
             return 0.0, 0, {}
+        reply = _on_worker(site, "evaluate", self.node_config, parameters, config)
+        if reply is None:
+            return self.evaluate_here(parameters, config)
+        return reply.loss, reply.n, reply.metrics
+
+    def evaluate_here(self, parameters, config):
+        """The external site's evaluation in this process (the site worker's too)."""
+        run, site, data = self._setup(config)
         kinds = feature_kinds.parse(config.get(feature_kinds.CONFIG_KEY))
         thresholds = {}
         for head in feature_kinds.head_names(kinds):
@@ -257,6 +299,25 @@ def _fixed_features(kind: str, run: RunConfig, slices) -> np.ndarray:
             x = model.encode(slices.images)
         _FIXED_FEATURES[key] = (slices, x)  # the slices kept: their id stays theirs
     return _FIXED_FEATURES[key][1]
+
+
+def models_held() -> int:
+    """How many models this process has built and keeps (a warm worker: one)."""
+    return len(_MODELS)
+
+
+def forget_warm_state() -> None:
+    """Drop this process's models, fixed features and site data: a long-lived
+    site worker does when a message of another run config arrives, so that it
+    holds one run's state, not every run's it ever served."""
+    import keras
+
+    from client import site as site_module
+
+    _MODELS.clear()
+    _FIXED_FEATURES.clear()
+    site_module.forget_site_data()
+    keras.backend.clear_session()
 
 
 def _features(
@@ -386,7 +447,7 @@ def _seed_secagg_rounding(seed: int, site: str, config: dict) -> None:
 
 
 def client_fn(context: Context):
-    return HospitalClient(context).to_client()
+    return HospitalClient(context.node_config).to_client()
 
 
 # the audit mod checks every reply: outside the secure protocol what actually

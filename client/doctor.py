@@ -16,7 +16,9 @@ Before a SuperNode joins, check what it will need, with the same inputs it gets
    `cache-dir` when the node config names one (the cache the first round will
    use), else into a temporary folder removed afterwards (a check leaves
    nothing behind);
-4. TensorFlow sees a GPU, if one is asked for.
+4. the node's site worker (`fedbigbigan site-worker`) answers on its
+   `site-worker-socket`, if the node config names one;
+5. TensorFlow sees a GPU, if one is asked for.
 
 Each failed check says what to fix. Nothing here talks to the Fleet API: whether
 the key is on the SuperLink's allow-list only the coordinator can see
@@ -36,7 +38,14 @@ from cryptography import x509
 
 from common.config import RunConfig
 
-NODE_CONFIG_KEYS = ("data-dir", "role", "cache-dir", "roster-key", "roster-site")
+NODE_CONFIG_KEYS = (
+    "data-dir",
+    "role",
+    "cache-dir",
+    "roster-key",
+    "roster-site",
+    "site-worker-socket",
+)
 EXPIRY_WARNING_DAYS = 30
 
 
@@ -79,6 +88,8 @@ def run_checks(
     if "roster-key" in node_config or "roster-site" in node_config:
         checks.append(check_roster(node_config, auth_key))
     checks.extend(check_site(node_config, config))
+    if "site-worker-socket" in node_config:
+        checks.append(check_site_worker(Path(str(node_config["site-worker-socket"]))))
     if gpu:
         checks.append(check_gpu())
     return checks
@@ -369,6 +380,28 @@ def _check_site(node_config: dict, config: RunConfig) -> list[Check]:
             ),
         ]
     return [*checks, _ok("ingest", detail)]
+
+
+def check_site_worker(path: Path) -> Check:
+    """The site worker answers, as this user: without it every message pays
+    TensorFlow's import and the model's build (a warning, not a failure: the
+    ClientApp then works itself)."""
+    from client.worker_protocol import ping
+
+    start = (
+        "start `fedbigbigan site-worker --node-config ...` with the SuperNode's "
+        "node config, as this node's user"
+    )
+    try:
+        status = ping(path)
+    except PermissionError as err:
+        return _fail("site worker", f"{path}: {err}", start)
+    except OSError as err:
+        return _warn("site worker", f"{path}: {err.strerror or err}", start)
+    return _ok(
+        "site worker",
+        f"{path}: pid {status.get('pid')}, {status.get('served')} messages served",
+    )
 
 
 def check_gpu() -> Check:

@@ -20,6 +20,9 @@ from common.ingest.config import IngestConfig
 from common.model.dataset import SliceSet, slices_from_ingest
 from common.splits import split_patients
 
+# node-config key: the Unix socket of the node's site worker
+WORKER_SOCKET_KEY = "site-worker-socket"
+
 
 @dataclass(frozen=True)
 class Site:
@@ -27,6 +30,8 @@ class Site:
     path: Path
     role: str  # "train" or "external"
     cache: Path | None = None  # ingest cache folder; None: the default for the site
+    # the node's warm site worker (`fedbigbigan site-worker`); None: work in-process
+    worker_socket: Path | None = None
 
 
 def resolve_site(node_config: dict, config: RunConfig) -> Site:
@@ -37,7 +42,14 @@ def resolve_site(node_config: dict, config: RunConfig) -> Site:
             raise ValueError(f"node config role={role!r}: use 'train' or 'external'")
         path = Path(str(node_config["data-dir"]))
         cache = node_config.get("cache-dir")
-        return Site(path.name, path, role, Path(str(cache)) if cache else None)
+        worker = node_config.get(WORKER_SOCKET_KEY)
+        return Site(
+            path.name,
+            path,
+            role,
+            Path(str(cache)) if cache else None,
+            Path(str(worker)) if worker else None,
+        )
     roster = config.site_roster()
     partition = int(node_config["partition-id"])
     if partition >= len(roster):
@@ -114,3 +126,8 @@ def site_data(site: Site, config: RunConfig) -> dict[str, SliceSet]:
             for name, patients in groups.items()
         }
     return _CACHE[key]
+
+
+def forget_site_data() -> None:
+    """Drop every site's slices held by this process (the ingest cache stays)."""
+    _CACHE.clear()

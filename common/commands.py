@@ -26,7 +26,7 @@ PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
 DESCRIPTION = """Federated BigBiGAN features + a linear head for COVID-19 vs other
 pneumonia on chest CT (Song et al. 2020), with Flower and secure aggregation.
-Hospitals: ingest, doctor, predict, reconstruct, privacy-audit, extract.
+Hospitals: ingest, doctor, site-worker, predict, reconstruct, privacy-audit, extract.
 Coordinators: pki, report. Researchers: simulate, phantoms, scenarios,
 train-central. `fedbigbigan COMMAND --help` for each."""
 

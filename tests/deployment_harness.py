@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -151,6 +152,7 @@ class Federation:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.processes: list[Process] = []
+        self._sockets: Path | None = None  # the site workers' (see worker_socket)
         # PYTHONPATH: Flower's own subprocesses import this checkout's packages too
         python_path = os.pathsep.join(
             p for p in (str(APP_DIR), os.environ.get("PYTHONPATH", "")) if p
@@ -273,19 +275,43 @@ class Federation:
         cmd += ["--port", str(free_port()), *(extra or [])]
         return self.start(f"supernode-{name}", cmd)
 
-    def start_sites(self, sites: dict[str, tuple[Path, str]]) -> dict[str, Process]:
+    def start_sites(
+        self, sites: dict[str, tuple[Path, str]], workers: bool = False
+    ) -> dict[str, Process]:
         """Register and start one SuperNode per site {name: (data dir, role)},
-        each with its own ingest cache; returns them once all have joined."""
+        each with its own ingest cache (and, if `workers`, its own site worker
+        beside it); returns them once all have joined."""
         nodes = {}
         for name, (data_dir, role) in sites.items():
             node_config = (
                 f'data-dir="{data_dir}" role="{role}" '
                 f'cache-dir="{self.root / "cache" / name}"'
             )
+            if workers:
+                node_config += f' site-worker-socket="{self.worker_socket(name)}"'
+                self.start_worker(name, node_config)
             nodes[name] = self.start_supernode(name, self.add_site(name), node_config)
         for node in nodes.values():
             node.wait_for(r"SuperNode ID: \d+", timeout=120)
         return nodes
+
+    def worker_socket(self, name: str) -> Path:
+        """A site worker's socket: under /tmp, as a socket path has at most 107
+        bytes (pytest's folders are longer); its folder made by the worker."""
+        if self._sockets is None:
+            self._sockets = Path(tempfile.mkdtemp(prefix="fbw-"))
+        return self._sockets / name / "w.sock"
+
+    def start_worker(self, name: str, node_config: str) -> Process:
+        """`fedbigbigan site-worker` for a site, once it listens."""
+        worker = self.start(
+            f"worker-{name}",
+            [sys.executable, "-m", "common.commands", "site-worker"]
+            + ["--node-config", node_config],
+            cwd=str(APP_DIR),
+        )
+        worker.wait_for(r"site worker \d+ listening on", timeout=120)
+        return worker
 
     def flwr_run(self, run_config: str, name: str = "flwr-run") -> Process:
         """`flwr run` of this checkout's app on the federation, streaming its log."""
@@ -376,6 +402,8 @@ class Federation:
                 proc.stop()
             except BaseException as err:  # the rest must stop too
                 failed = failed or err
+        if self._sockets is not None:
+            shutil.rmtree(self._sockets, ignore_errors=True)
         if failed is not None:
             raise failed
 

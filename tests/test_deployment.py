@@ -288,7 +288,8 @@ def test_compose_federation_is_consistent():
     base = DEPLOY / "docker"
     (compose,) = _yaml(base / "compose.yaml")
     services = compose["services"]
-    assert set(services) == {"superlink", "register", *HOSPITALS}
+    workers = {f"{name}-worker" for name in HOSPITALS}
+    assert set(services) == {"superlink", "register", *HOSPITALS, *workers}
     link = _superlink_args(services["superlink"]["command"])
     assert link.enable_supernode_auth and not link.insecure
     assert link.database and link.runtime_dependency_install is False
@@ -333,6 +334,25 @@ def test_compose_federation_is_consistent():
         for source, _ in mounts.values():
             if not source.startswith(("./", "/", "$")):
                 assert source in compose["volumes"], source
+        # its site worker: the same node config, data read-only, the same cache,
+        # the socket's volume shared with this SuperNode alone, no network
+        worker = services[f"{name}-worker"]
+        args = _fedbigbigan_args(worker["command"])
+        assert args.command == "site-worker" and worker["network_mode"] == "none"
+        assert args.node_config == node.node_config
+        worker_mounts = _mounts(worker)
+        assert worker_mounts[node.node_config] == mounts[node.node_config]
+        assert worker_mounts["/data"] == mounts["/data"] and mounts["/data"][1]
+        assert worker_mounts["/cache"] == mounts["/cache"]
+        socket_volume = worker_mounts["/run/fedbigbigan"]
+        assert mounts["/run/fedbigbigan"] == socket_volume
+        sharing = [
+            n for n, s in services.items() if socket_volume in _mounts(s).values()
+        ]
+        assert sorted(sharing) == sorted([name, f"{name}-worker"])
+        assert node.auth_supernode_private_key not in worker_mounts
+        node_config = tomllib.loads((base / config_source).read_text())
+        assert node_config["site-worker-socket"].startswith("/run/fedbigbigan/")
     for service in services.values():
         for source, _ in _mounts(service).values():
             if source.startswith("./") and not source.startswith(("./pki", "./runs")):
@@ -343,7 +363,8 @@ def test_compose_gpu_and_hospital_files():
     base = DEPLOY / "docker"
     (compose,) = _yaml(base / "compose.yaml")
     (gpu,) = _yaml(base / "compose.gpu.yaml")
-    assert set(gpu["services"]) == set(HOSPITALS)
+    workers = {f"{name}-worker" for name in HOSPITALS}
+    assert set(gpu["services"]) == {*HOSPITALS, *workers}
     for service in gpu["services"].values():
         assert service["build"]["args"]["EXTRAS"] == "[gpu]"
         (device,) = service["deploy"]["resources"]["reservations"]["devices"]
@@ -436,14 +457,24 @@ def test_kubernetes_manifests():
 
     hospital = _kustomize(DEPLOY / "k8s" / "hospital")
     spec = _deployment(hospital, "supernode")
-    (container,) = spec["containers"]
+    container, worker = spec["containers"]
+    assert container["name"] == "supernode" and worker["name"] == "site-worker"
     node = _supernode_args(
         [a.replace("$(SUPERLINK)", "link:8000") for a in container["args"]]
     )
     assert node.root_certificates and node.auth_supernode_private_key
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["data"]["persistentVolumeClaim"]["readOnly"] is True
-    for c in [*spec["initContainers"], container]:
+    work = _fedbigbigan_args(worker["args"])
+    assert work.command == "site-worker" and work.node_config == node.node_config
+    assert volumes["worker-socket"]["emptyDir"] == {}  # the worker makes 0700 in it
+
+    def mounted(c: dict) -> dict:
+        return {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+
+    assert mounted(container)["worker-socket"] == mounted(worker)["worker-socket"]
+    assert "keys" not in mounted(worker) and "auth" not in mounted(worker)
+    for c in [*spec["initContainers"], container, worker]:
         for mount in c["volumeMounts"]:
             if mount["name"] == "data":
                 assert mount["readOnly"] is True
@@ -465,9 +496,9 @@ def test_kubernetes_manifests():
 
     if shutil.which("kubectl"):  # the overlay needs kustomize to apply
         gpu = _kustomize(DEPLOY / "k8s" / "hospital-gpu")
-        (container,) = _deployment(gpu, "supernode")["containers"]
-        assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
-        assert container["image"] == "fedbigbigan:gpu"
+        container, worker = _deployment(gpu, "supernode")["containers"]
+        assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
+        assert worker["image"] == container["image"] == "fedbigbigan:gpu"
 
 
 def test_edge_exposes_the_fleet_api_only():

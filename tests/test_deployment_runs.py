@@ -226,8 +226,9 @@ def sqlite_federation(tmp_path) -> Iterator[Federation]:
 
 
 @pytest.mark.extended
+@pytest.mark.parametrize("workers", [False, True], ids=["in-process", "site-workers"])
 def test_serverapp_killed_after_round_1_resumes_to_the_unbroken_weights(
-    sqlite_federation, tmp_path, phantom_study
+    sqlite_federation, tmp_path, phantom_study, workers
 ):
     """The ServerApp process is SIGKILLed once round 1 of 2 is checkpointed (in
     round 2); a new `flwr run` with `resume` finishes round 2, the head and
@@ -240,13 +241,16 @@ def test_serverapp_killed_after_round_1_resumes_to_the_unbroken_weights(
     node ids matter. Measured with 3 BigBiGAN rounds: 9 min on a 2-core host
     with other work (the resumed run 6.5 min: 5 SecAgg+ rounds; ClientApps
     459 s, ServerApp 393 s of compute); 22 min on a more loaded one. Two
-    rounds test the same property, one round cheaper in both runs."""
+    rounds test the same property, one round cheaper in both runs. With
+    `site-workers` each SuperNode hands its messages' work to a warm
+    `fedbigbigan site-worker` (client/site_worker.py) that outlives both runs:
+    the same weights, bit for bit, from one worker process per site."""
     federation = sqlite_federation
     phantom = phantom_study(SCALE, SLICES)
     sites = study(phantom, tmp_path / "data", 2)
     reference = simulate_reference(phantom, tmp_path / "reference", federation.env)
     try:
-        nodes = federation.start_sites(sites)
+        nodes = federation.start_sites(sites, workers=workers)
         out = tmp_path / "run"
         run_config = (
             " ".join(f"{k}={json.dumps(v)}" for k, v in RESUME_CONFIG.items())
@@ -274,6 +278,10 @@ def test_serverapp_killed_after_round_1_resumes_to_the_unbroken_weights(
         assert metrics["secagg_rounds"] == 2 + 2 + 1  # BigBiGAN, head, evaluation
         for node in nodes.values():
             assert node.proc.poll() is None, node.text()[-2000:]
+            # with workers, no ClientApp fell back to working itself
+            assert ("site worker" in node.text()) is False, node.text()[-2000:]
+        if workers:
+            assert_workers_served(federation, sites)
 
         code = reference.wait(timeout=900)
         ref_log = (tmp_path / "reference" / "simulation.log").read_text()
@@ -294,6 +302,22 @@ def test_serverapp_killed_after_round_1_resumes_to_the_unbroken_weights(
         # moments, quantised and masked, come out the same)
         for key in unbroken.files:
             assert np.array_equal(resumed[key], unbroken[key]), key
+
+
+def assert_workers_served(federation: Federation, sites: dict) -> None:
+    """Each site's worker is the process started before both runs, still up,
+    and did the site's work: a training site's BigBiGAN rounds and head and
+    evaluation messages (at least 4), the external site's evaluation; from
+    one model, built once for both runs (same preset and seed)."""
+    from client.worker_protocol import ping
+
+    for name, (_, role) in sites.items():
+        worker = next(p for p in federation.processes if p.name == f"worker-{name}")
+        assert worker.proc.poll() is None, worker.text()[-2000:]
+        status = ping(federation.worker_socket(name))
+        assert status["pid"] == worker.pid
+        assert status["served"] >= (4 if role == "train" else 1), (name, status)
+        assert status["models"] == 1, (name, status)
 
 
 # ClientApp processes at once in the 20-node test: enough to keep 2 cores busy
