@@ -202,7 +202,6 @@ def _scenario_config(args: argparse.Namespace, config: RunConfig, data: Path):
         load_scenario,
         parse_override,
     )
-    from simulations.site_checks import SiteCheckError, check_sites
 
     try:
         settings: dict = {}
@@ -212,38 +211,46 @@ def _scenario_config(args: argparse.Namespace, config: RunConfig, data: Path):
         sim_sites = build_scenario(
             scenario, data, args.scale, config.seed, args.slices, args.slice_choice
         )
-        config = dataclasses.replace(
-            config,
-            sim_data_root=str(data.resolve()),
-            out_dir=str(args.out.resolve()),
-            sim_sites=sim_sites,
-        )
-        check_sites(config)
-    except (ScenarioError, SiteCheckError) as err:
-        lines = [f"error: {line}" for line in str(err).splitlines()]
-        raise SystemExit("\n".join(lines)) from None
-    return config
+        return _checked_sites(args, config, data, sim_sites)
+    except ScenarioError as err:
+        raise SystemExit(_error_lines(err)) from None
 
 
 def _site_dirs_config(args: argparse.Namespace, config: RunConfig, data: Path):
     """The --site-dir folders linked under `data` and checked as simulate's
     sites are; the config that points at them."""
-    from simulations.site_checks import SiteCheckError, check_sites
     from simulations.site_dirs import SiteDirError, link_site_dirs
 
     try:
         sim_sites = link_site_dirs(args.site_dir, args.external_dir, data)
-        config = dataclasses.replace(
-            config,
-            sim_data_root=str(data.resolve()),
-            out_dir=str(args.out.resolve()),
-            sim_sites=sim_sites,
-        )
+    except SiteDirError as err:
+        raise SystemExit(_error_lines(err)) from None
+    return _checked_sites(args, config, data, sim_sites)
+
+
+def _checked_sites(
+    args: argparse.Namespace, config: RunConfig, data: Path, sim_sites: str
+) -> RunConfig:
+    """The config pointing at the sites under `data` (caches under --out),
+    after simulate's site checks."""
+    from simulations.site_checks import SiteCheckError, check_sites
+
+    config = dataclasses.replace(
+        config,
+        sim_data_root=str(data.resolve()),
+        out_dir=str(args.out.resolve()),
+        sim_sites=sim_sites,
+    )
+    try:
         check_sites(config)
-    except (SiteDirError, SiteCheckError) as err:
-        lines = [f"error: {line}" for line in str(err).splitlines()]
-        raise SystemExit("\n".join(lines)) from None
+    except SiteCheckError as err:
+        raise SystemExit(_error_lines(err)) from None
     return config
+
+
+def _error_lines(err: Exception) -> str:
+    """One `error:` line per line of the error's message."""
+    return "\n".join(f"error: {line}" for line in str(err).splitlines())
 
 
 def _merge(base: dict, extra: dict) -> None:

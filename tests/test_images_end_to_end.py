@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,10 +78,11 @@ def test_images_ingest_simulate_and_predict_a_png(tmp_path, capsys):
     assert "0.png: score" in capsys.readouterr().out
 
 
-def test_simulate_refuses_single_class_sites_before_flower(tmp_path, capfd):
+def _single_class_south(tmp_path: Path) -> tuple[Path, Path]:
+    """The collection with south keeping only its COVID-19 patients: a
+    single-class training site."""
     images, manifest = _collection(tmp_path)
     rows = manifest.read_text().splitlines()
-    # south keeps only its COVID-19 patients: a single-class training site
     manifest.write_text(
         "\n".join(r for r in rows if "south" not in r or "_COVID19" in r) + "\n"
     )
@@ -88,6 +90,11 @@ def test_simulate_refuses_single_class_sites_before_flower(tmp_path, capfd):
         for file in folder.iterdir():
             file.unlink()
         folder.rmdir()
+    return images, manifest
+
+
+def test_simulate_refuses_single_class_sites_before_flower(tmp_path, capfd):
+    images, manifest = _single_class_south(tmp_path)
     args = ["simulate", "--out", str(tmp_path / "run"), "--scenario", "real-images"]
     sets = [f"images.root={images}", f"images.manifest={manifest}"]
     assert main([*args, "--scenario-set", *sets, "images.external=east"]) == 2
@@ -180,15 +187,7 @@ def test_the_server_app_refuses_single_class_sites_too(
     import simulations.simulate as simulate_module
 
     monkeypatch.setattr(simulate_module, "check_sites", lambda config: {})
-    images, manifest = _collection(tmp_path)
-    rows = manifest.read_text().splitlines()
-    manifest.write_text(
-        "\n".join(r for r in rows if "south" not in r or "_COVID19" in r) + "\n"
-    )
-    for folder in images.glob("person1*_NonCOVID*"):
-        for file in folder.iterdir():
-            file.unlink()
-        folder.rmdir()
+    images, manifest = _single_class_south(tmp_path)
     run = tmp_path / "run"
     assert _simulate(images, manifest, run) != 0
     shown = capfd.readouterr()

@@ -218,13 +218,8 @@ class Lines(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-def test_no_worker_warns_once_and_works_in_process(
-    site, short_dir, messages, in_process
-):
-    from client.client_app import HospitalClient
-
-    missing = short_dir / "nobody.sock"
-    client = HospitalClient(node_config(site, short_dir / "local-cache", missing))
+def _first_round_logged(client, messages):
+    """The client's reply to BigBiGAN round 1, and what it logged meanwhile."""
     lines = Lines()
     logging.getLogger("flwr").addHandler(lines)
     try:
@@ -232,6 +227,17 @@ def test_no_worker_warns_once_and_works_in_process(
         reply = client.fit(weights, {**flat, "phase": "gan", "server-round": 1})
     finally:
         logging.getLogger("flwr").removeHandler(lines)
+    return reply, lines
+
+
+def test_no_worker_warns_once_and_works_in_process(
+    site, short_dir, messages, in_process
+):
+    from client.client_app import HospitalClient
+
+    missing = short_dir / "nobody.sock"
+    client = HospitalClient(node_config(site, short_dir / "local-cache", missing))
+    reply, lines = _first_round_logged(client, messages)
     assert_same([reply], in_process[:1])
     warned = [line for line in lines.lines if "site worker" in line]
     assert len(warned) == 1 and "\n" not in warned[0]
@@ -241,28 +247,36 @@ def test_no_worker_warns_once_and_works_in_process(
 NOBODY = 65534
 
 
-def _nobody_runs_python() -> bool:
-    """Whether uid 65534 can start this interpreter (root can make it that
-    user; a Python under /root it cannot reach)."""
+def _drop_to_nobody() -> None:
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
+
+
+def _python_for_nobody() -> str | None:
+    """An interpreter uid 65534 can start (root can make it that user): this
+    one, or the system's when this one lives under /root, which it cannot
+    reach. Code run as that user uses the standard library only."""
     if os.getuid() != 0:
-        return False
-    try:
-        as_nobody("pass").wait(timeout=60)
-    except PermissionError:
-        return False
-    return True
+        return None
+    for python in (sys.executable, "/usr/bin/python3"):
+        try:
+            started = subprocess.run(
+                [python, "-c", "pass"], preexec_fn=_drop_to_nobody, timeout=60
+            )
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if started.returncode == 0:
+            return python
+    return None
 
 
 def as_nobody(code: str, *args: str, **kwargs) -> subprocess.Popen:
-    """Python `code` run as uid/gid 65534 (another user of this host)."""
-
-    def drop() -> None:
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)
-
+    """Standard-library Python `code` run as uid/gid 65534 (another user)."""
+    python = _python_for_nobody()
+    assert python is not None
     return subprocess.Popen(
-        [sys.executable, "-c", code, *args],
-        preexec_fn=drop,
+        [python, "-c", code, *args],
+        preexec_fn=_drop_to_nobody,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -272,7 +286,7 @@ def as_nobody(code: str, *args: str, **kwargs) -> subprocess.Popen:
 
 @pytest.fixture(scope="module")
 def another_user() -> None:
-    if not _nobody_runs_python():
+    if _python_for_nobody() is None:
         pytest.skip("needs root and a Python that uid 65534 can run")
 
 
@@ -299,32 +313,27 @@ def test_a_worker_of_another_user_is_not_used(
     nothing: the ClientApp sees the peer's uid, warns once and works itself."""
     from client.client_app import HospitalClient
 
-    theirs = short_dir / "theirs"
-    theirs.mkdir(mode=0o700)
+    # their own folder, outside ours (0700: they could not reach into it)
+    theirs = Path(tempfile.mkdtemp(prefix="fbw-nobody-"))
     os.chown(theirs, NOBODY, NOBODY)
     sock = theirs / "w.sock"
-    code = (
-        "import sys, time\n"
-        "from pathlib import Path\n"
-        "from client.site_worker import listen\n"
-        "server = listen(Path(sys.argv[1]))\n"
+    code = (  # a listening socket is all a connect needs to see the peer's uid
+        "import socket, sys, time\n"
+        "server = socket.socket(socket.AF_UNIX)\n"
+        "server.bind(sys.argv[1])\n"
+        "server.listen()\n"
         "print('listening', flush=True)\n"
         "time.sleep(600)\n"
     )
-    other = as_nobody(code, str(sock), cwd=str(Path(__file__).parents[1]))
+    other = as_nobody(code, str(sock))
     try:
         assert other.stdout.readline().strip() == "listening"
         client = HospitalClient(node_config(site, short_dir / "local-cache", sock))
-        lines = Lines()
-        logging.getLogger("flwr").addHandler(lines)
-        try:
-            flat, weights, _ = messages
-            reply = client.fit(weights, {**flat, "phase": "gan", "server-round": 1})
-        finally:
-            logging.getLogger("flwr").removeHandler(lines)
+        reply, lines = _first_round_logged(client, messages)
     finally:
         other.kill()
         other.wait(timeout=30)
+        shutil.rmtree(theirs, ignore_errors=True)
     assert_same([reply], in_process[:1])
     warned = [line for line in lines.lines if "site worker" in line]
     assert len(warned) == 1 and f"uid {NOBODY}" in warned[0], warned
