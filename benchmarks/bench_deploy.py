@@ -23,7 +23,7 @@ checkout. For each configuration it reads the run's own `metrics.json`
 
     python benchmarks/bench_deploy.py                      # all four, tiny, 2 rounds
     python benchmarks/bench_deploy.py --configs none/secagg+ worker/secagg+
-    python benchmarks/bench_deploy.py --configs worker/secagg+ --task-poll 0.1
+    python benchmarks/bench_deploy.py --task-poll 0.1 --task-poll-configs worker/secagg+
 
 Defaults: the paper scenario's phantom sites at `--scale 0.3 --slices 2`
 (~40 training slices a site), 3 training sites (hospital A's two fleets and a
@@ -237,12 +237,15 @@ def run_config(args: argparse.Namespace, protocol: str, out: Path, sites) -> str
     return " ".join(f"{k}={json.dumps(v)}" for k, v in values.items())
 
 
-def one(args, name: str, root: Path, sites: dict) -> dict:
-    """One configuration on its own SuperLink; its figures."""
+def one(args, name: str, root: Path, sites: dict, poll: float | None) -> dict:
+    """One configuration on its own SuperLink (every SuperExec polling for
+    tasks every `poll` s if given, else Flower's default); its figures."""
     workers, protocol = CONFIGS[name]
-    fed = Federation(root / name.replace("/", "-").replace("+", "p"))
-    if args.task_poll is not None:  # the SuperExecs' (node and link) task poll
-        fed.env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = str(args.task_poll)
+    label = name if poll is None else f"{name} task-poll {poll:g} s"
+    folder = name.replace("/", "-").replace("+", "p")
+    fed = Federation(root / (folder if poll is None else f"{folder}-poll{poll:g}"))
+    if poll is not None:  # the SuperExecs' (nodes' and link's) task poll
+        fed.env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = str(poll)
     try:
         fed.start_superlink(database=False)
         nodes = fed.start_sites(sites, workers=workers)
@@ -285,7 +288,7 @@ def one(args, name: str, root: Path, sites: dict) -> dict:
                 work.append(fits[k - 1])
         r["work_seconds"] = max(work) if len(work) == len(training) else math.nan
     return {
-        "config": name,
+        "config": label,
         "run_id": run_id,
         "elapsed": info.get("elapsed"),
         "wall": wall,
@@ -394,7 +397,15 @@ def main() -> int:
     parser.add_argument(
         "--task-poll",
         type=float,
-        help="FLWR_SUPEREXEC_TASK_POLL_INTERVAL for every SuperExec (Flower: 1.0 s)",
+        help="also run --task-poll-configs with FLWR_SUPEREXEC_TASK_POLL_INTERVAL "
+        "at this value for every SuperExec (Flower's default: 1.0 s), each right "
+        "after the same configuration at the default",
+    )
+    parser.add_argument(
+        "--task-poll-configs",
+        nargs="+",
+        choices=list(CONFIGS),
+        help="the configurations --task-poll re-runs (default: the first of --configs)",
     )
     parser.add_argument("--timeout", type=float, default=1800.0, help="per run")
     parser.add_argument("--json", type=Path, help="write every figure here")
@@ -413,11 +424,20 @@ def main() -> int:
         f"{len(sites)} sites ({args.train_sites} training + hospital B external), "
         f"preset {args.preset}, {args.rounds} BigBiGAN rounds; folders in {root}"
     )
+    lowered = set(args.task_poll_configs or args.configs[:1])
+    runs = [(name, None) for name in args.configs]
+    if args.task_poll is not None:
+        runs = [
+            run
+            for name in args.configs
+            for run in [(name, None)]
+            + ([(name, args.task_poll)] if name in lowered else [])
+        ]
     results = []
-    for name in args.configs:
-        print(f"{name} ...", flush=True)
+    for name, poll in runs:
+        print(f"{name}{'' if poll is None else f' task-poll {poll:g}'} ...", flush=True)
         try:
-            results.append(one(args, name, root, sites))
+            results.append(one(args, name, root, sites, poll))
         except BaseException as err:  # one line, then non-zero
             text = " ".join(f"{type(err).__name__}: {err}".split())[:400]
             print(f"bench_deploy: {name} failed: {text} (logs in {root})")
