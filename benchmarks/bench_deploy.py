@@ -24,6 +24,7 @@ checkout. For each configuration it reads the run's own `metrics.json`
     python benchmarks/bench_deploy.py                      # all four, tiny, 2 rounds
     python benchmarks/bench_deploy.py --configs none/secagg+ worker/secagg+
     python benchmarks/bench_deploy.py --task-poll 0.1 --task-poll-configs worker/secagg+
+    python benchmarks/bench_deploy.py --startup 5          # a ClientApp's imports
 
 Defaults: the paper scenario's phantom sites at `--scale 0.3 --slices 2`
 (~40 training slices a site), 3 training sites (hospital A's two fleets and a
@@ -38,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import statistics
 import sys
@@ -253,11 +255,13 @@ def one(args, name: str, root: Path, sites: dict, poll: float | None) -> dict:
             s: p for p in fed.processes for s in sites if p.name == f"worker-{s}"
         }
         out = fed.root / "run"
+        load = [os.getloadavg()[0]]
         started = time.monotonic()
         with Watcher(fed, nodes, worker_procs) as watch:
             run = fed.flwr_run(run_config(args, protocol, out, sites))
             run_id, info = fed.wait_for_run(run, args.timeout)
         wall = time.monotonic() - started
+        load.append(os.getloadavg()[0])
         if info["status"] != "finished:completed":
             raise RuntimeError(f"run {run_id} {info['status']}: {run.text()[-300:]}")
         fallback = [s for s, p in nodes.items() if "site worker" in p.text()]
@@ -292,6 +296,7 @@ def one(args, name: str, root: Path, sites: dict, poll: float | None) -> dict:
         "run_id": run_id,
         "elapsed": info.get("elapsed"),
         "wall": wall,
+        "load": load,
         "timing": timing,
         "stages": stages(watch.events, training),
         "peak_node_mb": watch.peak_node_mb,
@@ -314,7 +319,10 @@ def pct(x: float) -> str:
 def report(results: list[dict]) -> None:
     print()
     for res in results:
-        print(f"{res['config']}: run {res['run_id']}, {res['wall']:.0f} s in all")
+        print(
+            f"{res['config']}: run {res['run_id']}, {res['wall']:.0f} s in all "
+            f"(load average {res['load'][0]:.1f} before, {res['load'][1]:.1f} after)"
+        )
         for r in res["timing"]["rounds"]:
             print(
                 f"  {r['phase']:8} {r['round']}: wall {r['seconds']:6.1f} s, "
@@ -384,6 +392,45 @@ def report(results: list[dict]) -> None:
         )
 
 
+STARTUP = {  # what a fresh ClientApp process imports, step by step
+    "python itself": "pass",
+    "+ flwr-clientapp's module": "import flwr.supernode.cli",
+    "+ our ClientApp (client.client_app)": "import flwr.supernode.cli\n"
+    "import client.client_app",
+    "+ TensorFlow (a training message without a worker)": "import flwr.supernode.cli"
+    "\nimport client.client_app\nimport tensorflow",
+}
+
+
+def startup(repeats: int) -> None:
+    """Median and min wall seconds of fresh processes importing what a
+    ClientApp process imports (not Flower's own runtime: its pull, FAB
+    install and push are in the stage timeline of a run)."""
+    import subprocess
+
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
+    for label, code in STARTUP.items():
+        walls = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            subprocess.run(
+                [sys.executable, "-c", code],
+                env=env,
+                check=True,
+                stderr=subprocess.DEVNULL,
+            )
+            walls.append(time.perf_counter() - started)
+        print(
+            f"{label:52} median {statistics.median(walls):5.2f} s, "
+            f"min {min(walls):5.2f} s ({repeats} processes)"
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -410,7 +457,16 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=1800.0, help="per run")
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument("--keep", action="store_true", help="keep the run folders")
+    parser.add_argument(
+        "--startup",
+        type=int,
+        metavar="N",
+        help="only time N fresh processes importing what a ClientApp imports",
+    )
     args = parser.parse_args()
+    if args.startup:
+        startup(args.startup)
+        return 0
 
     from test_deployment_runs import study
 
