@@ -463,7 +463,13 @@ def main() -> int:
         metavar="N",
         help="only time N fresh processes importing what a ClientApp imports",
     )
+    parser.add_argument(
+        "--report", type=Path, help="only print the table of a --json file"
+    )
     args = parser.parse_args()
+    if args.report:
+        report(json.loads(args.report.read_text()))
+        return 0
     if args.startup:
         startup(args.startup)
         return 0
