@@ -378,7 +378,7 @@ def report(results: list[dict]) -> None:
             (v["peak-rss-mb"] for v in res["workers"].values()), default=math.nan
         )
         walls_s, rec_s, work_s = (
-            " / ".join(f"{r[key]:.1f}" for r in gan)
+            " / ".join(f"{r[key]:.1f}" if math.isfinite(r[key]) else "-" for r in gan)
             for key in ("seconds", "site_seconds", "work_seconds")
         )
         print(
