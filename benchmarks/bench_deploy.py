@@ -30,7 +30,7 @@ Defaults: the paper scenario's phantom sites at `--scale 0.3 --slices 2`
 (~40 training slices a site), 3 training sites (hospital A's two fleets and a
 renamed copy of the first, as the deployment tests make them) + hospital B
 external, preset tiny, 2 BigBiGAN rounds, then the head and the evaluation:
-one configuration takes about 5-8 min on 2 CPU cores. Exits non-zero with one
+one configuration took 3.5-4.5 min on 2 CPU cores. Exits non-zero with one
 line if a run fails.
 """
 
