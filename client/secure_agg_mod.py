@@ -48,12 +48,25 @@ def secure_agg_mod(
         )
     stage = str(config[p.STAGE])
     state = dict(ctxt.state.config_records.get(p.STATE, ConfigRecord()))
-    if stage != p.SETUP:
+    own = msg.metadata.dst_node_id
+    opens = stage == p.SETUP or (stage == p.SHARE_KEYS and p.NEIGHBOURS in config)
+    if not opens:
         _check_order(state, stage, str(config[p.ROUND_ID]))
     content = RecordDict()
     if stage == p.SETUP:
-        state, answer = _setup(config, msg.metadata.dst_node_id)
+        ctxt.state.config_records.pop(p.AHEAD, None)  # the server starts afresh
+        state, answer = _setup(
+            config, own, keys.new_private_key(), keys.new_private_key()
+        )
     elif stage == p.SHARE_KEYS:
+        if opens:  # a round set up with the keys this node sent ahead
+            ahead = ctxt.state.config_records.pop(p.AHEAD, None)  # used once only
+            if ahead is None:
+                raise SecureAggRefusal(
+                    "share keys of a round set up ahead, but this node holds no "
+                    "keys sent ahead (restarted?); it sits this round out"
+                )
+            state, _ = _setup(config, own, ahead["sk-mask"], ahead["sk-enc"])
         answer = _share_keys(state, config)
     elif stage == p.COLLECT:
         del msg.content.config_records[p.RECORD]  # the app sees its own records only
@@ -64,6 +77,8 @@ def secure_agg_mod(
         answer = _collect(state, config, content)
     elif stage == p.UNMASK:
         answer = _unmask(state, config)
+        if config.get(p.NEXT_KEYS, False):
+            answer |= _keys_ahead(ctxt)
     else:
         raise SecureAggRefusal(f"unknown secure-aggregation stage {stage!r}")
     state[p.STAGE] = stage
@@ -82,7 +97,9 @@ def _check_order(state: dict, stage: str, round_id: str) -> None:
         )
 
 
-def _setup(config, own: int) -> tuple[dict, dict]:
+def _setup(config, own: int, sk_mask: bytes, sk_enc: bytes) -> tuple[dict, dict]:
+    """The round's state from the server's parameters and this node's two
+    private keys (fresh, or sent ahead); the answer is their public keys."""
     neighbours = [int(n) for n in config[p.NEIGHBOURS]]
     if own not in neighbours:
         raise SecureAggRefusal("the server's neighbour list leaves this node out")
@@ -95,8 +112,8 @@ def _setup(config, own: int) -> tuple[dict, dict]:
         p.MAX_WEIGHT: float(config[p.MAX_WEIGHT]),
         p.CHUNK: int(config[p.CHUNK]),
         p.NEIGHBOURS: neighbours,
-        "sk-mask": keys.new_private_key(),
-        "sk-enc": keys.new_private_key(),
+        "sk-mask": sk_mask,
+        "sk-enc": sk_enc,
     }
     if not 2 <= state[p.THRESHOLD] <= len(neighbours):
         raise SecureAggRefusal("threshold outside 2..neighbours")
@@ -279,3 +296,16 @@ def _unmask(state: dict, config) -> dict:
     shares = [state["held-b"][held.index(n)] for n in active]
     shares += [state["held-sk"][held.index(n)] for n in dead]
     return {p.NODES: active + dead, p.SHARES: shares}
+
+
+def _keys_ahead(ctxt: Context) -> dict:
+    """Fresh keys for the next round: the private halves stay in the node's
+    state (replacing any older ones), the public halves go to the server."""
+    sk_mask, sk_enc = keys.new_private_key(), keys.new_private_key()
+    ctxt.state.config_records[p.AHEAD] = ConfigRecord(
+        {"sk-mask": sk_mask, "sk-enc": sk_enc}
+    )
+    return {
+        p.NEXT_PK_MASK: keys.public_key(sk_mask),
+        p.NEXT_PK_ENC: keys.public_key(sk_enc),
+    }

@@ -146,13 +146,18 @@ class ServerOptConfig:
 
 @dataclass(frozen=True)
 class SecAggConfig:
-    """Flower SecAgg+ settings for every securely aggregated round."""
+    """Settings of every securely aggregated round (SecAgg+ or ours)."""
 
     num_shares: float = 1.0
     reconstruction_threshold: float = 0.67
     delta_clip: float = 4.0  # clipping range for weight deltas (not raw weights)
     quantization_bits: int = 28  # 2**28 levels; sums of up to 16 sites fit 2**32
-    timeout: float = 600.0
+    timeout: float = 600.0  # longest wait for the sites' replies to one message
+    # seconds between the server's looks for replies (Flower's own loop: 3 s)
+    poll_interval: float = 0.1
+    # ours only: a round's unmask reply carries each site's keys for the next
+    # round, which then skips its setup stage (three round trips, not four)
+    keys_ahead: bool = True
 
 
 @dataclass(frozen=True)

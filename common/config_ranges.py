@@ -80,6 +80,7 @@ RANGES: dict[str, Range] = {
     "secagg-delta-clip": _POSITIVE,
     "secagg-quantization-bits": Range(8, 30, integer=True),
     "secagg-timeout": _POSITIVE,
+    "secagg-poll-interval": Range(0.01, 10),
     "split-val": _FRACTION,
     "split-test": _FRACTION,
     "ingest-window-center": Range(),

@@ -12,6 +12,8 @@ import logging
 from flwr.common import FitIns, Parameters, parameters_to_ndarrays
 from flwr.server.strategy import Strategy
 
+from server.secure_agg_round import KeysAhead
+
 log = logging.getLogger("flwr")
 
 
@@ -29,6 +31,8 @@ class PhaseStrategy(Strategy):
         self.wire: list[dict] = []  # per round of ours: bytes and lanes (payload)
         self.roster = None  # server.roster.Roster: enrolled sites, agreed weights
         self.refused: list[str] = []  # nodes the roster refused in a round
+        # ours: the sites' keys for the next secure round, sent on the last one
+        self.keys_ahead = KeysAhead()
 
     def initialize_parameters(self, client_manager):
         return None

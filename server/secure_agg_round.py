@@ -44,6 +44,20 @@ class RoundStats:
     asked: int = 0  # nodes sent the setup message
     uploaded: int = 0  # nodes whose masked vector is in the sum
     clipped: int = 0  # values the sites clipped to the tensor clips (16-bit lanes)
+    stages: list[str] = field(default_factory=list)  # the exchanges, in order
+
+
+@dataclass
+class KeysAhead:
+    """The public keys each site sent ahead on a round's unmask reply, for the
+    next secure round only (mask key, encryption key, by node id)."""
+
+    keys: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
+
+    def take(self) -> dict[int, tuple[bytes, bytes]]:
+        """All keys held, and none left: a key pair serves one round."""
+        taken, self.keys = self.keys, {}
+        return taken
 
 
 @dataclass
@@ -71,6 +85,7 @@ class _Round:
     active: set[int] = field(default_factory=set)
     pk_mask: dict[int, bytes] = field(default_factory=dict)
     pk_enc: dict[int, bytes] = field(default_factory=dict)
+    ahead: set[int] = field(default_factory=set)  # set up with keys sent ahead
     shared: set[int] = field(default_factory=set)  # completed share keys
     forward: dict[int, tuple[list[int], list[bytes]]] = field(default_factory=dict)
     masked_with: dict[int, list[int]] = field(default_factory=dict)

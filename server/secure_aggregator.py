@@ -17,6 +17,7 @@ from common.secure_agg import keys, masking
 from common.secure_agg import protocol as p
 from common.secure_agg.quantize import FixedPoint, decode_weight, encode_weight
 from server.secure_agg_round import (
+    KeysAhead,
     RoundStats,
     SecureAggregationError,
     SecureResult,
@@ -34,7 +35,10 @@ class SecureAggregator:
     `num_shares` and `reconstruction_threshold` follow SecAgg+ (an int, or a
     float fraction of the nodes / of the shares); every node's weight is
     num_examples / `max_weight` (at most 1); values are clipped to
-    +-`clipping_range`; `timeout` bounds each stage (None: wait forever)."""
+    +-`clipping_range`; `timeout` bounds each stage (None: wait forever).
+    With `keys_ahead` (kept by the caller from one round to the next) each
+    round asks the sites for their next keys on the unmask message, and the
+    nodes whose keys it holds skip the next round's setup."""
 
     def __init__(
         self,
@@ -47,6 +51,7 @@ class SecureAggregator:
         chunk_elements: int = p.DEFAULT_CHUNK_ELEMENTS,
         lane_bits: int = 32,
         tensor_clips: list[float] | None = None,
+        keys_ahead: KeysAhead | None = None,
     ) -> None:
         if max_weight <= 0 or clipping_range <= 0 or chunk_elements < 1:
             raise ValueError(
@@ -66,6 +71,7 @@ class SecureAggregator:
         self.clipping_range = float(clipping_range)
         self.timeout = timeout
         self.chunk_elements = int(chunk_elements)
+        self.keys_ahead = keys_ahead  # None: every round sets up (four trips)
 
     def run(
         self, grid: Grid, contents: dict[int, RecordDict], group_id: str = ""
@@ -85,7 +91,8 @@ class SecureAggregator:
             active=set(nodes),
         )
         stats = RoundStats(lane_bits=self.lane_bits, asked=len(nodes))
-        self._setup(grid, rnd, stats)
+        ahead = self.keys_ahead.take() if self.keys_ahead is not None else {}
+        self._setup(grid, rnd, stats, {n: k for n, k in ahead.items() if n in nodes})
         self._share_keys(grid, rnd, stats)
         total, layout, replies = self._collect(grid, rnd, contents, stats)
         uploaded = set(replies)
@@ -132,6 +139,7 @@ class SecureAggregator:
         """Send each node its content, return the replies of the nodes that
         answered without error (the others join `failures`)."""
         start = time.perf_counter()
+        stats.stages.append(stage)
         stats.bytes_down[stage] = sum(content_bytes(c) for c in contents.values())
         messages = [
             Message(
@@ -166,50 +174,58 @@ class SecureAggregator:
     def _config(self, rnd: _Round, stage: str, values: dict) -> ConfigRecord:
         return ConfigRecord({p.STAGE: stage, p.ROUND_ID: rnd.round_id, **values})
 
-    def _setup(self, grid: Grid, rnd: _Round, stats: RoundStats) -> None:
+    def _round_values(self, rnd: _Round, nid: int) -> dict:
+        """What a node needs to set up its part of the round."""
+        return {
+            p.N_CLIENTS: len(rnd.neighbours),
+            p.THRESHOLD: rnd.threshold,
+            p.CLIP: self.clipping_range,
+            p.MAX_WEIGHT: self.max_weight,
+            p.CHUNK: self.chunk_elements,
+            p.NEIGHBOURS: sorted(rnd.neighbours[nid]),
+        }
+
+    def _setup(
+        self,
+        grid: Grid,
+        rnd: _Round,
+        stats: RoundStats,
+        ahead: dict[int, tuple[bytes, bytes]],
+    ) -> None:
+        """The setup stage for the nodes whose keys did not come `ahead` (no
+        exchange at all when every node's did)."""
         contents = {
             nid: RecordDict(
-                {
-                    p.RECORD: self._config(
-                        rnd,
-                        p.SETUP,
-                        {
-                            p.N_CLIENTS: len(rnd.neighbours),
-                            p.THRESHOLD: rnd.threshold,
-                            p.CLIP: self.clipping_range,
-                            p.MAX_WEIGHT: self.max_weight,
-                            p.CHUNK: self.chunk_elements,
-                            p.NEIGHBOURS: sorted(rnd.neighbours[nid]),
-                        },
-                    )
-                }
+                {p.RECORD: self._config(rnd, p.SETUP, self._round_values(rnd, nid))}
             )
-            for nid in sorted(rnd.active)
+            for nid in sorted(rnd.active - set(ahead))
         }
-        replies = self._exchange(grid, rnd, p.SETUP, contents, stats)
+        replies = (
+            self._exchange(grid, rnd, p.SETUP, contents, stats) if contents else {}
+        )
         for nid, content in replies.items():
             record = content.config_records[p.RECORD]
             rnd.pk_mask[nid] = cast(bytes, record[p.PK_MASK])
             rnd.pk_enc[nid] = cast(bytes, record[p.PK_ENC])
-        rnd.active = set(replies)
+        for nid, (pk_mask, pk_enc) in ahead.items():
+            rnd.pk_mask[nid], rnd.pk_enc[nid] = pk_mask, pk_enc
+        rnd.ahead = set(ahead)
+        rnd.active = set(replies) | rnd.ahead
         self._check(rnd, rnd.active, "setup")
 
     def _share_keys(self, grid: Grid, rnd: _Round, stats: RoundStats) -> None:
         contents = {}
         for nid in sorted(rnd.active):
             peers = sorted(rnd.neighbours[nid] & rnd.active)
+            values = {
+                p.NODES: peers,
+                p.PK_MASK: [rnd.pk_mask[n] for n in peers],
+                p.PK_ENC: [rnd.pk_enc[n] for n in peers],
+            }
+            if nid in rnd.ahead:  # no setup stage: its values come here
+                values |= self._round_values(rnd, nid)
             contents[nid] = RecordDict(
-                {
-                    p.RECORD: self._config(
-                        rnd,
-                        p.SHARE_KEYS,
-                        {
-                            p.NODES: peers,
-                            p.PK_MASK: [rnd.pk_mask[n] for n in peers],
-                            p.PK_ENC: [rnd.pk_enc[n] for n in peers],
-                        },
-                    )
-                }
+                {p.RECORD: self._config(rnd, p.SHARE_KEYS, values)}
             )
         replies = self._exchange(grid, rnd, p.SHARE_KEYS, contents, stats)
         forward: dict[int, tuple[list[int], list[bytes]]] = {
@@ -327,6 +343,7 @@ class SecureAggregator:
 
     def _unmask(self, grid, rnd: _Round, total, uploaded: set[int], stats) -> None:
         dead = rnd.shared - uploaded
+        ahead = {p.NEXT_KEYS: True} if self.keys_ahead is not None else {}
         contents = {
             nid: RecordDict(
                 {
@@ -336,6 +353,7 @@ class SecureAggregator:
                         {
                             p.ACTIVE: sorted(rnd.neighbours[nid] & uploaded),
                             p.DEAD: sorted(rnd.neighbours[nid] & dead),
+                            **ahead,
                         },
                     )
                 }
@@ -353,6 +371,7 @@ class SecureAggregator:
             for owner, share in zip(record[p.NODES], record[p.SHARES], strict=True):
                 if owner in asked:
                     collected[owner].append(cast(bytes, share))
+            self._keep_ahead(nid, record)
         for owner, shares in collected.items():
             if len(shares) < rnd.threshold:
                 raise SecureAggregationError(
@@ -375,6 +394,15 @@ class SecureAggregator:
             }
             masking.remove_dropped_pairs(total, u, seeds)
         stats.unmask_seconds = time.perf_counter() - start
+
+    def _keep_ahead(self, nid: int, record) -> None:
+        """Keep the next round's public keys a node sent on its unmask reply
+        (two raw X25519 keys; anything else is ignored: that node sets up)."""
+        if self.keys_ahead is None:
+            return
+        pair = (record.get(p.NEXT_PK_MASK), record.get(p.NEXT_PK_ENC))
+        if all(isinstance(k, bytes) and len(k) == keys.KEY_BYTES for k in pair):
+            self.keys_ahead.keys[nid] = cast(tuple[bytes, bytes], pair)
 
     def _check(
         self, rnd: _Round, alive: set[int], stage: str, needy: set[int] | None = None

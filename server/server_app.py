@@ -40,6 +40,7 @@ from server.evaluation_round import _evaluate_all, _external_split  # noqa: F401
 from server.phase_strategy import PhaseStrategy
 from server.privacy_summary import dp_summary, payload_bytes
 from server.progress import PROGRESS, gan_round_line, phase_line
+from server.prompt_grid import PromptGrid
 from server.roster import admit_rostered, load_roster, round_max_weight
 from server.run_dir import write_config, write_run
 from server.server_optimizer import initial_state, server_step
@@ -72,6 +73,7 @@ MOMENTS_CLIP = 1e4
 
 def run_federation(grid: Grid, context: Context, config: RunConfig, out: Path) -> dict:
     """All three phases; returns the metrics written to the run directory."""
+    grid = PromptGrid(grid, config.secagg.poll_interval)
     flat = config.to_flat()
     strategy = PhaseStrategy(set())
     # read first: a bad roster stops the run before any site is asked

@@ -18,6 +18,7 @@ from common.config import RunConfig
 from common.secure_agg.quantize import FixedPoint
 from server.aggregate_checks import check_aggregate, check_declared
 from server.roster import claim_of, guarded
+from server.secure_agg_round import KeysAhead
 from server.secure_agg_workflow import SecureAggWorkflow
 from server.timing import round_timing
 
@@ -104,9 +105,11 @@ def _workflow(
     max_weight: float,
     lanes: int = 32,
     tensor_clips: list[float] | None = None,
+    keys_ahead: KeysAhead | None = None,
 ):
     """The secure round's workflow for the run's protocol (same legacy use);
-    16-bit lanes with `tensor_clips` are ours only (config validation)."""
+    16-bit lanes with `tensor_clips` are ours only (config validation), and so
+    are `keys_ahead` (used when `secagg-keys-ahead` is on)."""
     if config.secure_aggregation == "fedbigbigan":
         # precision follows from the number of sites: no quantization range
         return SecureAggWorkflow(
@@ -117,6 +120,7 @@ def _workflow(
             timeout=config.secagg.timeout,
             lane_bits=lanes,
             tensor_clips=tensor_clips if lanes == 16 else None,
+            keys_ahead=keys_ahead if config.secagg.keys_ahead else None,
         )
     if lanes != 32:
         raise ValueError("16-bit lanes need secure-aggregation = 'fedbigbigan'")
@@ -143,7 +147,14 @@ def _secure_round(
     )
     legacy.strategy.aggregate = None
     legacy.strategy.declared = {}
-    workflow = _workflow(config, clip, max_weight, lanes, tensor_clips)
+    workflow = _workflow(
+        config,
+        clip,
+        max_weight,
+        lanes,
+        tensor_clips,
+        getattr(legacy.strategy, "keys_ahead", None),
+    )
     started = time.monotonic()
     workflow(guarded(grid, legacy, rnd), legacy)  # the roster's checks, if any
     stats = getattr(workflow, "last_stats", None)  # SecAgg+ has none
@@ -201,4 +212,5 @@ def wire_figures(stats, rnd: int, phase: str, sent: list[np.ndarray]) -> dict:
         "down_ratio": down / f32 if f32 else 0.0,
         "up_ratio": up / f32 if f32 else 0.0,
         "clipped": stats.clipped,
+        "stages": len(stats.stages),  # message round trips (setup skipped: 3)
     }

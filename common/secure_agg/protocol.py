@@ -16,6 +16,14 @@ One round is four exchanges, as in SecAgg+ (Bell et al., 2020):
 4. unmask: the server names which neighbours uploaded and which dropped; the
    client answers its share of each uploader's self-mask secret and of each
    dropped neighbour's mask key (never both for one neighbour).
+
+Keys ahead (`next-keys` in the unmask message): the client also answers two
+fresh public keys for the next round and keeps their private halves. The next
+round then starts at share keys, whose message carries what setup would have
+(round, parameters, neighbours): three round trips instead of four. A key pair
+serves one round only; a node the server holds no keys of (the first round, a
+node that dropped, a restarted server) gets the setup stage as before, and a
+node that lost its keys refuses share keys and drops out of that round.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import numpy as np
 RECORD = "secure-agg"  # ConfigRecord of the protocol, both ways
 MASKED = "secure-agg.masked"  # ArrayRecord of the masked uint32 chunks
 STATE = "secure-agg.state"  # the client's own state between stages
+AHEAD = "secure-agg.ahead"  # the client's private keys for the next round
 
 SETUP, SHARE_KEYS, COLLECT, UNMASK = "setup", "share-keys", "collect", "unmask"
 STAGES = (SETUP, SHARE_KEYS, COLLECT, UNMASK)
@@ -57,6 +66,10 @@ LAYOUT_DIMS = "layout.dims"
 LANE_BITS = "lane-bits"
 CLIPS = "clips"
 CLIPPED = "clipped"  # the client's reply: values it clipped to the clips
+# keys ahead (unmask stage): the server's ask, the client's next public keys
+NEXT_KEYS = "next-keys"
+NEXT_PK_MASK = "next-pk-mask"
+NEXT_PK_ENC = "next-pk-enc"
 
 # elements per uploaded chunk: 4 MiB in 32-bit lanes, far below any single-object
 # limit and below glibc's largest mmap threshold (32 MiB): Flower's serialiser
