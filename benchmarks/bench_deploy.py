@@ -60,6 +60,12 @@ CONFIGS = {  # name: (site workers, secure-aggregation)
     "none/ours": (False, "fedbigbigan"),
     "worker/ours": (True, "fedbigbigan"),
 }
+# run config a configuration may add after a colon ("worker/ours:flower-poll"):
+# the state before issue 24's protocol changes, one at a time
+VARIANTS = {
+    "flower-poll": {"secagg-poll-interval": 3.0},  # Flower's own 3 s reply loop
+    "four-trips": {"secagg-keys-ahead": False},  # ours: setup in every round
+}
 NODE_EVENTS = {
     "Receiving:": "receiving",
     "Received successfully": "received",
@@ -224,11 +230,34 @@ def stages(events: list, training: list[str]) -> list[dict]:
     return out
 
 
-def run_config(args: argparse.Namespace, protocol: str, out: Path, sites) -> str:
+def configuration(name: str) -> str:
+    """`name` if it is a configuration: BASE or BASE:VARIANT[,VARIANT]."""
+    base, _, variants = name.partition(":")
+    unknown = [v for v in variants.split(",") if v and v not in VARIANTS]
+    if base not in CONFIGS or unknown:
+        raise argparse.ArgumentTypeError(
+            f"{name!r}: write one of {list(CONFIGS)}, optionally followed by "
+            f":{'|'.join(VARIANTS)} (comma-separated)"
+        )
+    return name
+
+
+def split_name(name: str) -> tuple[bool, str, dict]:
+    """A configuration's site workers, protocol and extra run config."""
+    base, _, variants = name.partition(":")
+    extra: dict = {}
+    for v in filter(None, variants.split(",")):
+        extra |= VARIANTS[v]
+    return (*CONFIGS[base], extra)
+
+
+def run_config(
+    args: argparse.Namespace, protocol: str, out: Path, sites, extra: dict
+) -> str:
     values = {
         "preset": args.preset,
         "gan-rounds": args.rounds,
-        "local-epochs": 1,
+        "local-epochs": args.local_epochs,
         "logit-rounds": 0,
         "secagg-timeout": 900.0,
         "out-dir": str(out),
@@ -236,15 +265,17 @@ def run_config(args: argparse.Namespace, protocol: str, out: Path, sites) -> str
     }
     if protocol != "secagg+":
         values["secure-aggregation"] = protocol
+    values |= extra
     return " ".join(f"{k}={json.dumps(v)}" for k, v in values.items())
 
 
 def one(args, name: str, root: Path, sites: dict, poll: float | None) -> dict:
     """One configuration on its own SuperLink (every SuperExec polling for
     tasks every `poll` s if given, else Flower's default); its figures."""
-    workers, protocol = CONFIGS[name]
+    workers, protocol, extra = split_name(name)
     label = name if poll is None else f"{name} task-poll {poll:g} s"
-    folder = name.replace("/", "-").replace("+", "p")
+    folder = name.replace("/", "-").replace("+", "p").replace(":", "-")
+    folder = folder.replace(",", "-")
     fed = Federation(root / (folder if poll is None else f"{folder}-poll{poll:g}"))
     if poll is not None:  # the SuperExecs' (nodes' and link's) task poll
         fed.env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = str(poll)
@@ -258,7 +289,7 @@ def one(args, name: str, root: Path, sites: dict, poll: float | None) -> dict:
         load = [os.getloadavg()[0]]
         started = time.monotonic()
         with Watcher(fed, nodes, worker_procs) as watch:
-            run = fed.flwr_run(run_config(args, protocol, out, sites))
+            run = fed.flwr_run(run_config(args, protocol, out, sites, extra))
             run_id, info = fed.wait_for_run(run, args.timeout)
         wall = time.monotonic() - started
         load.append(os.getloadavg()[0])
@@ -434,13 +465,19 @@ def startup(repeats: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS)
+        "--configs",
+        nargs="+",
+        type=configuration,
+        default=list(CONFIGS),
+        help=f"of {list(CONFIGS)}, each optionally with :VARIANT[,VARIANT] of "
+        f"{list(VARIANTS)}",
     )
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--rounds", type=int, default=2, help="BigBiGAN rounds")
     parser.add_argument("--train-sites", type=int, default=3)
     parser.add_argument("--scale", type=float, default=0.3, help="phantom scale")
     parser.add_argument("--slices", type=int, default=2, help="slices per patient")
+    parser.add_argument("--local-epochs", type=int, default=1)
     parser.add_argument(
         "--task-poll",
         type=float,
@@ -451,7 +488,7 @@ def main() -> int:
     parser.add_argument(
         "--task-poll-configs",
         nargs="+",
-        choices=list(CONFIGS),
+        type=configuration,
         help="the configurations --task-poll re-runs (default: the first of --configs)",
     )
     parser.add_argument("--timeout", type=float, default=1800.0, help="per run")

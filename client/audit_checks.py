@@ -117,10 +117,7 @@ def _secure_agg_stage(incoming: _Incoming):
     def check(record) -> None:
         if stage == secure.SETUP:
             _exact_keys(record, {secure.STAGE, secure.PK_MASK, secure.PK_ENC})
-            for key in (secure.PK_MASK, secure.PK_ENC):
-                value = record[key]
-                if not isinstance(value, bytes) or len(value) != OURS_PUBLIC_KEY_BYTES:
-                    raise AuditRefusal(f"{key}: not a {OURS_PUBLIC_KEY_BYTES}-byte key")
+            _public_keys(record, (secure.PK_MASK, secure.PK_ENC))
         elif stage == secure.SHARE_KEYS:
             _exact_keys(record, {secure.STAGE, secure.NODES, secure.CIPHERTEXTS})
             _distinct_node_list(secure.NODES, record, incoming.node_ids)
@@ -128,14 +125,29 @@ def _secure_agg_stage(incoming: _Incoming):
                 secure.CIPHERTEXTS, record[secure.CIPHERTEXTS], OURS_CIPHERTEXT_BYTES
             )
             _same_length(record, secure.NODES, secure.CIPHERTEXTS)
-        else:
-            _exact_keys(record, {secure.STAGE, secure.NODES, secure.SHARES})
+        else:  # unmask, with or without the next round's two public keys
+            ahead = (secure.NEXT_PK_MASK, secure.NEXT_PK_ENC)
+            sends_ahead = any(k in record for k in ahead)
+            _exact_keys(
+                record,
+                {secure.STAGE, secure.NODES, secure.SHARES}
+                | (set(ahead) if sends_ahead else set()),
+            )
+            if sends_ahead:
+                _public_keys(record, ahead)
             _distinct_node_list(secure.NODES, record, incoming.node_ids)
             _bounded_bytes(secure.SHARES, record[secure.SHARES], OURS_SHARE_BYTES)
             _same_length(record, secure.NODES, secure.SHARES)
         _stage_name(record, stage)
 
     return check
+
+
+def _public_keys(record, names) -> None:
+    for key in names:
+        value = record[key]
+        if not isinstance(value, bytes) or len(value) != OURS_PUBLIC_KEY_BYTES:
+            raise AuditRefusal(f"{key}: not a {OURS_PUBLIC_KEY_BYTES}-byte key")
 
 
 def _stage_name(record, stage: str) -> None:

@@ -37,6 +37,7 @@ from common.evaluation.site_evaluation import (
     paired_names,
 )
 from common.secure_agg import protocol as ours
+from server.secure_agg_round import KeysAhead
 from server.secure_agg_workflow import SecureAggregationError, SecureAggregator
 from simulations.loopback import LoopbackGrid
 
@@ -488,10 +489,11 @@ STAGE_NAMES = {
 DISPATCH = [audit_mod, secure_dispatch_mod, audit_mod]
 
 
-def our_round(site: NumPyClient, mods, phase: str, fit=None) -> dict:
-    """Run one round of our protocol over two nodes of `site` behind `mods`, as
-    `SecureAggWorkflow` does; returns each stage's replies (or exceptions) like
-    `secure_round`. `fit()` makes the collect stage's fit instructions."""
+def our_round(site: NumPyClient, mods, phase: str, fit=None, rounds: int = 1) -> dict:
+    """Run `rounds` rounds of our protocol (keys sent ahead, as by default)
+    over two nodes of `site` behind `mods`, as `SecureAggWorkflow` does;
+    returns each stage's replies (or exceptions) like `secure_round`, the last
+    of each. `fit()` makes the collect stage's fit instructions."""
     fit = fit or (lambda: fit_content(phase))
     replies: dict[str, dict] = {}
 
@@ -507,9 +509,12 @@ def our_round(site: NumPyClient, mods, phase: str, fit=None) -> dict:
         return reply
 
     grid = LoopbackGrid(app_for(site, [record, *mods]), 2)
-    aggregator = SecureAggregator(2, 2, max_weight=100.0, clipping_range=8.0)
+    aggregator = SecureAggregator(
+        2, 2, max_weight=100.0, clipping_range=8.0, keys_ahead=KeysAhead()
+    )
     with contextlib.suppress(SecureAggregationError):
-        aggregator.run(grid, {n: fit() for n in grid.get_node_ids()})
+        for _ in range(rounds):
+            aggregator.run(grid, {n: fit() for n in grid.get_node_ids()})
     return replies
 
 
@@ -521,6 +526,16 @@ def test_every_phase_through_our_protocol_is_allowed(phase):
     for reply in replies["collect"].values():  # nothing but masked uint32 left
         assert set(reply.content.array_records) == {"fitres.parameters", ours.MASKED}
         assert not len(reply.content.array_records["fitres.parameters"])
+
+
+def test_a_round_set_up_with_keys_sent_ahead_is_allowed():
+    """Round 2 starts at share keys; every reply, the unmask replies with the
+    next keys among them, passes the audit."""
+    replies = our_round(FakeSite(), DISPATCH, "gan", rounds=2)
+    assert_allowed(replies)
+    for reply in replies["unmask"].values():
+        record = reply.content.config_records[ours.RECORD]
+        assert len(record[ours.NEXT_PK_MASK]) == len(record[ours.NEXT_PK_ENC]) == 32
 
 
 def test_the_dispatch_mod_runs_secagg_plus_rounds_too():
@@ -653,6 +668,16 @@ def _config(content):
             ours.UNMASK,
             lambda c: _config(c).__setitem__(ours.STAGE, ours.SETUP),
             ours.STAGE,
+        ),
+        (
+            ours.UNMASK,
+            lambda c: _config(c).__setitem__(ours.NEXT_PK_MASK, b"\0" * 1024),
+            ours.NEXT_PK_MASK,
+        ),
+        (
+            ours.UNMASK,
+            lambda c: _config(c).__delitem__(ours.NEXT_PK_ENC),
+            ours.NEXT_PK_ENC,
         ),
     ],
 )
