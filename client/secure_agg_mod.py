@@ -12,6 +12,11 @@ as they are. Use it like `secaggplus_mod`:
 When the collect message asks for 16-bit lanes (`lane-bits`), every array
 gets the public clip the server named for it (`clips`) and the vector goes out
 as uint16 chunks, with the count of clipped values in the reply's record.
+
+When the unmask message asks for `next-keys`, the reply also carries two fresh
+public keys for the next round; their private halves wait in the node's state
+(`secure-agg.ahead`) until a share-keys message that sets up a round consumes
+them, once (see common.secure_agg.protocol).
 """
 
 from __future__ import annotations
