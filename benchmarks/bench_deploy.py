@@ -356,7 +356,8 @@ def report(results: list[dict]) -> None:
         )
         for r in res["timing"]["rounds"]:
             print(
-                f"  {r['phase']:8} {r['round']}: wall {r['seconds']:6.1f} s, "
+                f"  {r['phase']:8} {r['round']}: {r.get('stages', '?')} stages, "
+                f"wall {r['seconds']:6.1f} s, "
                 f"slowest site {r['site_seconds']:5.1f} s (overhead "
                 f"{pct(overhead(r['seconds'], r['site_seconds']))}), work in the "
                 f"worker {r['work_seconds']:5.1f} s (overhead "

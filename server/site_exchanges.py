@@ -169,6 +169,8 @@ def _secure_round(
                 rnd,
                 time.monotonic() - started,
                 legacy.strategy.site_metrics,
+                # SecAgg+: four exchanges a round, always; ours says
+                len(stats.stages) if stats is not None else 4,
             )
         )
     halted = getattr(workflow, "last_error", None)  # ours says why

@@ -12,9 +12,14 @@ import math
 
 
 def round_timing(
-    phase: str, rnd: int, seconds: float, site_metrics: list[dict]
+    phase: str,
+    rnd: int,
+    seconds: float,
+    site_metrics: list[dict],
+    stages: int | None = None,
 ) -> dict:
-    """One secure round's wall time next to its slowest site's work."""
+    """One secure round's wall time next to its slowest site's work, and the
+    message round trips (`stages`) it took."""
     work = [float(m["seconds"]) for m in site_metrics if "seconds" in m]
     memory = [float(m["peak-rss-mb"]) for m in site_metrics if "peak-rss-mb" in m]
     return {
@@ -23,6 +28,7 @@ def round_timing(
         "seconds": seconds,
         "site_seconds": max(work, default=math.nan),
         "site_peak_rss_mb": max(memory, default=math.nan),
+        "stages": stages,
     }
 
 

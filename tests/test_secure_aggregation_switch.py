@@ -63,6 +63,10 @@ def test_our_secure_aggregation_runs_the_app_and_ends_where_secagg_plus_does(
         "head",
         "eval",
     ]
+    # ours: the keys sent on each unmask reply set up the next round, across
+    # phases (three round trips after the first); SecAgg+: four each round
+    assert [r["stages"] for r in metrics["timing"]["rounds"]] == [4, 3, 3, 3]
+    assert [r["stages"] for r in stock["timing"]["rounds"]] == [4, 4, 4, 4]
     # uploads: uint32 (the float32 size) against SecAgg+'s int64, weight included
     values = metrics["payload"]["federated_values"]
     assert values == stock["payload"]["federated_values"] > 0
