@@ -12,6 +12,14 @@ import time
 import numpy as np
 import pytest
 from flwr.app import Message
+from test_secure_agg import (
+    _aggregator,
+    _client_app,
+    _fit_contents,
+    _stage,
+    _tolerance,
+    weighted_mean,
+)
 
 from client.secure_agg_mod import secure_agg_mod
 from common.config import RunConfig
@@ -20,14 +28,6 @@ from server.prompt_grid import PromptGrid
 from server.secure_agg_round import KeysAhead
 from server.site_exchanges import _workflow
 from simulations.loopback import LoopbackGrid
-from tests.test_secure_agg import (
-    _aggregator,
-    _client_app,
-    _fit_contents,
-    _stage,
-    _tolerance,
-    weighted_mean,
-)
 
 N = 5
 
