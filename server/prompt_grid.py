@@ -11,6 +11,7 @@ small request to the SuperLink.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable
 
@@ -72,13 +73,8 @@ class PromptGrid(Grid):
             got = list(self.pull_messages(waiting))
             replies.extend(got)
             waiting -= {m.metadata.reply_to_message_id for m in got}
-            if not waiting:
+            left = math.inf if deadline is None else deadline - time.monotonic()
+            if not waiting or left <= 0:
                 break
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                time.sleep(min(self.interval, left))
-            else:
-                time.sleep(self.interval)
+            time.sleep(min(self.interval, left))
         return replies
