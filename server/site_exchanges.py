@@ -214,5 +214,4 @@ def wire_figures(stats, rnd: int, phase: str, sent: list[np.ndarray]) -> dict:
         "down_ratio": down / f32 if f32 else 0.0,
         "up_ratio": up / f32 if f32 else 0.0,
         "clipped": stats.clipped,
-        "stages": len(stats.stages),  # message round trips (setup skipped: 3)
     }
